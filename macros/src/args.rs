@@ -1,0 +1,299 @@
+//! The attribute's arguments, parsed and validated into [`Args`].
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Token};
+
+const OPTIONS: &str = "`isolation`, `read_only`, `timeout`, `retries`";
+const ISOLATIONS: [&str; 4] = [
+    "read_uncommitted",
+    "read_committed",
+    "repeatable_read",
+    "serializable",
+];
+
+/// Isolation level names, as the runtime's `Isolation` variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    ReadUncommitted,
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+}
+
+impl Isolation {
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "ReadUncommitted",
+            Isolation::ReadCommitted => "ReadCommitted",
+            Isolation::RepeatableRead => "RepeatableRead",
+            Isolation::Serializable => "Serializable",
+        }
+    }
+}
+
+/// The validated options of one `#[safe_db_operation(...)]`.
+#[derive(Default, Debug)]
+pub(crate) struct Args {
+    pub(crate) isolation: Option<Isolation>,
+    pub(crate) read_only: bool,
+    /// The timeout in milliseconds.
+    pub(crate) timeout_ms: Option<u64>,
+    /// `retries = N`, with the span of the key (for errors about arguments).
+    pub(crate) retries: Option<(u32, Span)>,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut args = Args::default();
+        let mut seen: Vec<String> = Vec::new();
+        let mut errors: Option<syn::Error> = None;
+        let mut push = |err: syn::Error| match &mut errors {
+            Some(all) => all.combine(err),
+            None => errors = Some(err),
+        };
+        while !input.is_empty() {
+            let key: Ident = input.parse()?;
+            let value: Option<Expr> = if input.peek(Token![=]) {
+                input.parse::<Token![=]>()?;
+                Some(input.parse()?)
+            } else {
+                None
+            };
+            let name = key.to_string();
+            if seen.contains(&name) {
+                push(syn::Error::new(
+                    key.span(),
+                    format!("the option `{name}` is given more than once"),
+                ));
+            } else {
+                seen.push(name.clone());
+                if let Err(err) = args.set(&key, value) {
+                    push(err);
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        match errors {
+            Some(err) => Err(err),
+            None => Ok(args),
+        }
+    }
+}
+
+impl Args {
+    fn set(&mut self, key: &Ident, value: Option<Expr>) -> syn::Result<()> {
+        match key.to_string().as_str() {
+            "isolation" => {
+                let lit = string_value(key, value, "isolation = \"serializable\"")?;
+                self.isolation = Some(parse_isolation(&lit)?);
+            }
+            "read_only" => {
+                if let Some(value) = value {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`read_only` takes no value: write `read_only` alone",
+                    ));
+                }
+                self.read_only = true;
+            }
+            "timeout" => {
+                let lit = string_value(key, value, "timeout = \"2s\"")?;
+                self.timeout_ms = Some(parse_duration_ms(&lit)?);
+            }
+            "retries" => {
+                let lit = int_value(key, value)?;
+                self.retries = Some((parse_retries(&lit)?, key.span()));
+            }
+            other => {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("unknown option `{other}`; the options are {OPTIONS}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn string_value(key: &Ident, value: Option<Expr>, example: &str) -> syn::Result<LitStr> {
+    match value {
+        Some(Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        })) => Ok(lit),
+        Some(other) => Err(syn::Error::new(
+            other.span(),
+            format!("`{key}` takes a string literal, for example `{example}`"),
+        )),
+        None => Err(syn::Error::new(
+            key.span(),
+            format!("`{key}` needs a value, for example `{example}`"),
+        )),
+    }
+}
+
+fn int_value(key: &Ident, value: Option<Expr>) -> syn::Result<LitInt> {
+    match value {
+        Some(Expr::Lit(ExprLit {
+            lit: Lit::Int(lit), ..
+        })) => Ok(lit),
+        Some(other) => Err(syn::Error::new(
+            other.span(),
+            format!("`{key}` takes a whole number of retries, for example `retries = 3`"),
+        )),
+        None => Err(syn::Error::new(
+            key.span(),
+            format!("`{key}` needs a value, for example `retries = 3`"),
+        )),
+    }
+}
+
+pub(crate) fn parse_isolation(lit: &LitStr) -> syn::Result<Isolation> {
+    match lit.value().as_str() {
+        "read_uncommitted" => Ok(Isolation::ReadUncommitted),
+        "read_committed" => Ok(Isolation::ReadCommitted),
+        "repeatable_read" => Ok(Isolation::RepeatableRead),
+        "serializable" => Ok(Isolation::Serializable),
+        other => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "unknown isolation level \"{other}\"; expected one of {}",
+                ISOLATIONS.map(|i| format!("\"{i}\"")).join(", ")
+            ),
+        )),
+    }
+}
+
+/// `"250ms"`, `"2s"`, `"1m"`, `"1h"`: a whole number and a unit.
+pub(crate) fn parse_duration_ms(lit: &LitStr) -> syn::Result<u64> {
+    let text = lit.value();
+    let bad = |why: &str| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid timeout \"{text}\": {why}; write a whole number and a unit: \"250ms\", \"2s\", \"1m\" or \"1h\""
+            ),
+        )
+    };
+    let digits = text.chars().take_while(char::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(bad("it does not start with a number"));
+    }
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad("the number is too large"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => return Err(bad("the unit is missing")),
+        _ => return Err(bad(&format!("unknown unit `{unit}`"))),
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err(bad("a timeout of zero would fail every operation")),
+        Some(ms) => Ok(ms),
+        None => Err(bad("the number is too large")),
+    }
+}
+
+pub(crate) fn parse_retries(lit: &LitInt) -> syn::Result<u32> {
+    if !lit.suffix().is_empty() {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`retries` takes a plain number, without a type suffix",
+        ));
+    }
+    match lit.base10_parse::<u32>() {
+        Ok(0) => Err(syn::Error::new(
+            lit.span(),
+            "`retries = 0` does nothing: remove the option, or allow at least 1 retry",
+        )),
+        Ok(n) if n <= 1000 => Ok(n),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            "`retries` must be a number from 1 to 1000",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::parse_quote;
+
+    fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Args> {
+        syn::parse2(tokens)
+    }
+
+    #[test]
+    fn empty_is_default() {
+        let args = parse(quote::quote!()).unwrap();
+        assert!(args.isolation.is_none() && !args.read_only);
+        assert!(args.timeout_ms.is_none() && args.retries.is_none());
+    }
+
+    #[test]
+    fn all_options() {
+        let args = parse(quote::quote!(
+            isolation = "serializable",
+            read_only,
+            timeout = "250ms",
+            retries = 3,
+        ))
+        .unwrap();
+        assert_eq!(args.isolation, Some(Isolation::Serializable));
+        assert!(args.read_only);
+        assert_eq!(args.timeout_ms, Some(250));
+        assert_eq!(args.retries.map(|r| r.0), Some(3));
+    }
+
+    #[test]
+    fn durations() {
+        let ms = |s: &str| parse_duration_ms(&LitStr::new(s, Span::call_site()));
+        assert_eq!(ms("250ms").unwrap(), 250);
+        assert_eq!(ms("2s").unwrap(), 2_000);
+        assert_eq!(ms("1m").unwrap(), 60_000);
+        assert_eq!(ms("1h").unwrap(), 3_600_000);
+        for bad in [
+            "",
+            "s",
+            "2",
+            "2 s",
+            "1.5s",
+            "0ms",
+            "3d",
+            "-1s",
+            "99999999999999999999s",
+        ] {
+            assert!(ms(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn errors_are_collected() {
+        let err = parse(quote::quote!(isolation = "snapshot", retries = 0, bogus)).unwrap_err();
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].contains("unknown isolation level \"snapshot\""));
+        assert!(messages[1].contains("`retries = 0` does nothing"));
+        assert!(messages[2].contains("unknown option `bogus`"));
+    }
+
+    #[test]
+    fn duplicates_and_shapes() {
+        let err = parse(quote::quote!(read_only, read_only)).unwrap_err();
+        assert!(err.to_string().contains("given more than once"));
+        let err = parse(quote::quote!(retries = "3")).unwrap_err();
+        assert!(err.to_string().contains("whole number"));
+        let err = parse(quote::quote!(timeout = 5)).unwrap_err();
+        assert!(err.to_string().contains("string literal"));
+        let err = parse(quote::quote!(read_only = true)).unwrap_err();
+        assert!(err.to_string().contains("takes no value"));
+        let lit: LitInt = parse_quote!(3u8);
+        assert!(parse_retries(&lit).is_err());
+    }
+}

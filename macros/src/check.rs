@@ -1,0 +1,244 @@
+//! Validation of the annotated function: every misuse becomes a `syn::Error` on the
+//! user's own tokens, and a valid function becomes a [`Checked`] for the expansion.
+
+use syn::{FnArg, ItemFn, PatType, ReturnType, Type, TypePath};
+
+use crate::args::Args;
+
+/// A function that passed every check, with the index of its transaction parameter.
+pub(crate) struct Checked {
+    pub(crate) item: ItemFn,
+    pub(crate) tx_index: usize,
+}
+
+fn last_segment(ty: &Type) -> Option<String> {
+    match ty {
+        Type::Path(TypePath { path, .. }) => path.segments.last().map(|s| s.ident.to_string()),
+        Type::Paren(p) => last_segment(&p.elem),
+        Type::Group(g) => last_segment(&g.elem),
+        _ => None,
+    }
+}
+
+fn is_transaction_type(ty: &Type) -> bool {
+    matches!(
+        last_segment(ty).as_deref(),
+        Some("Tx" | "DatabaseTransaction")
+    )
+}
+
+fn is_connection_type(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => is_connection_type(&r.elem),
+        _ => matches!(
+            last_segment(ty).as_deref(),
+            Some("DatabaseConnection" | "DbConn")
+        ),
+    }
+}
+
+pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
+    let mut errors: Vec<syn::Error> = Vec::new();
+    let sig = &item.sig;
+
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            "the `async` keyword is missing from the function declaration: \
+             a `#[safe_db_operation]` must be an `async fn`",
+        ));
+    }
+
+    let tx_index = sig
+        .inputs
+        .iter()
+        .position(|arg| matches!(arg, FnArg::Typed(_)));
+    match tx_index.map(|i| &sig.inputs[i]) {
+        None => errors.push(syn::Error::new(
+            sig.paren_token.span.join(),
+            "a `#[safe_db_operation]` takes the transaction as its first parameter: \
+             add `tx: &Tx` here",
+        )),
+        Some(FnArg::Typed(PatType { ty, .. })) => {
+            if let Some(err) = check_transaction_type(ty) {
+                errors.push(err);
+            }
+        }
+        Some(FnArg::Receiver(_)) => unreachable!("position() found a typed argument"),
+    }
+
+    for (i, arg) in sig.inputs.iter().enumerate() {
+        match arg {
+            FnArg::Typed(pat_type) if Some(i) != tx_index => {
+                if is_connection_type(&pat_type.ty) {
+                    errors.push(syn::Error::new_spanned(
+                        pat_type,
+                        "a `#[safe_db_operation]` must not take a connection besides its \
+                         transaction: queries on it would run outside the transaction. \
+                         Use the `tx` parameter for every query",
+                    ));
+                }
+            }
+            FnArg::Receiver(receiver) if args.retries.is_some() && receiver.reference.is_none() => {
+                errors.push(syn::Error::new_spanned(
+                    receiver,
+                    "an operation with `retries` runs its body once per attempt, so it \
+                     cannot take `self` by value: take `&self`",
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    if let ReturnType::Default = sig.output {
+        errors.push(syn::Error::new(
+            sig.paren_token.span.close(),
+            "a `#[safe_db_operation]` must return `Result<T, E>` (with `E: From<sea_orm::DbErr>`): \
+             the transaction commits on `Ok` and rolls back on `Err`",
+        ));
+    }
+
+    match errors.into_iter().reduce(|mut all, e| {
+        all.combine(e);
+        all
+    }) {
+        Some(err) => Err(err),
+        None => Ok(Checked {
+            tx_index: tx_index.expect("checked above"),
+            item,
+        }),
+    }
+}
+
+fn check_transaction_type(ty: &Type) -> Option<syn::Error> {
+    match ty {
+        Type::Reference(r) => r.mutability.map(|_| {
+            syn::Error::new_spanned(
+                r,
+                "take the transaction as `&Tx`, not `&mut Tx`: it is shared with nested \
+                 operations, and the operation, not the body, commits or rolls it back",
+            )
+        }),
+        ty if is_transaction_type(ty) => Some(syn::Error::new_spanned(
+            ty,
+            "take the transaction by reference, `&Tx`: the operation owns it, and \
+             commits or rolls it back when the body returns",
+        )),
+        ty => Some(syn::Error::new_spanned(
+            ty,
+            "the first parameter of a `#[safe_db_operation]` must be the transaction: \
+             add `tx: &Tx` before it",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::parse_quote;
+
+    fn messages(item: ItemFn) -> Vec<String> {
+        match check(item, &Args::default()) {
+            Ok(_) => vec![],
+            Err(err) => err.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_supported_shapes() {
+        let ok: [ItemFn; 4] = [
+            parse_quote!(
+                async fn f(tx: &Tx) -> Result<(), E> {}
+            ),
+            parse_quote!(
+                async fn f(&self, tx: &safe_db::Tx, id: i32) -> Result<(), E> {}
+            ),
+            parse_quote!(
+                async fn f<'a, T: X>(tx: &'a Tx, t: &'a T) -> Result<T, E> {}
+            ),
+            parse_quote!(
+                async fn f(tx: &sea_orm::DatabaseTransaction) -> Result<(), E> {}
+            ),
+        ];
+        for item in ok {
+            assert_eq!(messages(item), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn rejects_each_misuse() {
+        let cases: [(ItemFn, &str); 7] = [
+            (
+                parse_quote!(
+                    fn f(tx: &Tx) -> Result<(), E> {}
+                ),
+                "`async` keyword is missing",
+            ),
+            (
+                parse_quote!(
+                    async fn f() -> Result<(), E> {}
+                ),
+                "add `tx: &Tx` here",
+            ),
+            (
+                parse_quote!(
+                    async fn f(id: i32) -> Result<(), E> {}
+                ),
+                "must be the transaction",
+            ),
+            (
+                parse_quote!(
+                    async fn f(tx: Tx) -> Result<(), E> {}
+                ),
+                "by reference",
+            ),
+            (
+                parse_quote!(
+                    async fn f(tx: &mut Tx) -> Result<(), E> {}
+                ),
+                "not `&mut Tx`",
+            ),
+            (
+                parse_quote!(
+                    async fn f(tx: &Tx) {}
+                ),
+                "must return `Result<T, E>`",
+            ),
+            (
+                parse_quote!(
+                    async fn f(tx: &Tx, db: &DatabaseConnection) -> Result<(), E> {}
+                ),
+                "outside the transaction",
+            ),
+        ];
+        for (item, expected) in cases {
+            let found = messages(item);
+            assert!(
+                found.len() == 1 && found[0].contains(expected),
+                "expected {expected:?}, found {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_all_errors_at_once() {
+        let found = messages(parse_quote!(
+            fn f(tx: &mut Tx) {}
+        ));
+        assert_eq!(found.len(), 3, "{found:?}");
+    }
+
+    #[test]
+    fn retries_need_self_by_reference() {
+        let args: Args = parse_quote!(retries = 2);
+        let err = check(
+            parse_quote!(
+                async fn f(self, tx: &Tx) -> Result<(), E> {}
+            ),
+            &args,
+        )
+        .err()
+        .expect("self by value with retries");
+        assert!(err.to_string().contains("take `&self`"));
+    }
+}

@@ -1,0 +1,90 @@
+//! What a caller may pass to an operation: something a transaction can begin on.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sea_orm::{
+    AccessMode, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
+
+use crate::{Options, Tx};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Anything an operation can run its transaction on: a [`DatabaseConnection`] (a new
+/// transaction begins and ends in the call), or an enclosing [`Tx`] or
+/// [`DatabaseTransaction`] (the operation runs in a `SAVEPOINT` inside it).
+///
+/// Callers of a `#[safe_db_operation]` pass `&db` or `tx` where the function declares
+/// `tx: &Tx`. The trait is sealed: its one method is an implementation detail.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is neither a database connection nor a transaction",
+    label = "a safe-db operation needs a `&DatabaseConnection` or a `&Tx` here",
+    note = "pass the connection (`&db`, a `sea_orm::DatabaseConnection`) to run the operation in a new transaction,\n\
+            or the caller's `tx: &safe_db::Tx` to run it inside that transaction (as a SAVEPOINT)"
+)]
+pub trait Begin: Sync + sealed::Sealed {
+    #[doc(hidden)]
+    fn __begin(&self, options: &Options) -> impl Future<Output = Result<Tx, DbErr>> + Send;
+}
+
+fn outermost_options(backend: DbBackend, options: &Options) -> TransactionOptions {
+    let mut out = TransactionOptions::default();
+    if backend == DbBackend::Sqlite {
+        // SQLite has no isolation levels or access modes. A writer takes the write
+        // lock at BEGIN, where a busy database is waited out, instead of failing with
+        // "database is locked" when a read lock cannot be upgraded mid-transaction.
+        out.sqlite_transaction_mode = Some(if options.read_only {
+            SqliteTransactionMode::Deferred
+        } else {
+            SqliteTransactionMode::Immediate
+        });
+    } else {
+        out.isolation_level = options.isolation.map(|i| i.to_sea_orm());
+        out.access_mode = options.read_only.then_some(AccessMode::ReadOnly);
+    }
+    out
+}
+
+impl sealed::Sealed for DatabaseConnection {}
+impl Begin for DatabaseConnection {
+    async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
+        let options = outermost_options(self.get_database_backend(), options);
+        Ok(Tx::outermost(self.begin_with_options(options).await?))
+    }
+}
+
+impl sealed::Sealed for Tx {}
+impl Begin for Tx {
+    async fn __begin(&self, _: &Options) -> Result<Tx, DbErr> {
+        // A savepoint cannot change isolation or access mode: the outermost decides.
+        let txn = self.as_database_transaction().begin().await?;
+        Ok(self.nested(txn))
+    }
+}
+
+impl sealed::Sealed for DatabaseTransaction {}
+impl Begin for DatabaseTransaction {
+    async fn __begin(&self, _: &Options) -> Result<Tx, DbErr> {
+        let outer = Tx::outermost(self.begin().await?);
+        // Still a savepoint of a transaction that the caller ends by hand.
+        Ok(outer.with_depth(1))
+    }
+}
+
+impl<T: Begin + ?Sized> sealed::Sealed for &T {}
+impl<T: Begin + ?Sized> Begin for &T {
+    fn __begin(&self, options: &Options) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        (**self).__begin(options)
+    }
+}
+
+impl<T: Begin + ?Sized + Send> sealed::Sealed for Arc<T> {}
+impl<T: Begin + ?Sized + Send> Begin for Arc<T> {
+    fn __begin(&self, options: &Options) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        (**self).__begin(options)
+    }
+}

@@ -1,0 +1,341 @@
+//! Database transactions that are safe by construction, for [SeaORM] 2.
+//!
+//! Annotate an `async fn` whose first parameter is the transaction, `tx: &Tx`, with
+//! [`#[safe_db_operation]`](macro@safe_db_operation). Callers pass a connection (a new
+//! transaction begins and ends in the call) or their own `tx` (the operation runs in a
+//! `SAVEPOINT` inside it). The body's `Ok` commits; its `Err`, a panic, a timeout or the
+//! caller dropping the future rolls back. Misuse is a compile error on your own tokens.
+//!
+//! ```
+//! use safe_db::{safe_db_operation, Tx};
+//! use sea_orm::{ConnectionTrait, DbErr};
+//!
+//! #[safe_db_operation]
+//! async fn add_note(tx: &Tx, text: &str) -> Result<u64, DbErr> {
+//!     let sql = format!("INSERT INTO notes (text) VALUES ('{text}')");
+//!     Ok(tx.execute_unprepared(&sql).await?.rows_affected())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), DbErr> {
+//! let db = sea_orm::Database::connect("sqlite::memory:").await?;
+//! # db.execute_unprepared("CREATE TABLE notes (text TEXT)").await?;
+//! assert_eq!(add_note(&db, "hello").await?, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Where an attribute does not fit, the closure form runs the same code path:
+//! [`transaction`] and [`Options::run`].
+//!
+//! [SeaORM]: https://www.sea-ql.org/SeaORM/
+
+extern crate self as safe_db;
+
+mod begin;
+mod error;
+mod operation;
+mod options;
+mod tx;
+
+use sea_orm::DbErr;
+
+pub use begin::Begin;
+pub use error::{Error, ErrorKind};
+pub use options::{Isolation, Options};
+pub use tx::Tx;
+
+/// Runs an `async fn` in a transaction that commits on `Ok` and rolls back otherwise.
+///
+/// The first parameter (after `self`, if any) is the transaction, declared `tx: &Tx`
+/// (or `&sea_orm::DatabaseTransaction`). The rewritten function takes in its place
+/// anything that implements [`Begin`]: `&DatabaseConnection` starts a new transaction,
+/// an enclosing `&Tx` runs this one as a `SAVEPOINT` in it. The return type is a
+/// `Result<T, E>` with `E: From<sea_orm::DbErr>`.
+///
+/// | the body…                     | the transaction…                          | the caller gets         |
+/// |-------------------------------|-------------------------------------------|-------------------------|
+/// | returns `Ok(v)`               | commits (`RELEASE SAVEPOINT` when nested) | `Ok(v)`, or the COMMIT's error |
+/// | returns `Err(e)`              | rolls back                                | `Err(e)`, unchanged     |
+/// | panics                        | rolls back, connection back to the pool   | the panic, resumed      |
+/// | overruns `timeout`            | rolls back                                | `Err(E::from(timeout))` |
+/// | is dropped by the caller      | rolls back, connection back to the pool   | —                       |
+///
+/// # Options
+///
+/// - `isolation = "read_uncommitted" | "read_committed" | "repeatable_read" | "serializable"`
+/// - `read_only`
+/// - `timeout = "250ms" | "2s" | "1m"`: bounds the whole operation, retries included.
+/// - `retries = N`: re-runs the whole operation, up to `N` more times, after a
+///   serialization failure, deadlock or SQLite busy error, with capped exponential
+///   back-off and jitter. Every argument must be `Clone`: each attempt gets its own copy.
+///   Only the outermost operation retries: a nested one shares its caller's transaction,
+///   so its conflict fails the caller, which retries as a whole.
+///
+/// ```
+/// use safe_db::{safe_db_operation, Tx};
+/// use sea_orm::{ConnectionTrait, DbErr};
+///
+/// #[safe_db_operation(isolation = "serializable", timeout = "2s", retries = 5)]
+/// async fn bump(tx: &Tx, by: i64) -> Result<(), DbErr> {
+///     tx.execute_unprepared(&format!("UPDATE counter SET n = n + {by}")).await?;
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), DbErr> {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE counter (n INTEGER); INSERT INTO counter VALUES (0)").await?;
+/// bump(&db, 2).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Nesting
+///
+/// Passing `tx` to another operation runs it in a savepoint: its failure rolls back only
+/// its own work, and the caller may handle the error and still commit.
+///
+/// ```
+/// use safe_db::{safe_db_operation, Error, Tx};
+/// use sea_orm::{ConnectionTrait, DbErr};
+///
+/// #[safe_db_operation]
+/// async fn insert(tx: &Tx, id: i32) -> Result<(), Error> {
+///     tx.execute_unprepared(&format!("INSERT INTO t (id) VALUES ({id})")).await?;
+///     Ok(())
+/// }
+///
+/// #[safe_db_operation]
+/// async fn insert_both(tx: &Tx) -> Result<(), Error> {
+///     insert(tx, 1).await?;
+///     // id 1 again: a unique violation, rolled back to the savepoint and ignored.
+///     let again = insert(tx, 1).await;
+///     assert_eq!(again.unwrap_err().kind(), safe_db::ErrorKind::UniqueViolation);
+///     insert(tx, 2).await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)").await?;
+/// insert_both(&db).await?; // ids 1 and 2 are committed
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # What it expands to
+///
+/// The function above is, without the macro, the closure form of the same runtime path:
+///
+/// ```
+/// use safe_db::{Error, Tx};
+/// use sea_orm::ConnectionTrait;
+///
+/// async fn insert(db: &impl safe_db::Begin, id: i32) -> Result<(), Error> {
+///     safe_db::transaction(db, async |tx: &Tx| {
+///         tx.execute_unprepared(&format!("INSERT INTO t (id) VALUES ({id})")).await?;
+///         Ok(())
+///     })
+///     .await
+/// }
+/// ```
+///
+/// # Compile-time checks
+///
+/// Misuse is rejected with an error on the offending tokens: a function that is not
+/// `async`, a missing or misplaced transaction parameter, a transaction taken by value or
+/// as `&mut`, a second connection parameter (queries on it would run outside the
+/// transaction), a return type that is not a `Result` or whose error cannot hold a
+/// `DbErr`, unknown, malformed or repeated options, `retries` with an argument that is
+/// not `Clone`, and a caller passing something that is not a connection or a `Tx`.
+///
+/// ```compile_fail
+/// # use safe_db::{safe_db_operation, Tx};
+/// #[safe_db_operation]
+/// fn not_async(tx: &Tx) -> Result<(), sea_orm::DbErr> { Ok(()) }
+/// ```
+#[doc(inline)]
+pub use safe_db_macros::safe_db_operation;
+
+/// Runs `body` in a transaction on `conn`: the closure form of
+/// [`#[safe_db_operation]`](macro@safe_db_operation), for code that cannot take an
+/// attribute (the seed's `get_db_session()` / `execute_db_query(query_func)`).
+///
+/// ```
+/// use safe_db::Tx;
+/// use sea_orm::{ConnectionTrait, DbErr};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), DbErr> {
+/// let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// let n = safe_db::transaction(&db, async |tx: &Tx| {
+///     tx.execute_unprepared("CREATE TABLE t (id INTEGER)").await?;
+///     Ok::<_, DbErr>(tx.execute_unprepared("INSERT INTO t VALUES (1)").await?.rows_affected())
+/// })
+/// .await?;
+/// assert_eq!(n, 1);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn transaction<C, F, T, E>(conn: &C, body: F) -> Result<T, E>
+where
+    C: Begin + ?Sized,
+    F: AsyncFnMut(&Tx) -> Result<T, E>,
+    E: From<DbErr>,
+{
+    Options::new().run(conn, body).await
+}
+
+impl Options {
+    /// Runs `body` in a transaction with these options: the closure form's builder.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use safe_db::{Isolation, Options, Tx};
+    /// use sea_orm::{ConnectionTrait, DbErr};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), DbErr> {
+    /// let db = sea_orm::Database::connect("sqlite::memory:").await?;
+    /// Options::new()
+    ///     .isolation(Isolation::Serializable)
+    ///     .timeout(Duration::from_secs(1))
+    ///     .retries(3)
+    ///     .run(&db, async |tx: &Tx| tx.execute_unprepared("SELECT 1").await.map(drop))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run<C, F, T, E>(self, conn: &C, mut body: F) -> Result<T, E>
+    where
+        C: Begin + ?Sized,
+        F: AsyncFnMut(&Tx) -> Result<T, E>,
+        E: From<DbErr>,
+    {
+        __operation!(retry: conn, self, "transaction", |tx| body(tx).await)
+    }
+}
+
+/// Not public API: what `#[safe_db_operation]` expands to refers to these paths only.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::operation::{Next, Operation, Outcome};
+    pub use crate::{Begin, Isolation, Options, Tx};
+    pub use core::{convert::From, result::Result};
+
+    /// The types the transaction parameter may be declared with.
+    #[diagnostic::on_unimplemented(
+        message = "the first parameter of a `#[safe_db_operation]` must be the transaction, `&Tx`",
+        label = "expected `&safe_db::Tx` (or `&sea_orm::DatabaseTransaction`), found `{Self}`",
+        note = "write the function as `async fn name(tx: &Tx, …)`; callers then pass a connection or a `Tx` in its place"
+    )]
+    pub trait Managed<'t> {
+        fn from_tx(tx: &'t Tx) -> Self;
+    }
+
+    impl<'t> Managed<'t> for &'t Tx {
+        #[inline]
+        fn from_tx(tx: &'t Tx) -> Self {
+            tx
+        }
+    }
+
+    impl<'t> Managed<'t> for &'t sea_orm::DatabaseTransaction {
+        #[inline]
+        fn from_tx(tx: &'t Tx) -> Self {
+            tx.as_database_transaction()
+        }
+    }
+
+    /// The return types an operation may have.
+    #[diagnostic::on_unimplemented(
+        message = "a `#[safe_db_operation]` must return a `Result`, not `{Self}`",
+        label = "expected `Result<_, E>` where `E: From<sea_orm::DbErr>`",
+        note = "the transaction commits on `Ok` and rolls back on `Err`, so the function must return a `Result`"
+    )]
+    pub trait OperationResult {
+        type Error;
+    }
+
+    impl<T, E> OperationResult for core::result::Result<T, E> {
+        type Error = E;
+    }
+
+    /// Error types that can hold a database error.
+    #[diagnostic::on_unimplemented(
+        message = "the error type `{Self}` cannot hold a database error",
+        label = "`{Self}` does not implement `From<sea_orm::DbErr>`",
+        note = "BEGIN, COMMIT and every query can fail with a `sea_orm::DbErr`: implement `From<sea_orm::DbErr>` for `{Self}`, or use `safe_db::Error` or `sea_orm::DbErr` as the error type"
+    )]
+    pub trait FromDbErr {}
+
+    impl<E: From<sea_orm::DbErr>> FromDbErr for E {}
+
+    /// Compile-time check of the declared return type; never called.
+    pub const fn assert_result<R: OperationResult>()
+    where
+        R::Error: FromDbErr,
+    {
+    }
+
+    /// Arguments of an operation that retries: each attempt gets its own copy.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` must be `Clone` because the operation has `retries`",
+        label = "each attempt of a retried operation needs its own copy of this argument",
+        note = "derive or implement `Clone` for `{Self}`, pass it by reference, or remove `retries`"
+    )]
+    pub trait RetryArg: Clone {}
+
+    impl<T: Clone> RetryArg for T {}
+
+    #[inline]
+    pub fn retry_copy<T: RetryArg>(value: &T) -> T {
+        value.clone()
+    }
+}
+
+/// The control flow of an operation, written once for the attribute and the closure form.
+/// `once` is for operations without retries: it moves the arguments into the body.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __operation {
+    (once: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+        let mut operation = $crate::__private::Operation::new(&$options, $name);
+        match operation.begin($conn).await {
+            $crate::__private::Result::Ok(tx) => {
+                let outcome = operation
+                    .run(async {
+                        let $tx: &$crate::__private::Tx = &tx;
+                        $body
+                    })
+                    .await;
+                operation.finish_once(tx, outcome).await
+            }
+            $crate::__private::Result::Err(err) => {
+                $crate::__private::Result::Err($crate::__private::From::from(err))
+            }
+        }
+    }};
+    (retry: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+        let mut operation = $crate::__private::Operation::new(&$options, $name);
+        loop {
+            let tx = match operation.begin($conn).await {
+                $crate::__private::Result::Ok(tx) => tx,
+                $crate::__private::Result::Err(err) => {
+                    break $crate::__private::Result::Err($crate::__private::From::from(err));
+                }
+            };
+            let outcome = operation
+                .run(async {
+                    let $tx: &$crate::__private::Tx = &tx;
+                    $body
+                })
+                .await;
+            match operation.finish(tx, outcome).await {
+                $crate::__private::Next::Done(result) => break result,
+                $crate::__private::Next::Retry => {}
+            }
+        }
+    }};
+}

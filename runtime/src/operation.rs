@@ -1,0 +1,348 @@
+//! The one implementation of an operation's semantics, shared by `#[safe_db_operation]`
+//! and [`Options::run`]: begin, run the body under a deadline and a panic guard, then
+//! commit, roll back or retry.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr};
+use tokio::time::Instant;
+
+use crate::{Begin, ErrorKind, Options, Tx};
+
+/// How a body ended.
+#[doc(hidden)]
+pub enum Outcome<T, E> {
+    Returned(Result<T, E>),
+    Panicked(Box<dyn Any + Send>),
+    TimedOut,
+}
+
+/// What the operation does after an attempt.
+#[doc(hidden)]
+pub enum Next<T, E> {
+    Done(Result<T, E>),
+    Retry,
+}
+
+/// One call of an operation, across its attempts.
+#[doc(hidden)]
+pub struct Operation {
+    name: &'static str,
+    options: Options,
+    deadline: Option<Instant>,
+    attempt: u32,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(4);
+const BACKOFF_CAP: Duration = Duration::from_millis(500);
+/// How long a rollback after a timeout may take before the connection is given up.
+const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
+
+impl Operation {
+    pub fn new(options: &Options, name: &'static str) -> Self {
+        Operation {
+            name,
+            options: *options,
+            deadline: options.timeout.map(|t| Instant::now() + t),
+            attempt: 0,
+        }
+    }
+
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    async fn within_deadline<F: Future<Output = Result<R, DbErr>>, R>(
+        &self,
+        fut: F,
+    ) -> Result<R, DbErr> {
+        match self.remaining() {
+            None => fut.await,
+            Some(left) => tokio::time::timeout(left, fut)
+                .await
+                .unwrap_or_else(|_| Err(self.timeout_error())),
+        }
+    }
+
+    /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
+    /// is retried like any other when retries are allowed.
+    pub async fn begin<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
+        loop {
+            self.attempt += 1;
+            match self.within_deadline(self.begin_once(conn)).await {
+                Ok(tx) => return Ok(tx),
+                Err(err) if ErrorKind::of(&err).is_retryable() && self.backoff().await => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn begin_once<C: Begin + ?Sized>(&self, conn: &C) -> Result<Tx, DbErr> {
+        let tx = conn.__begin(&self.options).await?;
+        if tx.depth() == 0
+            && tx.get_database_backend() == DbBackend::Postgres
+            && let Some(left) = self.remaining()
+        {
+            // The server stops a statement that would overrun the deadline, so a
+            // timed-out operation leaves nothing running and its connection is reusable.
+            let ms = left.as_millis().clamp(1, i32::MAX as u128);
+            tx.execute_unprepared(&format!("SET LOCAL statement_timeout = {ms}"))
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// Runs one attempt's body under the operation's deadline, catching a panic.
+    pub async fn run<T, E, F>(&self, body: F) -> Outcome<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let body = AssertUnwindSafe(body).catch_unwind();
+        let caught = match self.remaining() {
+            None => body.await,
+            Some(left) => match tokio::time::timeout(left, body).await {
+                Ok(caught) => caught,
+                Err(_) => return Outcome::TimedOut,
+            },
+        };
+        match caught {
+            Ok(result) => Outcome::Returned(result),
+            Err(payload) => Outcome::Panicked(payload),
+        }
+    }
+
+    /// Ends an attempt of an operation that does not retry.
+    pub async fn finish_once<T, E: From<DbErr>>(
+        &mut self,
+        tx: Tx,
+        outcome: Outcome<T, E>,
+    ) -> Result<T, E> {
+        match self.settle(tx, outcome, false).await {
+            Next::Done(result) => result,
+            Next::Retry => unreachable!("retry without retries"),
+        }
+    }
+
+    /// Ends an attempt: commit, roll back, or roll back and ask for another attempt.
+    pub async fn finish<T, E: From<DbErr>>(
+        &mut self,
+        tx: Tx,
+        outcome: Outcome<T, E>,
+    ) -> Next<T, E> {
+        self.settle(tx, outcome, true).await
+    }
+
+    async fn settle<T, E: From<DbErr>>(
+        &mut self,
+        tx: Tx,
+        outcome: Outcome<T, E>,
+        may_retry: bool,
+    ) -> Next<T, E> {
+        // A nested operation shares its caller's transaction: only the outermost retries.
+        let may_retry = may_retry && tx.depth() == 0;
+        match outcome {
+            Outcome::Returned(Ok(value)) => {
+                if let Some(err) = self.cannot_commit(&tx) {
+                    let conflicted = tx.conflicted();
+                    self.rollback(tx).await;
+                    return if conflicted && may_retry && self.backoff().await {
+                        Next::Retry
+                    } else {
+                        Next::Done(Err(E::from(err)))
+                    };
+                }
+                let conflicts = tx.conflict_flag();
+                match self.within_deadline(tx.into_inner().commit()).await {
+                    Ok(()) => Next::Done(Ok(value)),
+                    Err(err) => {
+                        if ErrorKind::of(&err).is_retryable() {
+                            conflicts.note();
+                            if may_retry && self.backoff().await {
+                                return Next::Retry;
+                            }
+                        }
+                        Next::Done(Err(E::from(err)))
+                    }
+                }
+            }
+            Outcome::Returned(Err(err)) => {
+                let conflicted = tx.conflicted();
+                self.rollback(tx).await;
+                if conflicted && may_retry && self.backoff().await {
+                    Next::Retry
+                } else {
+                    Next::Done(Err(err))
+                }
+            }
+            Outcome::Panicked(payload) => {
+                self.rollback(tx).await;
+                std::panic::resume_unwind(payload)
+            }
+            Outcome::TimedOut => {
+                self.rollback(tx).await;
+                Next::Done(Err(E::from(self.timeout_error())))
+            }
+        }
+    }
+
+    /// Why a body's `Ok` must not be committed, if it must not.
+    fn cannot_commit(&self, tx: &Tx) -> Option<DbErr> {
+        if tx.conflicted() {
+            return Some(DbErr::Exec(RuntimeErr::Internal(format!(
+                "safe-db: operation `{}` returned Ok after a statement in its transaction \
+                 lost a conflict (serialization failure, deadlock or busy database); \
+                 nothing was committed",
+                self.name
+            ))));
+        }
+        if tx.statement_failed() && tx.get_database_backend() == DbBackend::Postgres {
+            return Some(DbErr::Exec(RuntimeErr::Internal(format!(
+                "safe-db: operation `{}` returned Ok after a statement in its transaction \
+                 failed, and PostgreSQL aborts a transaction on any error; nothing was \
+                 committed (run the statement that may fail in a nested operation)",
+                self.name
+            ))));
+        }
+        None
+    }
+
+    async fn rollback(&self, tx: Tx) {
+        let depth = tx.depth();
+        match tokio::time::timeout(ROLLBACK_GRACE, tx.into_inner().rollback()).await {
+            Ok(Ok(())) => {}
+            // The connection is broken or gone; dropping the transaction queues a rollback
+            // and the pool discards a connection that cannot run it.
+            Ok(Err(err)) => tracing::warn!(
+                operation = self.name,
+                depth,
+                error = %crate::error::redact(&err.to_string()),
+                "rollback failed"
+            ),
+            Err(_) => tracing::warn!(operation = self.name, depth, "rollback timed out"),
+        }
+    }
+
+    /// Sleeps before the next attempt, if one is allowed: exponential back-off with
+    /// jitter, capped, and never past the deadline.
+    async fn backoff(&mut self) -> bool {
+        if self.attempt > self.options.retries {
+            return false;
+        }
+        let exp = BACKOFF_BASE.saturating_mul(1 << (self.attempt - 1).min(16));
+        let ceiling = exp.min(BACKOFF_CAP);
+        // "Equal jitter": half fixed, half random, so contenders spread out.
+        let delay = ceiling / 2 + ceiling.mul_f64(jitter() / 2.0);
+        if let Some(left) = self.remaining()
+            && delay >= left
+        {
+            return false;
+        }
+        tracing::debug!(
+            operation = self.name,
+            attempt = self.attempt,
+            delay_ms = delay.as_millis() as u64,
+            "retrying after a conflict"
+        );
+        tokio::time::sleep(delay).await;
+        true
+    }
+
+    fn timeout_error(&self) -> DbErr {
+        timeout_error(self.name, self.options.timeout.unwrap_or_default())
+    }
+}
+
+/// A timeout that [`ErrorKind::of`] classifies as [`ErrorKind::Timeout`].
+fn timeout_error(name: &str, limit: Duration) -> DbErr {
+    let message = format!("safe-db: operation `{name}` exceeded its timeout of {limit:?}");
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, message);
+        DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Io(io),
+        )))
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    DbErr::Exec(RuntimeErr::Internal(message))
+}
+
+/// A number in [0, 1): xorshift over a per-thread state seeded from the clock, which is
+/// all that spreading retries out needs.
+fn jitter() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let here = &nanos as *const u64 as u64;
+            (nanos ^ here.rotate_left(32)) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_in_range_and_varies() {
+        let draws: Vec<f64> = (0..1000).map(|_| jitter()).collect();
+        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn timeout_error_is_classified_as_timeout() {
+        let err = timeout_error("f", Duration::from_millis(250));
+        assert_eq!(ErrorKind::of(&err), ErrorKind::Timeout);
+        assert!(
+            err.to_string()
+                .contains("operation `f` exceeded its timeout of 250ms")
+        );
+    }
+
+    #[tokio::test]
+    async fn backoff_never_sleeps_past_the_deadline() {
+        let options = Options::new()
+            .retries(100)
+            .timeout(Duration::from_millis(50));
+        let mut op = Operation::new(&options, "t");
+        let started = Instant::now();
+        let mut slept = 0;
+        loop {
+            op.attempt += 1;
+            if !op.backoff().await {
+                break;
+            }
+            slept += 1;
+        }
+        assert!(slept > 0);
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn backoff_stops_after_the_retries() {
+        let mut op = Operation::new(&Options::new().retries(2), "t");
+        op.attempt = 1;
+        assert!(op.backoff().await);
+        op.attempt = 2;
+        assert!(op.backoff().await);
+        op.attempt = 3;
+        assert!(!op.backoff().await);
+    }
+}

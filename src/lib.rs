@@ -1,0 +1,314 @@
+//! Test support for safe-db's integration tests and examples: one namespace per test on
+//! each configured database, the agent registry schema of the seed, and read-backs.
+//!
+//! SQLite (a file in a temporary directory) always runs. PostgreSQL and MariaDB/MySQL run
+//! when `SAFE_DB_TEST_POSTGRES_URL` / `SAFE_DB_TEST_MYSQL_URL` are set; otherwise their
+//! tests are skipped with one printed line, except under `CI=true`, where a missing or
+//! unreachable server fails the test.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+
+/// The seed's agent registry, as a SeaORM entity.
+pub mod agent {
+    use sea_orm::entity::prelude::*;
+
+    /// An agent of the registry.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "agents")]
+    pub struct Model {
+        /// Chosen by the caller, so tests know which rows to look for.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        /// Unique.
+        pub name: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Which database a [`TestDb`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, in a file of a temporary directory.
+    Sqlite,
+    /// PostgreSQL, in a schema of its own.
+    Postgres,
+    /// MySQL or MariaDB, in a database of its own.
+    MySql,
+}
+
+/// One test's own namespace on one database.
+pub struct TestDb {
+    /// The database it runs on.
+    pub backend: Backend,
+    /// A pool on the test's namespace.
+    pub db: DatabaseConnection,
+    /// The URL of the namespace (for tests that open more pools).
+    pub url: String,
+    namespace: String,
+    admin_url: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn env_url(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The server URLs configured for this run, after the skip-or-fail rule.
+fn servers() -> Vec<(Backend, String)> {
+    let mut out = Vec::new();
+    for (backend, var) in [
+        (Backend::Postgres, "SAFE_DB_TEST_POSTGRES_URL"),
+        (Backend::MySql, "SAFE_DB_TEST_MYSQL_URL"),
+    ] {
+        match env_url(var) {
+            Some(url) => out.push((backend, url)),
+            None if in_ci() => panic!("CI=true but {var} is not set"),
+            None => eprintln!("skipping {backend:?}: {var} is not set"),
+        }
+    }
+    out
+}
+
+/// Options for a test pool: small, quick to give up, quiet.
+pub fn pool_options(url: &str, max_connections: u32) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .min_connections(0)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    options
+}
+
+impl TestDb {
+    /// A fresh namespace named after `test` on every configured database, each with the
+    /// agent schema and a pool of `max_connections`.
+    pub async fn all(test: &str, max_connections: u32) -> Vec<TestDb> {
+        let mut out = vec![TestDb::sqlite(test, max_connections).await];
+        for (backend, url) in servers() {
+            let db = TestDb::server(backend, &url, test, max_connections)
+                .await
+                .unwrap_or_else(|e| panic!("{backend:?} at {}: {e}", redact(&url)));
+            out.push(db);
+        }
+        out
+    }
+
+    /// A fresh SQLite file database with the agent schema.
+    pub async fn sqlite(test: &str, max_connections: u32) -> TestDb {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join(format!("{test}.db")).display()
+        );
+        let db = Database::connect(pool_options(&url, max_connections))
+            .await
+            .expect("open SQLite");
+        let out = TestDb {
+            backend: Backend::Sqlite,
+            db,
+            url,
+            namespace: test.to_owned(),
+            admin_url: None,
+            _dir: Some(dir),
+        };
+        out.create_schema().await.expect("schema");
+        out
+    }
+
+    async fn server(
+        backend: Backend,
+        base: &str,
+        test: &str,
+        max_connections: u32,
+    ) -> Result<TestDb, DbErr> {
+        let namespace = format!("safe_db_{test}");
+        let admin = Database::connect(pool_options(base, 1)).await?;
+        let url = match backend {
+            Backend::Postgres => {
+                admin
+                    .execute_unprepared(&format!(
+                        "DROP SCHEMA IF EXISTS {namespace} CASCADE; CREATE SCHEMA {namespace}"
+                    ))
+                    .await?;
+                base.to_owned()
+            }
+            _ => {
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {namespace}"))
+                    .await?;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {namespace}"))
+                    .await?;
+                replace_database(base, &namespace)
+            }
+        };
+        admin.close().await?;
+        let mut options = pool_options(&url, max_connections);
+        if backend == Backend::Postgres {
+            options.set_schema_search_path(namespace.clone());
+        }
+        let db = Database::connect(options).await?;
+        let out = TestDb {
+            backend,
+            db,
+            url,
+            namespace,
+            admin_url: Some(base.to_owned()),
+            _dir: None,
+        };
+        out.create_schema().await?;
+        Ok(out)
+    }
+
+    /// Another pool on the same namespace.
+    pub async fn pool(&self, max_connections: u32) -> DatabaseConnection {
+        let mut options = pool_options(&self.url, max_connections);
+        if self.backend == Backend::Postgres {
+            options.set_schema_search_path(self.namespace.clone());
+        }
+        Database::connect(options).await.expect("second pool")
+    }
+
+    async fn create_schema(&self) -> Result<(), DbErr> {
+        // Deferred, so a violation surfaces at COMMIT (not on MySQL, which has no
+        // deferred constraints).
+        let deferred = match self.backend {
+            Backend::MySql => "",
+            _ => " DEFERRABLE INITIALLY DEFERRED",
+        };
+        for sql in [
+            "CREATE TABLE agents (id INTEGER PRIMARY KEY, name VARCHAR(100) NOT NULL UNIQUE)"
+                .to_owned(),
+            format!(
+                "CREATE TABLE notes (id INTEGER PRIMARY KEY, agent_id INTEGER NOT NULL \
+                 REFERENCES agents (id){deferred})"
+            ),
+            "CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)".to_owned(),
+        ] {
+            self.db.execute_unprepared(&sql).await?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the agents table, in order: what was really committed.
+    pub async fn agent_ids(&self) -> Vec<i32> {
+        ids(&self.db, "SELECT id FROM agents ORDER BY id").await
+    }
+
+    /// The ids of the notes table, in order.
+    pub async fn note_ids(&self) -> Vec<i32> {
+        ids(&self.db, "SELECT id FROM notes ORDER BY id").await
+    }
+
+    /// The name of agent `id`, if it exists.
+    pub async fn agent_name(&self, id: i32) -> Option<String> {
+        let sql = format!("SELECT name FROM agents WHERE id = {id}");
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                sql,
+            ))
+            .await
+            .expect("read back");
+        row.map(|r| r.try_get_by_index(0).expect("name"))
+    }
+
+    /// Drops the test's namespace (SQLite's goes with its temporary directory).
+    pub async fn cleanup(self) {
+        let _ = self.db.close().await;
+        if let Some(admin_url) = &self.admin_url {
+            let admin = Database::connect(pool_options(admin_url, 1))
+                .await
+                .expect("admin connection");
+            let sql = match self.backend {
+                Backend::Postgres => format!("DROP SCHEMA IF EXISTS {} CASCADE", self.namespace),
+                _ => format!("DROP DATABASE IF EXISTS {}", self.namespace),
+            };
+            admin.execute_unprepared(&sql).await.expect("cleanup");
+            let _ = admin.close().await;
+        }
+    }
+}
+
+/// The first column of every row, as integers.
+pub async fn ids(db: &impl ConnectionTrait, sql: &str) -> Vec<i32> {
+    let stmt = sea_orm::Statement::from_string(db.get_database_backend(), sql.to_owned());
+    db.query_all_raw(stmt)
+        .await
+        .expect("read back")
+        .iter()
+        .map(|row| row.try_get_by_index::<i32>(0).expect("integer"))
+        .collect()
+}
+
+/// Runs `sql` on `db` (DDL and writes outside any operation, for set-up).
+pub async fn exec(db: &impl ConnectionTrait, sql: &str) {
+    db.execute_unprepared(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The backend of a SeaORM connection, as a [`Backend`].
+pub fn backend_of(db: &impl ConnectionTrait) -> Backend {
+    match db.get_database_backend() {
+        DbBackend::Postgres => Backend::Postgres,
+        DbBackend::MySql => Backend::MySql,
+        _ => Backend::Sqlite,
+    }
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{database}?{q}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if s + 3 < at => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            super::replace_database("mysql://root@127.0.0.1:3306/test", "x"),
+            "mysql://root@127.0.0.1:3306/x"
+        );
+        assert_eq!(
+            super::replace_database("mysql://root@h/test?ssl-mode=disabled", "x"),
+            "mysql://root@h/x?ssl-mode=disabled"
+        );
+        assert_eq!(super::redact("pg://u:pw@h/db"), "pg://u:***@h/db");
+    }
+}
