@@ -69,15 +69,13 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
 
     for (i, arg) in sig.inputs.iter().enumerate() {
         match arg {
-            FnArg::Typed(pat_type) if Some(i) != tx_index => {
-                if is_connection_type(&pat_type.ty) {
-                    errors.push(syn::Error::new_spanned(
-                        pat_type,
-                        "a `#[safe_db_operation]` must not take a connection besides its \
-                         transaction: queries on it would run outside the transaction. \
-                         Use the `tx` parameter for every query",
-                    ));
-                }
+            FnArg::Typed(pat_type) if Some(i) != tx_index && is_connection_type(&pat_type.ty) => {
+                errors.push(syn::Error::new_spanned(
+                    pat_type,
+                    "a `#[safe_db_operation]` must not take a connection besides its \
+                     transaction: queries on it would run outside the transaction. \
+                     Use the `tx` parameter for every query",
+                ));
             }
             FnArg::Receiver(receiver) if args.retries.is_some() && receiver.reference.is_none() => {
                 errors.push(syn::Error::new_spanned(

@@ -44,15 +44,15 @@ fn operation(
 }
 
 fn not_a_function(item: &proc_macro2::TokenStream) -> syn::Error {
-    if let Ok(decl) = syn::parse2::<syn::TraitItemFn>(item.clone()) {
-        if decl.default.is_none() {
-            return syn::Error::new_spanned(
-                decl.sig.ident.to_token_stream(),
-                "`#[safe_db_operation]` goes on the function's body, in the `impl` block; \
-                 declare the trait method with the caller's signature, \
-                 e.g. `fn name(&self, db: &impl safe_db::Begin, …)`",
-            );
-        }
+    if let Ok(decl) = syn::parse2::<syn::TraitItemFn>(item.clone())
+        && decl.default.is_none()
+    {
+        return syn::Error::new_spanned(
+            decl.sig.ident.to_token_stream(),
+            "`#[safe_db_operation]` goes on the function's body, in the `impl` block; \
+             declare the trait method with the caller's signature, \
+             e.g. `fn name(&self, db: &impl safe_db::Begin, …)`",
+        );
     }
     let span_of = item.clone().into_iter().next();
     let message = "`#[safe_db_operation]` can only be applied to an `async fn`";

@@ -1,0 +1,9 @@
+use safe_db::{Tx, safe_db_operation};
+
+#[safe_db_operation(timeout = "1s", read_only, timeout = "2s")]
+async fn rename(tx: &Tx) -> Result<(), safe_db::Error> {
+    let _ = tx;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use safe_db::{Tx, safe_db_operation};
+
+#[safe_db_operation]
+async fn rename(tx: Tx, id: i32) -> Result<(), safe_db::Error> {
+    let _ = (tx, id);
+    Ok(())
+}
+
+fn main() {}
