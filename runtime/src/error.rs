@@ -73,6 +73,8 @@ fn of_runtime(runtime: &RuntimeErr, is_connect: bool) -> ErrorKind {
     };
     match &**sqlx {
         SqlxError::Database(db) => of_database(db.as_ref()).unwrap_or(fallback),
+        // While connecting, a pool that times out never reached the server.
+        SqlxError::PoolTimedOut if is_connect => ErrorKind::Unavailable,
         SqlxError::PoolTimedOut => ErrorKind::PoolExhausted,
         SqlxError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
         SqlxError::PoolClosed
