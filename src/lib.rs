@@ -96,8 +96,24 @@ impl TestDb {
     /// A fresh namespace named after `test` on every configured database, each with the
     /// agent schema and a pool of `max_connections`.
     pub async fn all(test: &str, max_connections: u32) -> Vec<TestDb> {
-        let mut out = vec![TestDb::sqlite(test, max_connections).await];
+        TestDb::on(
+            &[Backend::Sqlite, Backend::Postgres, Backend::MySql],
+            test,
+            max_connections,
+        )
+        .await
+    }
+
+    /// Like [`TestDb::all`], for the listed backends only (a behaviour only some have).
+    pub async fn on(backends: &[Backend], test: &str, max_connections: u32) -> Vec<TestDb> {
+        let mut out = Vec::new();
+        if backends.contains(&Backend::Sqlite) {
+            out.push(TestDb::sqlite(test, max_connections).await);
+        }
         for (backend, url) in servers() {
+            if !backends.contains(&backend) {
+                continue;
+            }
             let db = TestDb::server(backend, &url, test, max_connections)
                 .await
                 .unwrap_or_else(|e| panic!("{backend:?} at {}: {e}", redact(&url)));

@@ -194,11 +194,7 @@ async fn contend(db: Arc<sea_orm::DatabaseConnection>, retries: bool) -> Vec<Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_make_every_conflicting_operation_succeed_on_postgres() {
-    for t in TestDb::all("retries_pg", 2).await {
-        if t.backend != Backend::Postgres {
-            t.cleanup().await;
-            continue;
-        }
+    for t in TestDb::on(&[Backend::Postgres], "retries_pg", 2).await {
         let db = Arc::new(t.pool(TASKS as u32 + 1).await);
         exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0)").await;
 
@@ -303,12 +299,8 @@ async fn deadlock(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_real_deadlock_is_retried() {
-    for t in TestDb::all("deadlock", 2).await {
-        if t.backend == Backend::Sqlite {
-            // SQLite writers take the write lock at BEGIN: they queue, never deadlock.
-            t.cleanup().await;
-            continue;
-        }
+    // SQLite writers take the write lock at BEGIN: they queue, never deadlock.
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "deadlock", 2).await {
         exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
         let db = Arc::new(t.pool(4).await);
 
@@ -376,13 +368,9 @@ async fn nested_conflict(tx: &Tx) -> Result<(), Error> {
 
 #[tokio::test]
 async fn a_swallowed_conflict_is_retried_not_committed() {
-    for t in TestDb::all("swallowed", 2).await {
-        if t.backend == Backend::Sqlite {
-            // `raise(ABORT)` is not a busy error: SQLite has no statement that reports a
-            // conflict on demand, so this runs on the servers.
-            t.cleanup().await;
-            continue;
-        }
+    // SQLite has no statement that reports a conflict on demand (`raise()` is not a busy
+    // error), so this runs on the servers.
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "swallowed", 2).await {
         let attempts = Arc::new(AtomicU32::new(0));
         swallows_a_conflict(&t.db, Arc::clone(&attempts))
             .await
@@ -439,11 +427,7 @@ async fn outer_calls_retrying_inner(tx: &Tx, attempts: Arc<AtomicU32>) -> Result
 
 #[tokio::test]
 async fn only_the_outermost_operation_retries() {
-    for t in TestDb::all("nested_retry", 2).await {
-        if t.backend == Backend::Sqlite {
-            t.cleanup().await;
-            continue;
-        }
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "nested_retry", 2).await {
         let attempts = Arc::new(AtomicU32::new(0));
         let err = outer_calls_retrying_inner(&t.db, Arc::clone(&attempts))
             .await
@@ -463,11 +447,7 @@ async fn always_conflicts(tx: &Tx) -> Result<(), Error> {
 
 #[tokio::test]
 async fn retries_stop_at_the_timeout() {
-    for t in TestDb::all("retry_timeout", 2).await {
-        if t.backend == Backend::Sqlite {
-            t.cleanup().await;
-            continue;
-        }
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "retry_timeout", 2).await {
         let started = std::time::Instant::now();
         let err = always_conflicts(&t.db).await.unwrap_err();
         // The last conflict is returned once the next back-off would overrun the deadline.
