@@ -156,8 +156,8 @@ impl Operation {
                         Next::Done(Err(E::from(err)))
                     };
                 }
-                let conflicts = tx.conflict_flag();
-                match self.within_deadline(tx.into_inner().commit()).await {
+                let (txn, conflicts) = tx.into_parts();
+                match self.within_deadline(txn.commit()).await {
                     Ok(()) => Next::Done(Ok(value)),
                     Err(err) => {
                         if ErrorKind::of(&err).is_retryable() {

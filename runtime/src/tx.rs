@@ -77,8 +77,9 @@ impl Tx {
         self.conflict.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn conflict_flag(&self) -> ConflictFlag {
-        ConflictFlag(Arc::clone(&self.conflict))
+    /// The transaction, and the conflict flag of its tree that outlives it.
+    pub(crate) fn into_parts(self) -> (DatabaseTransaction, ConflictFlag) {
+        (self.txn, ConflictFlag(self.conflict))
     }
 
     pub(crate) fn note_conflict(&self) {
