@@ -61,17 +61,15 @@ impl sealed::Sealed for Tx {}
 impl Begin for Tx {
     async fn __begin(&self, _: &Options) -> Result<Tx, DbErr> {
         // A savepoint cannot change isolation or access mode: the outermost decides.
-        let txn = self.as_database_transaction().begin().await?;
-        Ok(self.nested(txn))
+        self.begin_savepoint().await
     }
 }
 
 impl sealed::Sealed for DatabaseTransaction {}
 impl Begin for DatabaseTransaction {
     async fn __begin(&self, _: &Options) -> Result<Tx, DbErr> {
-        let outer = Tx::outermost(self.begin().await?);
-        // Still a savepoint of a transaction that the caller ends by hand.
-        Ok(outer.with_depth(1))
+        // A savepoint of a transaction that the caller ends by hand.
+        Ok(Tx::unmanaged_savepoint(self.begin().await?))
     }
 }
 

@@ -43,7 +43,7 @@ use sea_orm::DbErr;
 pub use begin::Begin;
 pub use error::{Error, ErrorKind};
 pub use options::{Isolation, Options};
-pub use tx::Tx;
+pub use tx::{HookOutput, Tx};
 
 /// Runs an `async fn` in a transaction that commits on `Ok` and rolls back otherwise.
 ///

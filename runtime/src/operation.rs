@@ -156,12 +156,23 @@ impl Operation {
                         Next::Done(Err(E::from(err)))
                     };
                 }
-                let (txn, conflicts) = tx.into_parts();
-                match self.within_deadline(txn.commit()).await {
-                    Ok(()) => Next::Done(Ok(value)),
+                let (txn, scope) = tx.into_parts();
+                let guard = scope.guard_savepoint_end();
+                let committed = self.within_deadline(txn.commit()).await;
+                // A RELEASE cut off by the deadline did not complete: the guard poisons.
+                if !matches!(&committed, Err(e) if ErrorKind::of(e) == ErrorKind::Timeout)
+                    && let Some(guard) = guard
+                {
+                    guard.disarm();
+                }
+                match committed {
+                    Ok(()) => {
+                        self.run_hooks(scope.committed()).await;
+                        Next::Done(Ok(value))
+                    }
                     Err(err) => {
                         if ErrorKind::of(&err).is_retryable() {
-                            conflicts.note();
+                            scope.note_conflict();
                             if may_retry && self.backoff().await {
                                 return Next::Retry;
                             }
@@ -192,6 +203,9 @@ impl Operation {
 
     /// Why a body's `Ok` must not be committed, if it must not.
     fn cannot_commit(&self, tx: &Tx) -> Option<DbErr> {
+        if tx.is_poisoned() {
+            return Some(crate::tx::poisoned_error());
+        }
         if tx.conflicted() {
             return Some(DbErr::Exec(RuntimeErr::Internal(format!(
                 "safe-db: operation `{}` returned Ok after a statement in its transaction \
@@ -211,9 +225,38 @@ impl Operation {
         None
     }
 
+    /// Runs after-commit callbacks in order; a failure or panic is reported, not raised.
+    async fn run_hooks(&self, hooks: Vec<crate::tx::Hook>) {
+        for (index, hook) in hooks.into_iter().enumerate() {
+            match AssertUnwindSafe(hook).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(
+                    operation = self.name,
+                    callback = index,
+                    %error,
+                    "on_commit callback failed; the commit stands"
+                ),
+                Err(_) => tracing::error!(
+                    operation = self.name,
+                    callback = index,
+                    "on_commit callback panicked; the commit stands"
+                ),
+            }
+        }
+    }
+
     async fn rollback(&self, tx: Tx) {
         let depth = tx.depth();
-        match tokio::time::timeout(ROLLBACK_GRACE, tx.into_inner().rollback()).await {
+        let (txn, scope) = tx.into_parts();
+        let guard = scope.guard_savepoint_end();
+        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, txn.rollback()).await;
+        // A ROLLBACK TO cut off by the grace period did not complete: the guard poisons.
+        if rolled_back.is_ok()
+            && let Some(guard) = guard
+        {
+            guard.disarm();
+        }
+        match rolled_back {
             Ok(Ok(())) => {}
             // The connection is broken or gone; dropping the transaction queues a rollback
             // and the pool discards a connection that cannot run it.

@@ -1,7 +1,9 @@
 //! The transaction handle an operation's body works with.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, ExecResult, IsolationLevel,
@@ -22,22 +24,175 @@ use crate::ErrorKind;
 pub struct Tx {
     txn: DatabaseTransaction,
     depth: u32,
+    /// This transaction's place in its tree: hooks registered here carry this id.
+    id: u32,
+    parent: Option<u32>,
     /// Set when a statement at this level failed; on PostgreSQL that aborts the
     /// transaction, so a later `COMMIT` would silently roll back.
     statement_failed: AtomicBool,
-    /// Shared by a whole tree of nested transactions: set when any statement in it lost
-    /// a conflict (serialization failure, deadlock, busy), so the outermost operation
-    /// retries even when the body swallowed or converted that error.
-    conflict: Arc<AtomicBool>,
+    tree: Arc<Tree>,
+}
+
+pub(crate) type Hook = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// What a tree of nested transactions shares, and what outlives each of them.
+pub(crate) struct Tree {
+    /// Set when any statement in the tree lost a conflict (serialization failure,
+    /// deadlock, busy), so the outermost operation retries even when the body swallowed
+    /// or converted that error.
+    conflict: AtomicBool,
+    next_id: AtomicU32,
+    /// After-commit callbacks, each tagged with the transaction that holds it now: a
+    /// released savepoint hands its callbacks to its parent, so only those that reach the
+    /// outermost transaction run, and a savepoint rolled back or dropped takes its own along.
+    hooks: Mutex<Vec<(u32, Hook)>>,
+    /// False when the outermost transaction was begun by hand, outside safe-db: its
+    /// COMMIT cannot be seen, so no callback may run.
+    managed: bool,
+    /// Set when a savepoint's BEGIN failed or was cancelled, or its RELEASE / ROLLBACK TO
+    /// was cancelled. SeaORM then queues a rollback at the enclosing level (its
+    /// `DatabaseTransaction` counts as open before its `SAVEPOINT` has run), which ends the
+    /// enclosing transaction and leaves later statements in autocommit. From then on no
+    /// statement runs and nothing commits.
+    poisoned: AtomicBool,
+}
+
+impl Tree {
+    fn new(managed: bool) -> Arc<Tree> {
+        Arc::new(Tree {
+            conflict: AtomicBool::new(false),
+            next_id: AtomicU32::new(1),
+            hooks: Mutex::new(Vec::new()),
+            managed,
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Hook)>> {
+        // A panic while the lock is held cannot leave the vector half-edited.
+        self.hooks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The part of a transaction that outlives its `DatabaseTransaction`: how it ended
+/// decides what happens to its callbacks.
+pub(crate) struct Scope {
+    tree: Arc<Tree>,
+    id: u32,
+    parent: Option<u32>,
+}
+
+/// Poisons its tree when dropped armed: held across a savepoint's BEGIN, RELEASE or
+/// ROLLBACK TO, and disarmed only once that step has completed.
+pub(crate) struct PoisonOnDrop(Option<Arc<Tree>>);
+
+impl PoisonOnDrop {
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PoisonOnDrop {
+    fn drop(&mut self) {
+        if let Some(tree) = &self.0 {
+            tree.poisoned.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The error of every statement and commit in a poisoned tree.
+pub(crate) fn poisoned_error() -> DbErr {
+    DbErr::Exec(sea_orm::RuntimeErr::Internal(
+        "safe-db: a nested operation was cancelled or failed while it began or ended its \
+         savepoint, which leaves the enclosing transaction in an unknown state; no further \
+         statement runs in it and nothing is committed"
+            .to_owned(),
+    ))
+}
+
+impl Scope {
+    /// A guard for a savepoint's RELEASE or ROLLBACK TO; none for the outermost level.
+    pub(crate) fn guard_savepoint_end(&self) -> Option<PoisonOnDrop> {
+        self.parent
+            .map(|_| PoisonOnDrop(Some(Arc::clone(&self.tree))))
+    }
+
+    pub(crate) fn note_conflict(&self) {
+        self.tree.conflict.store(true, Ordering::Relaxed);
+    }
+
+    /// The transaction committed (or its savepoint was released). Returns the callbacks
+    /// to run now: none for a savepoint, whose callbacks wait for its parent.
+    pub(crate) fn committed(self) -> Vec<Hook> {
+        let mut hooks = self.tree.hooks();
+        match self.parent {
+            Some(parent) => {
+                for (owner, _) in hooks.iter_mut() {
+                    if *owner == self.id {
+                        *owner = parent;
+                    }
+                }
+                Vec::new()
+            }
+            None => {
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    hooks.drain(..).partition(|(owner, _)| *owner == self.id);
+                *hooks = rest;
+                if !self.tree.managed && !mine.is_empty() {
+                    tracing::warn!(
+                        dropped = mine.len(),
+                        "on_commit callbacks dropped: the enclosing transaction was begun by \
+                         hand, so safe-db cannot see it commit"
+                    );
+                    return Vec::new();
+                }
+                mine.into_iter().map(|(_, hook)| hook).collect()
+            }
+        }
+    }
+}
+
+/// What an `on_commit` callback may return: nothing, or a `Result` whose error is
+/// reported (it cannot undo the commit).
+pub trait HookOutput: Send + 'static {
+    /// The error message to report, if the callback failed.
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl HookOutput for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: std::fmt::Display + Send + 'static> HookOutput for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| crate::error::redact(&e.to_string()))
+    }
 }
 
 impl Tx {
     pub(crate) fn outermost(txn: DatabaseTransaction) -> Self {
+        Tx::root(txn, 0, Tree::new(true))
+    }
+
+    /// A transaction nested in one that safe-db does not manage.
+    pub(crate) fn unmanaged_savepoint(txn: DatabaseTransaction) -> Self {
+        Tx::root(txn, 1, Tree::new(false))
+    }
+
+    fn root(txn: DatabaseTransaction, depth: u32, tree: Arc<Tree>) -> Self {
         Tx {
             txn,
-            depth: 0,
+            depth,
+            id: 0,
+            parent: None,
             statement_failed: AtomicBool::new(false),
-            conflict: Arc::new(AtomicBool::new(false)),
+            tree,
         }
     }
 
@@ -45,14 +200,11 @@ impl Tx {
         Tx {
             txn,
             depth: self.depth + 1,
+            id: self.tree.next_id.fetch_add(1, Ordering::Relaxed),
+            parent: Some(self.id),
             statement_failed: AtomicBool::new(false),
-            conflict: Arc::clone(&self.conflict),
+            tree: Arc::clone(&self.tree),
         }
-    }
-
-    pub(crate) fn with_depth(mut self, depth: u32) -> Self {
-        self.depth = depth;
-        self
     }
 
     /// How deep this transaction is nested: 0 for the outermost, 1 for a savepoint in it, …
@@ -65,8 +217,42 @@ impl Tx {
         &self.txn
     }
 
-    pub(crate) fn into_inner(self) -> DatabaseTransaction {
-        self.txn
+    /// Runs `callback` once the outermost transaction has really committed, after the
+    /// COMMIT and outside the transaction (it may start new operations).
+    ///
+    /// Callbacks run in registration order, awaited before the operation returns. One
+    /// registered in a savepoint that rolls back is dropped with it; none run when the
+    /// operation rolls back, fails to commit, panics, times out or is cancelled, and an
+    /// attempt that is retried drops its own. A callback that fails (`Err`) or panics is
+    /// reported through `tracing` at error level with the operation's name; the commit
+    /// stands, the caller still gets `Ok`, and the callbacks after it still run.
+    ///
+    /// ```
+    /// use safe_db::{safe_db_operation, Tx};
+    /// use sea_orm::{ConnectionTrait, DbErr};
+    ///
+    /// #[safe_db_operation]
+    /// async fn register(tx: &Tx, name: &str) -> Result<(), DbErr> {
+    ///     tx.execute_unprepared(&format!("INSERT INTO agents (name) VALUES ('{name}')")).await?;
+    ///     let welcome = format!("welcome, {name}");
+    ///     tx.on_commit(async move { println!("{welcome}") }); // only if the row is committed
+    ///     Ok(())
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), DbErr> {
+    /// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+    /// # db.execute_unprepared("CREATE TABLE agents (name TEXT)").await?;
+    /// register(&db, "ada").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_commit<F>(&self, callback: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: HookOutput,
+    {
+        let hook: Hook = Box::pin(async move { callback.await.into_result() });
+        self.tree.hooks().push((self.id, hook));
     }
 
     pub(crate) fn statement_failed(&self) -> bool {
@@ -74,35 +260,51 @@ impl Tx {
     }
 
     pub(crate) fn conflicted(&self) -> bool {
-        self.conflict.load(Ordering::Relaxed)
+        self.tree.conflict.load(Ordering::Relaxed)
     }
 
-    /// The transaction, and the conflict flag of its tree that outlives it.
-    pub(crate) fn into_parts(self) -> (DatabaseTransaction, ConflictFlag) {
-        (self.txn, ConflictFlag(self.conflict))
+    /// The transaction, and what of it outlives the transaction.
+    pub(crate) fn into_parts(self) -> (DatabaseTransaction, Scope) {
+        let scope = Scope {
+            tree: self.tree,
+            id: self.id,
+            parent: self.parent,
+        };
+        (self.txn, scope)
     }
 
-    pub(crate) fn note_conflict(&self) {
-        self.conflict.store(true, Ordering::Relaxed);
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.tree.is_poisoned()
+    }
+
+    /// Begins a savepoint in this transaction, poisoning the tree if that does not
+    /// complete (see [`Tree`]).
+    pub(crate) async fn begin_savepoint(&self) -> Result<Tx, DbErr> {
+        if self.is_poisoned() {
+            return Err(poisoned_error());
+        }
+        let guard = PoisonOnDrop(Some(Arc::clone(&self.tree)));
+        let txn = self.txn.begin().await?;
+        guard.disarm();
+        Ok(self.nested(txn))
+    }
+
+    fn check(&self) -> Result<(), DbErr> {
+        if self.is_poisoned() {
+            Err(poisoned_error())
+        } else {
+            Ok(())
+        }
     }
 
     fn note<T>(&self, result: Result<T, DbErr>) -> Result<T, DbErr> {
         if let Err(err) = &result {
             self.statement_failed.store(true, Ordering::Relaxed);
             if ErrorKind::of(err).is_retryable() {
-                self.note_conflict();
+                self.tree.conflict.store(true, Ordering::Relaxed);
             }
         }
         result
-    }
-}
-
-/// The conflict flag of a transaction tree, kept past the end of one of its transactions.
-pub(crate) struct ConflictFlag(Arc<AtomicBool>);
-
-impl ConflictFlag {
-    pub(crate) fn note(&self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -122,18 +324,22 @@ impl ConnectionTrait for Tx {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.check()?;
         self.note(self.txn.execute_raw(stmt).await)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.check()?;
         self.note(self.txn.execute_unprepared(sql).await)
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.check()?;
         self.note(self.txn.query_one_raw(stmt).await)
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.check()?;
         self.note(self.txn.query_all_raw(stmt).await)
     }
 

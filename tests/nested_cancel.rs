@@ -1,0 +1,89 @@
+//! A nested operation cancelled at any point, while its caller goes on: the caller's
+//! transaction must either commit exactly its own work or fail, never half of it, and the
+//! connection must come back to the pool clean.
+
+use std::time::Duration;
+
+use safe_db::{Error, Tx, safe_db_operation};
+use safe_db_suite::TestDb;
+use sea_orm::ConnectionTrait;
+
+async fn insert(tx: &Tx, id: i32) -> Result<(), Error> {
+    tx.execute_unprepared(&format!(
+        "INSERT INTO agents (id, name) VALUES ({id}, 'a{id}')"
+    ))
+    .await?;
+    Ok(())
+}
+
+#[safe_db_operation]
+async fn inner(tx: &Tx, id: i32) -> Result<(), Error> {
+    insert(tx, id).await?;
+    insert(tx, id + 1).await
+}
+
+/// Polls `fut` up to `polls` times, yielding between polls, then drops it.
+async fn poll_then_drop<F: std::future::Future>(fut: F, polls: u32) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+#[safe_db_operation]
+async fn outer(tx: &Tx, base: i32, polls: u32) -> Result<bool, Error> {
+    insert(tx, base).await?;
+    let finished = poll_then_drop(inner(tx, base + 10), polls).await;
+    insert(tx, base + 1).await?;
+    Ok(matches!(finished, Some(Ok(()))))
+}
+
+#[tokio::test]
+async fn a_cancelled_nested_operation_never_half_commits_its_caller() {
+    for t in TestDb::all("nested_cancel", 1).await {
+        let db = t.pool(1).await;
+        for polls in 0..12u32 {
+            let base = 1000 * (polls as i32 + 1);
+            let result = outer(&db, base, polls).await;
+            let rows: Vec<i32> = t
+                .agent_ids()
+                .await
+                .into_iter()
+                .filter(|id| (base..base + 100).contains(id))
+                .collect();
+            match result {
+                Ok(true) => assert_eq!(
+                    rows,
+                    vec![base, base + 1, base + 10, base + 11],
+                    "{:?} polls {polls}",
+                    t.backend
+                ),
+                Ok(false) => {
+                    assert_eq!(rows, vec![base, base + 1], "{:?} polls {polls}", t.backend)
+                }
+                Err(e) => assert_eq!(
+                    rows,
+                    Vec::<i32>::new(),
+                    "{:?} polls {polls}: {e}",
+                    t.backend
+                ),
+            }
+            // The connection is clean: a new operation commits for real.
+            let after = base + 50;
+            safe_db::transaction(&db, async |tx: &Tx| insert(tx, after).await)
+                .await
+                .unwrap_or_else(|e| panic!("{:?} polls {polls}: {e}", t.backend));
+            let committed =
+                safe_db_suite::ids(&t.db, &format!("SELECT id FROM agents WHERE id = {after}"))
+                    .await;
+            assert_eq!(committed, vec![after], "{:?} polls {polls}", t.backend);
+        }
+        t.cleanup().await;
+    }
+}
