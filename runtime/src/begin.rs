@@ -10,7 +10,7 @@ use sea_orm::{
 
 use crate::{Options, Tx};
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
 }
 

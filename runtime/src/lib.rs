@@ -33,7 +33,9 @@
 extern crate self as safe_db;
 
 mod begin;
+mod config;
 mod error;
+mod observe;
 mod operation;
 mod options;
 mod tx;
@@ -41,7 +43,9 @@ mod tx;
 use sea_orm::DbErr;
 
 pub use begin::Begin;
+pub use config::{ConfigError, DEFAULT_SLOW_STATEMENT, DEFAULT_URL, Db, DbConfig};
 pub use error::{Error, ErrorKind};
+pub use observe::{PoolStats, Stats, set_slow_operation_threshold};
 pub use options::{Isolation, Options};
 pub use tx::{HookOutput, Tx};
 

@@ -11,6 +11,9 @@ use futures_util::FutureExt;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr};
 use tokio::time::Instant;
 
+use tracing::Instrument;
+
+use crate::observe::{self, End};
 use crate::{Begin, ErrorKind, Options, Tx};
 
 /// How a body ended.
@@ -35,6 +38,9 @@ pub struct Operation {
     options: Options,
     deadline: Option<Instant>,
     attempt: u32,
+    started: Instant,
+    span: tracing::Span,
+    ended: bool,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(4);
@@ -44,12 +50,32 @@ const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 
 impl Operation {
     pub fn new(options: &Options, name: &'static str) -> Self {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "safe_db.operation",
+            operation = name,
+            isolation = options.isolation.map(|i| i.name()),
+            read_only = options.read_only,
+            depth = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        observe::started(name);
         Operation {
             name,
             options: *options,
-            deadline: options.timeout.map(|t| Instant::now() + t),
+            deadline: options.timeout.map(|t| started + t),
             attempt: 0,
+            started,
+            span,
+            ended: false,
         }
+    }
+
+    fn end(&mut self, end: End) {
+        self.ended = true;
+        observe::ended(self.name, end, self.started.elapsed(), &self.span);
     }
 
     fn remaining(&self) -> Option<Duration> {
@@ -72,12 +98,29 @@ impl Operation {
     /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
     /// is retried like any other when retries are allowed.
     pub async fn begin<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
+        let span = self.span.clone();
+        self.begin_attempt(conn).instrument(span).await
+    }
+
+    async fn begin_attempt<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
         loop {
             self.attempt += 1;
+            self.span.record("attempt", self.attempt);
             match self.within_deadline(self.begin_once(conn)).await {
-                Ok(tx) => return Ok(tx),
-                Err(err) if ErrorKind::of(&err).is_retryable() && self.backoff().await => {}
-                Err(err) => return Err(err),
+                Ok(tx) => {
+                    self.span.record("depth", tx.depth());
+                    return Ok(tx);
+                }
+                Err(err) if ErrorKind::of(&err).is_retryable() && self.backoff().await => {
+                    observe::retried(self.name);
+                }
+                Err(err) => {
+                    self.end(match ErrorKind::of(&err) {
+                        ErrorKind::Timeout => End::TimedOut,
+                        _ => End::RolledBack,
+                    });
+                    return Err(err);
+                }
             }
         }
     }
@@ -102,7 +145,8 @@ impl Operation {
     where
         F: Future<Output = Result<T, E>>,
     {
-        let body = AssertUnwindSafe(body).catch_unwind();
+        // The body runs in the operation's span: nested operations become its children.
+        let body = AssertUnwindSafe(body.instrument(self.span.clone())).catch_unwind();
         let caught = match self.remaining() {
             None => body.await,
             Some(left) => match tokio::time::timeout(left, body).await {
@@ -138,6 +182,26 @@ impl Operation {
     }
 
     async fn settle<T, E: From<DbErr>>(
+        &mut self,
+        tx: Tx,
+        outcome: Outcome<T, E>,
+        may_retry: bool,
+    ) -> Next<T, E> {
+        let span = self.span.clone();
+        let next = self
+            .settle_attempt(tx, outcome, may_retry)
+            .instrument(span)
+            .await;
+        match &next {
+            Next::Retry => observe::retried(self.name),
+            Next::Done(Ok(_)) => self.end(End::Committed),
+            Next::Done(Err(_)) if !self.ended => self.end(End::RolledBack),
+            Next::Done(Err(_)) => {}
+        }
+        next
+    }
+
+    async fn settle_attempt<T, E: From<DbErr>>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
@@ -192,10 +256,12 @@ impl Operation {
             }
             Outcome::Panicked(payload) => {
                 self.rollback(tx).await;
+                self.end(End::Panicked);
                 std::panic::resume_unwind(payload)
             }
             Outcome::TimedOut => {
                 self.rollback(tx).await;
+                self.end(End::TimedOut);
                 Next::Done(Err(E::from(self.timeout_error())))
             }
         }
@@ -230,17 +296,23 @@ impl Operation {
         for (index, hook) in hooks.into_iter().enumerate() {
             match AssertUnwindSafe(hook).catch_unwind().await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(
-                    operation = self.name,
-                    callback = index,
-                    %error,
-                    "on_commit callback failed; the commit stands"
-                ),
-                Err(_) => tracing::error!(
-                    operation = self.name,
-                    callback = index,
-                    "on_commit callback panicked; the commit stands"
-                ),
+                Ok(Err(error)) => {
+                    observe::callback_failed(self.name);
+                    tracing::error!(
+                        operation = self.name,
+                        callback = index,
+                        %error,
+                        "on_commit callback failed; the commit stands"
+                    );
+                }
+                Err(_) => {
+                    observe::callback_failed(self.name);
+                    tracing::error!(
+                        operation = self.name,
+                        callback = index,
+                        "on_commit callback panicked; the commit stands"
+                    );
+                }
             }
         }
     }
@@ -297,6 +369,15 @@ impl Operation {
 
     fn timeout_error(&self) -> DbErr {
         timeout_error(self.name, self.options.timeout.unwrap_or_default())
+    }
+}
+
+impl Drop for Operation {
+    fn drop(&mut self) {
+        // Dropped before it ended: the caller cancelled it.
+        if !self.ended {
+            self.end(End::Cancelled);
+        }
     }
 }
 

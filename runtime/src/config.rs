@@ -1,0 +1,714 @@
+//! Configuration from `DATABASE_URL` and the environment, with the pool settings of the
+//! seed's SQLAlchemy service, and the [`Db`] handle it connects to.
+
+use std::fmt;
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+use crate::{Begin, Error, Options, Tx};
+
+/// The SQLite file used when `DATABASE_URL` is unset.
+pub const DEFAULT_URL: &str = "sqlite://safe-db.sqlite?mode=rwc";
+
+/// The slow-statement threshold of the seed (its `performance.log` takes queries > 2 s).
+pub const DEFAULT_SLOW_STATEMENT: Duration = Duration::from_secs(2);
+
+/// A configuration value that could not be used. Never contains a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A pool parameter (URL query or environment variable) has an invalid value.
+    InvalidValue {
+        /// The parameter, as the user wrote it (`pool_size`, `DATABASE_POOL_SIZE`, …).
+        parameter: String,
+        /// The value given.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+    /// The URL's scheme names no database safe-db can reach with its enabled features.
+    UnsupportedScheme {
+        /// The scheme given.
+        scheme: String,
+        /// Why it is not supported.
+        reason: &'static str,
+    },
+    /// The URL is not of the form `scheme://…` (nothing of it is repeated, since a
+    /// malformed URL may hold a password where a host was expected).
+    MalformedUrl,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::InvalidValue {
+                parameter,
+                value,
+                expected,
+            } => write!(f, "invalid {parameter} {value:?}: expected {expected}"),
+            ConfigError::UnsupportedScheme { scheme, reason } => {
+                write!(f, "unsupported database URL scheme {scheme:?}: {reason}")
+            }
+            ConfigError::MalformedUrl => f.write_str(
+                "malformed database URL: expected scheme://…, e.g. postgres://user@host/db",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Pool settings, under the seed's SQLAlchemy names.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Pool {
+    pool_size: Option<u32>,
+    max_overflow: Option<u32>,
+    pool_timeout: Option<Duration>,
+    /// `Some(None)` is `pool_recycle=-1`: never recycle.
+    pool_recycle: Option<Option<Duration>>,
+    pool_pre_ping: Option<bool>,
+    connect_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+/// The parameters taken out of a URL's query, as `(name, environment variable)`.
+const PARAMETERS: [(&str, &str); 7] = [
+    ("pool_size", "DATABASE_POOL_SIZE"),
+    ("max_overflow", "DATABASE_MAX_OVERFLOW"),
+    ("pool_timeout", "DATABASE_POOL_TIMEOUT"),
+    ("pool_recycle", "DATABASE_POOL_RECYCLE"),
+    ("pool_pre_ping", "DATABASE_POOL_PRE_PING"),
+    ("connect_timeout", "DATABASE_CONNECT_TIMEOUT"),
+    ("idle_timeout", "DATABASE_IDLE_TIMEOUT"),
+];
+
+impl Pool {
+    fn set(&mut self, name: &str, shown_as: &str, value: &str) -> Result<(), ConfigError> {
+        let invalid = |expected| ConfigError::InvalidValue {
+            parameter: shown_as.to_owned(),
+            value: value.to_owned(),
+            expected,
+        };
+        let whole = |min: u32, expected| {
+            value
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= min)
+                .ok_or_else(|| invalid(expected))
+        };
+        let seconds = |expected| {
+            value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| invalid(expected))
+        };
+        match name {
+            "pool_size" => {
+                self.pool_size = Some(whole(1, "a whole number of connections, at least 1")?)
+            }
+            "max_overflow" => {
+                self.max_overflow =
+                    Some(whole(0, "a whole number of extra connections, 0 or more")?)
+            }
+            "pool_timeout" => {
+                self.pool_timeout = Some(seconds("a number of seconds greater than 0")?)
+            }
+            "pool_recycle" => {
+                self.pool_recycle = Some(if value.trim() == "-1" {
+                    None
+                } else {
+                    Some(seconds(
+                        "a number of seconds greater than 0, or -1 for never",
+                    )?)
+                })
+            }
+            "pool_pre_ping" => {
+                self.pool_pre_ping = Some(match value.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => return Err(invalid("true or false")),
+                })
+            }
+            "connect_timeout" => {
+                self.connect_timeout = Some(seconds("a number of seconds greater than 0")?)
+            }
+            "idle_timeout" => {
+                self.idle_timeout = Some(seconds("a number of seconds greater than 0")?)
+            }
+            _ => unreachable!("only PARAMETERS are set"),
+        }
+        Ok(())
+    }
+}
+
+/// Where and how to connect: a database URL, pool settings, statement logging, and an
+/// optional read replica.
+///
+/// The pool settings keep the seed's SQLAlchemy names, as URL query parameters or
+/// environment variables (an environment variable wins over the URL), and are removed
+/// from the URL before it reaches the driver; any other query parameter (`sslmode`, …) is
+/// passed through to it.
+///
+/// | SQLAlchemy / URL  | environment              | SeaORM / sqlx                         |
+/// |-------------------|--------------------------|---------------------------------------|
+/// | `pool_size`       | `DATABASE_POOL_SIZE`     | `min_connections` (kept open)         |
+/// | `max_overflow`    | `DATABASE_MAX_OVERFLOW`  | `max_connections = pool_size + max_overflow` |
+/// | `pool_timeout`    | `DATABASE_POOL_TIMEOUT`  | `acquire_timeout` (seconds)           |
+/// | `pool_recycle`    | `DATABASE_POOL_RECYCLE`  | `max_lifetime` (seconds; -1: never)   |
+/// | `pool_pre_ping`   | `DATABASE_POOL_PRE_PING` | `test_before_acquire`                 |
+/// | `connect_timeout` | `DATABASE_CONNECT_TIMEOUT` | `connect_timeout` (seconds)         |
+/// | `idle_timeout`    | `DATABASE_IDLE_TIMEOUT`  | `idle_timeout` (seconds)              |
+/// | `echo`            | `SQL_ECHO`, `SQLALCHEMY_ECHO` | statements logged at info level  |
+///
+/// Statements slower than 2 s are always logged at warn level (the seed's threshold).
+///
+/// ```
+/// use safe_db::DbConfig;
+///
+/// let config = DbConfig::from_url("postgres://app:s3cret@db/prod?pool_size=20&max_overflow=10&sslmode=require")?;
+/// assert_eq!(config.max_connections(), 30);
+/// // The password appears nowhere.
+/// assert_eq!(
+///     format!("{config}"),
+///     "postgres://app:***@db/prod?sslmode=require (pool_size=20, max_overflow=10)"
+/// );
+/// # Ok::<(), safe_db::ConfigError>(())
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct DbConfig {
+    url: String,
+    replica_url: Option<String>,
+    pool: Pool,
+    echo: bool,
+    slow_statement: Duration,
+}
+
+impl DbConfig {
+    /// Reads `DATABASE_URL` (default: [`DEFAULT_URL`], an SQLite file in the working
+    /// directory, said in a log line), `DATABASE_REPLICA_URL`, the pool variables and
+    /// `SQL_ECHO` / `SQLALCHEMY_ECHO` from the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        DbConfig::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`DbConfig::from_env`] over any source of variables (a map in tests, a secrets
+    /// store, …).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let url = var("DATABASE_URL").unwrap_or_else(|| {
+            tracing::info!(
+                url = DEFAULT_URL,
+                "DATABASE_URL is not set: using an embedded SQLite file"
+            );
+            DEFAULT_URL.to_owned()
+        });
+        let mut config = DbConfig::from_url(&url)?;
+        if let Some(replica) = var("DATABASE_REPLICA_URL") {
+            config = config.with_replica(&replica)?;
+        }
+        for (name, env) in PARAMETERS {
+            if let Some(value) = var(env) {
+                config.pool.set(name, env, &value)?;
+            }
+        }
+        for env in ["SQL_ECHO", "SQLALCHEMY_ECHO"] {
+            if let Some(value) = var(env) {
+                config.echo = parse_bool(env, &value)?;
+            }
+        }
+        Ok(config)
+    }
+
+    /// A configuration from a URL, its pool parameters taken out of the query.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let mut pool = Pool::default();
+        let mut echo = false;
+        let url = take_parameters(url, |name, value| {
+            if name == "echo" {
+                echo = parse_bool("echo", value)?;
+                return Ok(true);
+            }
+            match PARAMETERS.iter().find(|(p, _)| *p == name) {
+                Some((p, _)) => pool.set(p, p, value).map(|()| true),
+                None => Ok(false),
+            }
+        })?;
+        Ok(DbConfig {
+            url: normalize_scheme(url)?,
+            replica_url: None,
+            pool,
+            echo,
+            slow_statement: DEFAULT_SLOW_STATEMENT,
+        })
+    }
+
+    /// Adds a read replica: operations marked `read_only` run there, all others on the
+    /// primary. It shares the primary's pool settings.
+    pub fn with_replica(mut self, url: &str) -> Result<Self, ConfigError> {
+        let url = take_parameters(url, |_, _| Ok(false))?;
+        self.replica_url = Some(normalize_scheme(url)?);
+        Ok(self)
+    }
+
+    /// Logs every statement at info level (the seed's `SQLALCHEMY_ECHO`).
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Statements slower than this are logged at warn level (default 2 s).
+    pub fn slow_statement_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_statement = threshold;
+        self
+    }
+
+    /// The cap of the pool: `pool_size + max_overflow` (SQLAlchemy's defaults: 5 + 10).
+    pub fn max_connections(&self) -> u32 {
+        self.pool.pool_size.unwrap_or(5) + self.pool.max_overflow.unwrap_or(10)
+    }
+
+    /// Whether a read replica is configured.
+    pub fn has_replica(&self) -> bool {
+        self.replica_url.is_some()
+    }
+
+    /// SeaORM's options for the primary (they hold the password: do not log them).
+    pub fn connect_options(&self) -> ConnectOptions {
+        self.options_for(&self.url)
+    }
+
+    fn options_for(&self, url: &str) -> ConnectOptions {
+        // SeaORM records its `ConnectOptions` (URL included) in trace-level spans: the
+        // password goes to the driver through its own options, never through the URL.
+        let (url, password) = split_password(url);
+        let mut options = ConnectOptions::new(url);
+        if let Some(password) = password {
+            set_password(&mut options, password);
+        }
+        options
+            .max_connections(self.max_connections())
+            .min_connections(self.pool.pool_size.unwrap_or(0))
+            .sqlx_logging(true)
+            .sqlx_logging_level(if self.echo {
+                log::LevelFilter::Info
+            } else {
+                log::LevelFilter::Off
+            })
+            .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, self.slow_statement);
+        if let Some(t) = self.pool.pool_timeout {
+            options.acquire_timeout(t);
+        }
+        if let Some(recycle) = self.pool.pool_recycle {
+            options.max_lifetime(recycle);
+        }
+        if let Some(ping) = self.pool.pool_pre_ping {
+            options.test_before_acquire(ping);
+        }
+        if let Some(t) = self.pool.connect_timeout {
+            options.connect_timeout(t);
+        }
+        if let Some(t) = self.pool.idle_timeout {
+            options.idle_timeout(t);
+        }
+        options
+    }
+
+    /// Connects the primary (and the replica, if any).
+    pub async fn connect(&self) -> Result<Db, Error> {
+        let primary = Database::connect(self.connect_options()).await?;
+        let replica = match &self.replica_url {
+            Some(url) => Some(Database::connect(self.options_for(url)).await?),
+            None => None,
+        };
+        Ok(Db { primary, replica })
+    }
+}
+
+impl fmt::Display for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::error::redact(&self.url))?;
+        let p = &self.pool;
+        let mut set: Vec<String> = Vec::new();
+        if let Some(v) = p.pool_size {
+            set.push(format!("pool_size={v}"));
+        }
+        if let Some(v) = p.max_overflow {
+            set.push(format!("max_overflow={v}"));
+        }
+        if let Some(v) = p.pool_timeout {
+            set.push(format!("pool_timeout={v:?}"));
+        }
+        if let Some(v) = p.pool_recycle {
+            set.push(format!("pool_recycle={v:?}"));
+        }
+        if let Some(v) = p.pool_pre_ping {
+            set.push(format!("pool_pre_ping={v}"));
+        }
+        if let Some(v) = p.connect_timeout {
+            set.push(format!("connect_timeout={v:?}"));
+        }
+        if let Some(v) = p.idle_timeout {
+            set.push(format!("idle_timeout={v:?}"));
+        }
+        if self.echo {
+            set.push("echo".to_owned());
+        }
+        if !set.is_empty() {
+            write!(f, " ({})", set.join(", "))?;
+        }
+        if let Some(replica) = &self.replica_url {
+            write!(f, ", replica {}", crate::error::redact(replica))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &crate::error::redact(&self.url))
+            .field(
+                "replica_url",
+                &self.replica_url.as_deref().map(crate::error::redact),
+            )
+            .field("pool", &self.pool)
+            .field("echo", &self.echo)
+            .field("slow_statement", &self.slow_statement)
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/…` into `scheme://user@host/…` and the decoded password.
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return (url.to_owned(), None);
+    };
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            let password = percent_decode(&authority[colon + 1..at]);
+            let stripped = format!(
+                "{}{}{}",
+                &url[..start + colon],
+                &authority[at..],
+                &url[end..]
+            );
+            (stripped, Some(password))
+        }
+        _ => (url.to_owned(), None),
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[allow(unused_variables)]
+fn set_password(options: &mut ConnectOptions, password: String) {
+    #[cfg(feature = "postgres")]
+    {
+        let password = password.clone();
+        options.map_sqlx_postgres_opts(move |o| o.password(&password));
+    }
+    #[cfg(feature = "mysql")]
+    options.map_sqlx_mysql_opts(move |o| o.password(&password));
+}
+
+fn parse_bool(parameter: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::InvalidValue {
+            parameter: parameter.to_owned(),
+            value: value.to_owned(),
+            expected: "true or false",
+        }),
+    }
+}
+
+/// Removes the query parameters `take` claims (it returns `Ok(true)`), keeping the rest
+/// in order.
+fn take_parameters(
+    url: &str,
+    mut take: impl FnMut(&str, &str) -> Result<bool, ConfigError>,
+) -> Result<String, ConfigError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok(url.to_owned());
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !take(name, value)? {
+            kept.push(pair);
+        }
+    }
+    Ok(if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    })
+}
+
+/// Checks the scheme against the enabled backends; `postgresql:` and `mariadb:` become
+/// the schemes SeaORM dispatches on.
+fn normalize_scheme(url: String) -> Result<String, ConfigError> {
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Err(ConfigError::MalformedUrl);
+    };
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    {
+        return Err(ConfigError::MalformedUrl);
+    }
+    let unsupported = |reason| ConfigError::UnsupportedScheme {
+        scheme: scheme.to_owned(),
+        reason,
+    };
+    let (canonical, enabled) = match scheme.to_ascii_lowercase().as_str() {
+        "postgres" | "postgresql" => ("postgres", cfg!(feature = "postgres")),
+        "mysql" | "mariadb" => ("mysql", cfg!(feature = "mysql")),
+        "sqlite" => ("sqlite", cfg!(feature = "sqlite")),
+        _ => {
+            return Err(unsupported(
+                "expected postgres://, postgresql://, mysql://, mariadb:// or sqlite:",
+            ));
+        }
+    };
+    if canonical != "sqlite" && !rest.starts_with("//") {
+        return Err(ConfigError::MalformedUrl);
+    }
+    if !enabled {
+        return Err(unsupported(
+            "the safe-db feature for this database (postgres, mysql or sqlite) is not enabled",
+        ));
+    }
+    Ok(format!("{canonical}:{rest}"))
+}
+
+/// A connected database: the primary pool, and a read replica's if one is configured.
+///
+/// Operations take `&db` like a `DatabaseConnection`; those marked `read_only` run on the
+/// replica. It dereferences to the primary for plain SeaORM queries.
+#[derive(Clone, Debug)]
+pub struct Db {
+    primary: DatabaseConnection,
+    replica: Option<DatabaseConnection>,
+}
+
+impl Db {
+    /// A handle over an existing primary pool, and an optional replica pool.
+    pub fn new(primary: DatabaseConnection, replica: Option<DatabaseConnection>) -> Self {
+        Db { primary, replica }
+    }
+
+    /// The primary pool.
+    pub fn primary(&self) -> &DatabaseConnection {
+        &self.primary
+    }
+
+    /// The replica pool, if any.
+    pub fn replica(&self) -> Option<&DatabaseConnection> {
+        self.replica.as_ref()
+    }
+
+    /// Closes both pools, waiting for their connections to be returned.
+    pub async fn close(self) -> Result<(), DbErr> {
+        if let Some(replica) = self.replica {
+            replica.close().await?;
+        }
+        self.primary.close().await
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = DatabaseConnection;
+
+    fn deref(&self) -> &DatabaseConnection {
+        &self.primary
+    }
+}
+
+impl crate::begin::sealed::Sealed for Db {}
+impl Begin for Db {
+    async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
+        match (&self.replica, options.read_only) {
+            (Some(replica), true) => replica.__begin(options).await,
+            _ => self.primary.__begin(options).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
+    fn pool_parameters_leave_the_url_and_map_to_sea_orm() {
+        let c = DbConfig::from_url(
+            "postgresql://u:pw@h:5432/db?sslmode=disable&pool_size=20&max_overflow=10&pool_timeout=30&pool_recycle=3600&pool_pre_ping=true&connect_timeout=5&idle_timeout=60",
+        )
+        .unwrap();
+        let o = c.connect_options();
+        // The password reaches the driver through its options, not the URL.
+        assert_eq!(o.get_url(), "postgres://u@h:5432/db?sslmode=disable");
+        assert_eq!(o.get_max_connections(), Some(30));
+        assert_eq!(o.get_min_connections(), Some(20));
+        assert_eq!(o.get_acquire_timeout(), Some(Duration::from_secs(30)));
+        assert_eq!(o.get_max_lifetime(), Some(Some(Duration::from_secs(3600))));
+        assert!(o.get_test_before_acquire());
+        assert_eq!(o.get_connect_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(o.get_idle_timeout(), Some(Some(Duration::from_secs(60))));
+        assert_eq!(o.get_sqlx_logging_level(), log::LevelFilter::Off);
+        assert_eq!(
+            o.get_sqlx_slow_statements_logging_settings(),
+            (log::LevelFilter::Warn, Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
+    fn environment_variables_win_over_the_url() {
+        let c = DbConfig::from_vars(vars(&[
+            ("DATABASE_URL", "mysql://root@h/db?pool_size=2"),
+            ("DATABASE_POOL_SIZE", "7"),
+            ("DATABASE_MAX_OVERFLOW", "0"),
+            ("DATABASE_POOL_RECYCLE", "-1"),
+            ("SQLALCHEMY_ECHO", "true"),
+        ]))
+        .unwrap();
+        let o = c.connect_options();
+        assert_eq!(o.get_url(), "mysql://root@h/db");
+        assert_eq!(o.get_max_connections(), Some(7));
+        assert_eq!(o.get_max_lifetime(), Some(None));
+        assert_eq!(o.get_sqlx_logging_level(), log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn passwords_are_split_off_and_decoded() {
+        assert_eq!(
+            split_password("postgres://app:p%40ss%3Aw@db:5432/x?y=1"),
+            (
+                "postgres://app@db:5432/x?y=1".to_owned(),
+                Some("p@ss:w".to_owned())
+            )
+        );
+        assert_eq!(
+            split_password("mysql://root@h/db"),
+            ("mysql://root@h/db".to_owned(), None)
+        );
+        assert_eq!(
+            split_password("sqlite::memory:"),
+            ("sqlite::memory:".to_owned(), None)
+        );
+    }
+
+    #[test]
+    fn unset_database_url_is_an_embedded_sqlite_file() {
+        let c = DbConfig::from_vars(vars(&[])).unwrap();
+        assert_eq!(c.connect_options().get_url(), DEFAULT_URL);
+        assert!(!c.has_replica());
+    }
+
+    #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
+    fn bad_values_name_the_parameter_and_the_value() {
+        let cases = [
+            (
+                "sqlite::memory:?pool_size=abc",
+                "invalid pool_size \"abc\": expected a whole number of connections, at least 1",
+            ),
+            ("sqlite::memory:?pool_size=0", "invalid pool_size \"0\""),
+            (
+                "sqlite::memory:?pool_timeout=-5",
+                "invalid pool_timeout \"-5\"",
+            ),
+            (
+                "sqlite::memory:?max_overflow=-1",
+                "invalid max_overflow \"-1\"",
+            ),
+            (
+                "sqlite::memory:?pool_recycle=-2",
+                "invalid pool_recycle \"-2\"",
+            ),
+            (
+                "sqlite::memory:?pool_pre_ping=maybe",
+                "invalid pool_pre_ping \"maybe\": expected true or false",
+            ),
+            (
+                "oracle://u:pw@h/db",
+                "unsupported database URL scheme \"oracle\"",
+            ),
+            ("not a url", "malformed database URL"),
+            (
+                "postgres:u:pw@h",
+                "malformed database URL: expected scheme://",
+            ),
+        ];
+        for (url, expected) in cases {
+            let err = DbConfig::from_url(url).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{url}: {err}");
+            assert!(!err.contains(":pw@"), "{err}");
+        }
+        let err = DbConfig::from_vars(vars(&[("DATABASE_POOL_SIZE", "lots")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid DATABASE_POOL_SIZE \"lots\": expected a whole number of connections, at least 1"
+        );
+    }
+
+    #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
+    fn the_password_appears_in_neither_display_nor_debug() {
+        let c = DbConfig::from_url("postgres://app:hunter2@db/prod?pool_size=3")
+            .unwrap()
+            .with_replica("postgres://ro:hunter3@replica/prod")
+            .unwrap();
+        for shown in [format!("{c}"), format!("{c:?}"), format!("{c:#?}")] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hunter3"),
+                "{shown}"
+            );
+            assert!(shown.contains("app:***@db"), "{shown}");
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! What operations report: a `tracing` span each, process-wide counters with a plain
+//! snapshot, a slow-operation warning, and (feature `metrics`) the `metrics` facade.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How an operation ended, as recorded in its span and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    Committed,
+    RolledBack,
+    TimedOut,
+    Panicked,
+    Cancelled,
+}
+
+impl End {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            End::Committed => "committed",
+            End::RolledBack => "rolled_back",
+            End::TimedOut => "timed_out",
+            End::Panicked => "panicked",
+            End::Cancelled => "cancelled",
+        }
+    }
+}
+
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static COMMITTED: AtomicU64 = AtomicU64::new(0);
+static ROLLED_BACK: AtomicU64 = AtomicU64::new(0);
+static RETRIED: AtomicU64 = AtomicU64::new(0);
+static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
+static PANICKED: AtomicU64 = AtomicU64::new(0);
+static CANCELLED: AtomicU64 = AtomicU64::new(0);
+static ACTIVE: AtomicU64 = AtomicU64::new(0);
+static CALLBACK_FAILURES: AtomicU64 = AtomicU64::new(0);
+static SLOW_MS: AtomicU64 = AtomicU64::new(2_000);
+
+/// Process-wide operation counters, for services with no metrics exporter.
+///
+/// Every operation counts once in `started` and, when it ends, once in one of
+/// `committed`, `rolled_back`, `timed_out`, `panicked` or `cancelled`; `retried` counts
+/// re-runs, `active` the operations under way now.
+///
+/// ```
+/// let before = safe_db::Stats::snapshot();
+/// assert!(before.committed <= before.started);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Operations begun (nested ones included).
+    pub started: u64,
+    /// Operations whose transaction or savepoint committed.
+    pub committed: u64,
+    /// Operations that rolled back after an error (or a failed commit).
+    pub rolled_back: u64,
+    /// Attempts re-run after a conflict.
+    pub retried: u64,
+    /// Operations that overran their `timeout`.
+    pub timed_out: u64,
+    /// Operations whose body panicked.
+    pub panicked: u64,
+    /// Operations whose future was dropped before they ended.
+    pub cancelled: u64,
+    /// Operations under way at the moment of the snapshot.
+    pub active: u64,
+    /// `on_commit` callbacks that failed or panicked.
+    pub callback_failures: u64,
+}
+
+impl Stats {
+    /// The counters now.
+    pub fn snapshot() -> Stats {
+        Stats {
+            started: STARTED.load(Ordering::Relaxed),
+            committed: COMMITTED.load(Ordering::Relaxed),
+            rolled_back: ROLLED_BACK.load(Ordering::Relaxed),
+            retried: RETRIED.load(Ordering::Relaxed),
+            timed_out: TIMED_OUT.load(Ordering::Relaxed),
+            panicked: PANICKED.load(Ordering::Relaxed),
+            cancelled: CANCELLED.load(Ordering::Relaxed),
+            active: ACTIVE.load(Ordering::Relaxed),
+            callback_failures: CALLBACK_FAILURES.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Operations slower than this log a warning (default 2 s, the seed's threshold).
+pub fn set_slow_operation_threshold(threshold: Duration) {
+    SLOW_MS.store(
+        threshold.as_millis().min(u128::from(u64::MAX)) as u64,
+        Ordering::Relaxed,
+    );
+}
+
+fn slow_threshold() -> Duration {
+    Duration::from_millis(SLOW_MS.load(Ordering::Relaxed))
+}
+
+pub(crate) fn started(name: &'static str) {
+    STARTED.fetch_add(1, Ordering::Relaxed);
+    ACTIVE.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    {
+        metrics::counter!("safe_db_operations_started_total", "operation" => name).increment(1);
+        metrics::gauge!("safe_db_operations_active").increment(1.0);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
+}
+
+pub(crate) fn retried(name: &'static str) {
+    RETRIED.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!("safe_db_operations_retried_total", "operation" => name).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
+}
+
+pub(crate) fn callback_failed(name: &'static str) {
+    CALLBACK_FAILURES.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!("safe_db_callback_failures_total", "operation" => name).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
+}
+
+pub(crate) fn ended(name: &'static str, end: End, elapsed: Duration, span: &tracing::Span) {
+    ACTIVE.fetch_sub(1, Ordering::Relaxed);
+    let counter = match end {
+        End::Committed => &COMMITTED,
+        End::RolledBack => &ROLLED_BACK,
+        End::TimedOut => &TIMED_OUT,
+        End::Panicked => &PANICKED,
+        End::Cancelled => &CANCELLED,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    span.record("outcome", end.as_str());
+    span.record("duration_ms", elapsed.as_millis() as u64);
+    if elapsed >= slow_threshold() {
+        span.in_scope(|| {
+            tracing::warn!(
+                operation = name,
+                outcome = end.as_str(),
+                duration_ms = elapsed.as_millis() as u64,
+                threshold_ms = slow_threshold().as_millis() as u64,
+                "slow database operation"
+            );
+        });
+    }
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = end.as_str();
+        metrics::counter!(
+            "safe_db_operations_ended_total",
+            "operation" => name,
+            "outcome" => outcome
+        )
+        .increment(1);
+        metrics::histogram!(
+            "safe_db_operation_duration_seconds",
+            "operation" => name,
+            "outcome" => outcome
+        )
+        .record(elapsed.as_secs_f64());
+        metrics::gauge!("safe_db_operations_active").decrement(1.0);
+    }
+}
+
+/// A connection pool's state: the seed's "active connections" and "pool utilisation".
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Connections open, idle or in use.
+    pub size: u32,
+    /// Open connections waiting in the pool.
+    pub idle: u32,
+    /// The pool's cap.
+    pub max: u32,
+}
+
+impl PoolStats {
+    /// Reads the pool of a SeaORM connection (`None` for a connection without a pool).
+    pub fn of(db: &sea_orm::DatabaseConnection) -> Option<PoolStats> {
+        match db.get_database_backend() {
+            #[cfg(feature = "postgres")]
+            sea_orm::DbBackend::Postgres => {
+                Some(PoolStats::read(db.get_postgres_connection_pool()))
+            }
+            #[cfg(feature = "mysql")]
+            sea_orm::DbBackend::MySql => Some(PoolStats::read(db.get_mysql_connection_pool())),
+            #[cfg(feature = "sqlite")]
+            sea_orm::DbBackend::Sqlite => Some(PoolStats::read(db.get_sqlite_connection_pool())),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    fn read<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> PoolStats {
+        PoolStats {
+            size: pool.size(),
+            idle: pool.num_idle() as u32,
+            max: pool.options().get_max_connections(),
+        }
+    }
+
+    /// Connections in use.
+    pub fn in_use(&self) -> u32 {
+        self.size.saturating_sub(self.idle)
+    }
+
+    /// Connections in use over the cap, from 0 to 1.
+    pub fn utilisation(&self) -> f64 {
+        if self.max == 0 {
+            0.0
+        } else {
+            f64::from(self.in_use()) / f64::from(self.max)
+        }
+    }
+
+    /// Sets the `safe_db_pool_*` gauges, labelled `pool = name` (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub fn record(&self, name: &'static str) {
+        metrics::gauge!("safe_db_pool_size", "pool" => name).set(f64::from(self.size));
+        metrics::gauge!("safe_db_pool_idle", "pool" => name).set(f64::from(self.idle));
+        metrics::gauge!("safe_db_pool_max", "pool" => name).set(f64::from(self.max));
+        metrics::gauge!("safe_db_pool_utilisation", "pool" => name).set(self.utilisation());
+    }
+}

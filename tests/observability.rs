@@ -1,0 +1,174 @@
+//! Observability: one span per operation with its fields, nested operations as child
+//! spans, the slow-operation warning, and the `metrics` facade.
+
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use safe_db::{Error, PoolStats, Tx, safe_db_operation};
+use safe_db_suite::{TestDb, capture};
+use sea_orm::ConnectionTrait;
+
+#[safe_db_operation]
+async fn inner_op(tx: &Tx, id: i32) -> Result<(), Error> {
+    tx.execute_unprepared(&format!(
+        "INSERT INTO agents (id, name) VALUES ({id}, 'n{id}')"
+    ))
+    .await?;
+    Ok(())
+}
+
+#[safe_db_operation(isolation = "serializable")]
+async fn outer_op(tx: &Tx) -> Result<(), Error> {
+    inner_op(tx, 1).await?;
+    let _ = failing_op(tx).await;
+    Ok(())
+}
+
+#[safe_db_operation]
+async fn failing_op(tx: &Tx) -> Result<(), Error> {
+    inner_op(tx, 2).await?;
+    Err(Error::validation("no"))
+}
+
+#[tokio::test]
+async fn each_operation_has_a_span_and_nested_ones_are_children() {
+    let t = TestDb::sqlite("spans", 2).await;
+    let (captured, _guard) = capture::start();
+    outer_op(&t.db).await.unwrap();
+    drop(_guard);
+    assert_eq!(t.agent_ids().await, vec![1]);
+
+    let spans: Vec<_> = captured
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "safe_db.operation")
+        .collect();
+    let find = |name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.fields.get("operation").map(String::as_str) == Some(name))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let outer = &find("outer_op")
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", captured.all_text()));
+    assert_eq!(outer.fields["outcome"], "committed");
+    assert_eq!(outer.fields["attempt"], "1");
+    assert_eq!(outer.fields["depth"], "0");
+    assert_eq!(outer.fields["isolation"], "serializable");
+    assert!(outer.fields.contains_key("duration_ms"));
+    assert_eq!(outer.parent_operation, None);
+
+    let failing = &find("failing_op")
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", captured.all_text()));
+    assert_eq!(failing.fields["outcome"], "rolled_back");
+    assert_eq!(failing.fields["depth"], "1");
+    assert_eq!(failing.parent_operation.as_deref(), Some("outer_op"));
+
+    let inners = find("inner_op");
+    assert_eq!(inners.len(), 2);
+    let parents: Vec<_> = inners.iter().map(|s| s.parent_operation.clone()).collect();
+    assert_eq!(
+        parents,
+        [Some("outer_op".into()), Some("failing_op".into())]
+    );
+    assert_eq!(inners[1].fields["depth"], "2");
+    t.cleanup().await;
+}
+
+#[safe_db_operation]
+async fn slow_op(tx: &Tx) -> Result<(), Error> {
+    inner_op(tx, 5).await?;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_operation_logs_a_warning() {
+    let t = TestDb::sqlite("slow", 2).await;
+    let (captured, _guard) = capture::start();
+    safe_db::set_slow_operation_threshold(Duration::from_millis(100));
+    slow_op(&t.db).await.unwrap();
+    inner_op(&t.db, 6).await.unwrap();
+    safe_db::set_slow_operation_threshold(Duration::from_secs(2));
+    let warnings: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.level == "WARN" && e.fields["message"] == "slow database operation")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].fields["operation"], "slow_op");
+    assert_eq!(warnings[0].fields["threshold_ms"], "100");
+    t.cleanup().await;
+}
+
+#[test]
+fn operations_report_through_the_metrics_facade() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let t = TestDb::sqlite("metrics", 3).await;
+            inner_op(&t.db, 1).await.unwrap();
+            assert!(failing_op(&t.db).await.is_err());
+            let cancelled = tokio::time::timeout(Duration::from_millis(20), slow_op(&t.db)).await;
+            assert!(cancelled.is_err());
+            PoolStats::of(&t.db).unwrap().record("primary");
+            assert_eq!(t.agent_ids().await, vec![1]);
+            t.cleanup().await;
+        })
+    });
+
+    let mut counters = std::collections::BTreeMap::new();
+    let mut gauges = std::collections::BTreeMap::new();
+    let mut histograms = 0;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert(name, n);
+            }
+            DebugValue::Gauge(g) => {
+                gauges.insert(name, g.into_inner());
+            }
+            DebugValue::Histogram(h) => histograms += h.len(),
+        }
+    }
+    assert_eq!(
+        counters["safe_db_operations_started_total{operation=inner_op}"],
+        3
+    );
+    assert_eq!(
+        counters["safe_db_operations_started_total{operation=failing_op}"],
+        1
+    );
+    assert_eq!(
+        counters["safe_db_operations_ended_total{operation=inner_op,outcome=committed}"],
+        3
+    );
+    assert_eq!(
+        counters["safe_db_operations_ended_total{operation=failing_op,outcome=rolled_back}"],
+        1
+    );
+    assert_eq!(
+        counters["safe_db_operations_ended_total{operation=slow_op,outcome=cancelled}"],
+        1
+    );
+    assert_eq!(histograms, 5, "one duration per ended operation");
+    assert_eq!(gauges["safe_db_operations_active{}"], 0.0);
+    assert!(gauges["safe_db_pool_max{pool=primary}"] >= 3.0);
+    assert!(gauges.contains_key("safe_db_pool_utilisation{pool=primary}"));
+}
