@@ -45,6 +45,8 @@ pub struct Operation {
 
 const BACKOFF_BASE: Duration = Duration::from_millis(4);
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
+/// The resolution of tokio's timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 /// How long a rollback after a timeout may take before the connection is given up.
 const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 
@@ -352,8 +354,10 @@ impl Operation {
         let ceiling = exp.min(BACKOFF_CAP);
         // "Equal jitter": half fixed, half random, so contenders spread out.
         let delay = ceiling / 2 + ceiling.mul_f64(jitter() / 2.0);
+        // The timer fires on a millisecond tick at or after `delay`: leave that
+        // millisecond of slack so the wake-up cannot land past the deadline.
         if let Some(left) = self.remaining()
-            && delay >= left
+            && delay + TIMER_TICK >= left
         {
             return false;
         }
@@ -440,7 +444,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // On tokio's paused clock: the sleeps are exact, so the bound is too.
+    #[tokio::test(start_paused = true)]
     async fn backoff_never_sleeps_past_the_deadline() {
         let options = Options::new()
             .retries(100)

@@ -1,0 +1,121 @@
+//! Not public API: the items `#[safe_db_operation]` expands to, and the one control
+//! flow of an operation, shared by the attribute and the closure form.
+
+pub use crate::operation::{Next, Operation, Outcome};
+pub use crate::{Begin, Isolation, Options, Tx};
+pub use core::{convert::From, result::Result};
+
+/// The types the transaction parameter may be declared with.
+#[diagnostic::on_unimplemented(
+    message = "the first parameter of a `#[safe_db_operation]` must be the transaction, `&Tx`",
+    label = "expected `&safe_db::Tx` (or `&sea_orm::DatabaseTransaction`), found `{Self}`",
+    note = "write the function as `async fn name(tx: &Tx, …)`; callers then pass a connection or a `Tx` in its place"
+)]
+pub trait Managed<'t> {
+    fn from_tx(tx: &'t Tx) -> Self;
+}
+
+impl<'t> Managed<'t> for &'t Tx {
+    #[inline]
+    fn from_tx(tx: &'t Tx) -> Self {
+        tx
+    }
+}
+
+impl<'t> Managed<'t> for &'t sea_orm::DatabaseTransaction {
+    #[inline]
+    fn from_tx(tx: &'t Tx) -> Self {
+        tx.as_database_transaction()
+    }
+}
+
+/// The return types an operation may have.
+#[diagnostic::on_unimplemented(
+    message = "a `#[safe_db_operation]` must return a `Result`, not `{Self}`",
+    label = "expected `Result<_, E>` where `E: From<sea_orm::DbErr>`",
+    note = "the transaction commits on `Ok` and rolls back on `Err`, so the function must return a `Result`"
+)]
+pub trait OperationResult {
+    type Error;
+}
+
+impl<T, E> OperationResult for core::result::Result<T, E> {
+    type Error = E;
+}
+
+/// Error types that can hold a database error.
+#[diagnostic::on_unimplemented(
+    message = "the error type `{Self}` cannot hold a database error",
+    label = "`{Self}` does not implement `From<sea_orm::DbErr>`",
+    note = "BEGIN, COMMIT and every query can fail with a `sea_orm::DbErr`: implement `From<sea_orm::DbErr>` for `{Self}`, or use `safe_db::Error` or `sea_orm::DbErr` as the error type"
+)]
+pub trait FromDbErr {}
+
+impl<E: From<sea_orm::DbErr>> FromDbErr for E {}
+
+/// Compile-time check of the declared return type; never called.
+pub const fn assert_result<R: OperationResult>()
+where
+    R::Error: FromDbErr,
+{
+}
+
+/// Arguments of an operation that retries: each attempt gets its own copy.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must be `Clone` because the operation has `retries`",
+    label = "each attempt of a retried operation needs its own copy of this argument",
+    note = "derive or implement `Clone` for `{Self}`, pass it by reference, or remove `retries`"
+)]
+pub trait RetryArg: Clone {}
+
+impl<T: Clone> RetryArg for T {}
+
+#[inline]
+pub fn retry_copy<T: RetryArg>(value: &T) -> T {
+    value.clone()
+}
+
+/// The control flow of an operation, written once for the attribute and the closure form.
+/// `once` is for operations without retries: it moves the arguments into the body.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __operation {
+    (once: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+        let mut operation = $crate::__private::Operation::new(&$options, $name);
+        match operation.begin($conn).await {
+            $crate::__private::Result::Ok(tx) => {
+                let outcome = operation
+                    .run(async {
+                        let $tx: &$crate::__private::Tx = &tx;
+                        $body
+                    })
+                    .await;
+                operation.finish_once(tx, outcome).await
+            }
+            $crate::__private::Result::Err(err) => {
+                $crate::__private::Result::Err($crate::__private::From::from(err))
+            }
+        }
+    }};
+    (retry: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+        let mut operation = $crate::__private::Operation::new(&$options, $name);
+        loop {
+            let tx = match operation.begin($conn).await {
+                $crate::__private::Result::Ok(tx) => tx,
+                $crate::__private::Result::Err(err) => {
+                    break $crate::__private::Result::Err($crate::__private::From::from(err));
+                }
+            };
+            let outcome = operation
+                .run(async {
+                    let $tx: &$crate::__private::Tx = &tx;
+                    $body
+                })
+                .await;
+            match operation.finish(tx, outcome).await {
+                $crate::__private::Next::Done(result) => break result,
+                $crate::__private::Next::Retry => {}
+            }
+        }
+    }};
+}
