@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+pub mod agents_api;
+
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 /// The seed's agent registry, as a SeaORM entity.

@@ -32,6 +32,8 @@
 
 extern crate self as safe_db;
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod begin;
 mod config;
 mod error;

@@ -1,0 +1,28 @@
+//! The seed's agent registry as an HTTP API: `cargo run --example agents_api`.
+//!
+//! Serves on 127.0.0.1:3000 (`PORT` to change) over the embedded SQLite file, or over
+//! `DATABASE_URL` (PostgreSQL, MySQL) with the pool settings of `DbConfig::from_env`.
+//! The routes and service functions are in `src/agents_api.rs`.
+
+use safe_db::DbConfig;
+use safe_db_suite::agents_api;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let config = DbConfig::from_env()?;
+    tracing::info!(%config, "connecting");
+    let db = config.connect().await?;
+    agents_api::migrate(&*db).await?;
+
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    tracing::info!("agents API listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, agents_api::app(db)).await?;
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Web services with axum (feature `axum`): classified errors as RFC 9457 problem
+//! responses, and request-scoped transactions, the Rust form of FastAPI's
+//! `Depends(get_db)`.
+//!
+//! ```no_run
+//! use axum::{Router, extract::Path, routing::patch};
+//! use safe_db::axum::{RequestTx, TxLayer};
+//! use safe_db::{Error, Tx, safe_db_operation};
+//! use sea_orm::ConnectionTrait;
+//!
+//! #[safe_db_operation]
+//! async fn rename(tx: &Tx, id: i32, name: String) -> Result<(), Error> {
+//!     let sql = format!("UPDATE agents SET name = '{name}' WHERE id = {id}");
+//!     if tx.execute_unprepared(&sql).await?.rows_affected() == 0 {
+//!         return Err(Error::not_found("agent", id));
+//!     }
+//!     Ok(())
+//! }
+//!
+//! // The request's transaction begins on first use and commits after the handler when
+//! // the response is 2xx or 3xx; `rename` runs in a savepoint inside it.
+//! async fn handler(tx: RequestTx, Path((id, name)): Path<(i32, String)>) -> Result<(), Error> {
+//!     rename(&tx, id, name).await
+//! }
+//!
+//! # async fn app(db: sea_orm::DatabaseConnection) {
+//! let app: Router = Router::new()
+//!     .route("/agents/{id}/name/{name}", patch(handler))
+//!     .layer(TxLayer::new(db));
+//! # }
+//! ```
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum_core::extract::FromRequestParts;
+use axum_core::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use http::request::Parts;
+use http::{HeaderValue, Request, StatusCode, header};
+use sea_orm::DbErr;
+use tokio::sync::OnceCell;
+
+use crate::operation::{Operation, Outcome};
+use crate::{Begin, Error, ErrorKind, Options, Tx};
+
+impl Error {
+    /// The HTTP status this error maps to: not found 404, unique conflict 409, foreign-key
+    /// violation and validation 422, serialization failure (after any retries) 503 with
+    /// `Retry-After`, timeout 504, pool exhausted or unavailable 503, anything else 500.
+    ///
+    /// A serialization failure that survived the operation's retries is transient
+    /// contention on the server, not a conflict the client must resolve: 503 with
+    /// `Retry-After` tells clients and proxies to try the same request again, which 409
+    /// does not.
+    pub fn status(&self) -> StatusCode {
+        match self.kind() {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::UniqueViolation => StatusCode::CONFLICT,
+            ErrorKind::ForeignKeyViolation | ErrorKind::Validation => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ErrorKind::SerializationFailure | ErrorKind::PoolExhausted | ErrorKind::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ReadOnly | ErrorKind::Database => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client may read: the application's own message for not found and
+    /// validation errors, a fixed sentence for everything else (no SQL, table or
+    /// constraint names, connection strings or passwords).
+    fn public_detail(&self) -> String {
+        match self.kind() {
+            ErrorKind::NotFound | ErrorKind::Validation if self.db_err().is_none() => {
+                self.to_string()
+            }
+            ErrorKind::NotFound => "The requested resource does not exist.".into(),
+            ErrorKind::Validation => "The request was rejected by a database constraint.".into(),
+            ErrorKind::UniqueViolation => "The resource conflicts with an existing one.".into(),
+            ErrorKind::ForeignKeyViolation => {
+                "The request refers to a resource that does not exist.".into()
+            }
+            ErrorKind::SerializationFailure => {
+                "The request conflicted with concurrent requests; retry it.".into()
+            }
+            ErrorKind::Timeout => "The database did not answer in time.".into(),
+            ErrorKind::PoolExhausted | ErrorKind::Unavailable => {
+                "The database is unavailable; retry later.".into()
+            }
+            ErrorKind::ReadOnly | ErrorKind::Database => "An internal error occurred.".into(),
+        }
+    }
+
+    fn problem_type(&self) -> &'static str {
+        match self.kind() {
+            ErrorKind::NotFound => "urn:safe-db:problem:not-found",
+            ErrorKind::UniqueViolation => "urn:safe-db:problem:conflict",
+            ErrorKind::ForeignKeyViolation => "urn:safe-db:problem:missing-reference",
+            ErrorKind::Validation => "urn:safe-db:problem:validation",
+            ErrorKind::SerializationFailure => "urn:safe-db:problem:contention",
+            ErrorKind::Timeout => "urn:safe-db:problem:timeout",
+            ErrorKind::PoolExhausted | ErrorKind::Unavailable => "urn:safe-db:problem:unavailable",
+            ErrorKind::ReadOnly | ErrorKind::Database => "urn:safe-db:problem:internal",
+        }
+    }
+}
+
+/// An RFC 9457 `application/problem+json` response; the full error goes to the log.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, kind = ?self.kind(), status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(error = %self, kind = ?self.kind(), status = status.as_u16(), "request rejected");
+        }
+        let body = serde_json::json!({
+            "type": self.problem_type(),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.public_detail(),
+        });
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The request's transaction, shared by the layer (which ends it) and the extractor
+/// (which begins it on first use).
+struct Slot {
+    begin: Box<dyn Fn() -> BeginFuture + Send + Sync>,
+    tx: OnceCell<Tx>,
+}
+
+type BeginFuture = Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send>>;
+
+/// The request's transaction, as a handler argument: it begins on first use, and
+/// [`TxLayer`] commits it after the handler when the response is a success (2xx, 3xx)
+/// and rolls it back otherwise, on a panic, or when the client goes away.
+///
+/// Pass `&tx` to a `#[safe_db_operation]` (it runs in a savepoint inside the request's
+/// transaction), or call [`RequestTx::get`] for plain SeaORM queries.
+pub struct RequestTx(Arc<Slot>);
+
+impl RequestTx {
+    /// The request's transaction, begun now if it has not been yet.
+    pub async fn get(&self) -> Result<&Tx, Error> {
+        Ok(self.0.tx.get_or_try_init(|| (self.0.begin)()).await?)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTx {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        match parts.extensions.get::<Handle>() {
+            Some(Handle(slot)) => Ok(RequestTx(Arc::clone(slot))),
+            None => Err(Error::new(
+                ErrorKind::Database,
+                "RequestTx used on a route without safe_db::axum::TxLayer: add \
+                 `.layer(TxLayer::new(db))` to the router",
+            )),
+        }
+    }
+}
+
+impl crate::begin::sealed::Sealed for RequestTx {}
+impl Begin for RequestTx {
+    async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
+        let outer = self.0.tx.get_or_try_init(|| (self.0.begin)()).await?;
+        outer.__begin(options).await
+    }
+}
+
+#[derive(Clone)]
+struct Handle(Arc<Slot>);
+
+/// The layer that gives each request its transaction: see [`RequestTx`].
+#[derive(Clone)]
+pub struct TxLayer<C> {
+    conn: C,
+    options: Options,
+}
+
+impl<C> TxLayer<C>
+where
+    C: Begin + Clone + Send + Sync + 'static,
+{
+    /// Request transactions on `conn` (a `DatabaseConnection` or a [`Db`](crate::Db)).
+    pub fn new(conn: C) -> Self {
+        TxLayer {
+            conn,
+            options: Options::new(),
+        }
+    }
+
+    /// Request transactions with these options (isolation, read-only, timeout of the
+    /// whole request's transaction). Retries do not apply: a request is not re-run.
+    pub fn with_options(mut self, options: Options) -> Self {
+        self.options = options.retries(0);
+        self
+    }
+}
+
+impl<S, C: Clone> tower_layer::Layer<S> for TxLayer<C> {
+    type Service = TxService<S, C>;
+
+    fn layer(&self, inner: S) -> TxService<S, C> {
+        TxService {
+            inner,
+            conn: self.conn.clone(),
+            options: self.options,
+        }
+    }
+}
+
+/// The service of [`TxLayer`].
+#[derive(Clone)]
+pub struct TxService<S, C> {
+    inner: S,
+    conn: C,
+    options: Options,
+}
+
+impl<S, C, B> tower_service::Service<Request<B>> for TxService<S, C>
+where
+    S: tower_service::Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    C: Begin + Clone + Send + Sync + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this request.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let (conn, options) = (self.conn.clone(), self.options);
+        let slot = Arc::new(Slot {
+            begin: Box::new(move || {
+                let conn = conn.clone();
+                Box::pin(async move { conn.__begin(&options).await })
+            }),
+            tx: OnceCell::new(),
+        });
+        request.extensions_mut().insert(Handle(Arc::clone(&slot)));
+        Box::pin(async move {
+            let mut operation = Operation::new(&options, "request");
+            let called = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
+            // The handler has returned (or panicked): its extractor is gone, and the
+            // response body has not been sent yet. End the transaction now, so none is
+            // held open while a body streams.
+            let tx = match Arc::try_unwrap(slot) {
+                Ok(slot) => slot.tx.into_inner(),
+                Err(_) => {
+                    tracing::error!(
+                        "a RequestTx outlived its request (moved into a spawned task?): \
+                         its transaction is rolled back when that copy is dropped"
+                    );
+                    return Ok(
+                        Error::new(ErrorKind::Database, "request transaction still in use")
+                            .into_response(),
+                    );
+                }
+            };
+            let Some(tx) = tx else {
+                // Never used: nothing to end.
+                return match called {
+                    Ok(result) => result,
+                    Err(payload) => std::panic::resume_unwind(payload),
+                };
+            };
+            match called {
+                Err(payload) => {
+                    let _ = operation
+                        .finish_once::<(), DbErr>(tx, Outcome::Panicked(payload))
+                        .await;
+                    unreachable!("a panic is resumed")
+                }
+                Ok(Err(err)) => {
+                    let _ = operation
+                        .finish_once::<(), Error>(
+                            tx,
+                            Outcome::Returned(Err(Error::new(
+                                ErrorKind::Database,
+                                "service error",
+                            ))),
+                        )
+                        .await;
+                    Err(err)
+                }
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let outcome = if status.is_success() || status.is_redirection() {
+                        Ok(())
+                    } else {
+                        Err(Error::new(
+                            ErrorKind::Validation,
+                            format!("response {status}"),
+                        ))
+                    };
+                    let failed = outcome.is_err();
+                    match operation.finish_once(tx, Outcome::Returned(outcome)).await {
+                        Ok(()) => Ok(response),
+                        Err(_) if failed => Ok(response),
+                        // The commit failed: the client must not see a success.
+                        Err(commit_error) => Ok(commit_error.into_response()),
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! The axum integration: every route and error mapping in-process, a real socket, a
+//! client that goes away, a streaming body, and 200 concurrent renames.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use safe_db::axum::RequestTx;
+use safe_db::{Db, Error};
+use safe_db_suite::agents_api::{self, create_agent, routes, with_transactions};
+use safe_db_suite::{Backend, TestDb};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// A namespace with the API's schema (ids assigned by the database).
+async fn api_db(test: &str, backends: &[Backend], pool: u32) -> Vec<(TestDb, Db)> {
+    let mut out = Vec::new();
+    for t in TestDb::on(backends, test, pool).await {
+        safe_db_suite::exec(&t.db, "DROP TABLE notes").await;
+        safe_db_suite::exec(&t.db, "DROP TABLE agents").await;
+        agents_api::migrate(&t.db).await.unwrap();
+        let db = Db::new(t.pool(pool).await, None);
+        out.push((t, db));
+    }
+    out
+}
+
+const ALL: &[Backend] = &[Backend::Sqlite, Backend::Postgres, Backend::MySql];
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, Option<String>) {
+    let mut request = Request::builder().method(method).uri(uri);
+    let body = match body {
+        Some(json) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Body::from(json.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, value, content_type)
+}
+
+async fn names(t: &TestDb) -> Vec<(i32, String)> {
+    let stmt = sea_orm::Statement::from_string(
+        sea_orm::ConnectionTrait::get_database_backend(&t.db),
+        "SELECT id, name FROM agents ORDER BY id",
+    );
+    sea_orm::ConnectionTrait::query_all_raw(&t.db, stmt)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).unwrap(),
+                r.try_get_by_index(1).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_route_and_error_mapping() {
+    for (t, db) in api_db("web_routes", ALL, 5).await {
+        let app = agents_api::app(db);
+        let b = t.backend;
+
+        let (status, ada, _) = call(&app, "POST", "/agents", Some(json!({"name": "Ada"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{b:?} {ada}");
+        let id = ada["id"].as_i64().unwrap();
+        assert_eq!(names(&t).await, vec![(id as i32, "Ada".into())]);
+
+        let (status, got, _) = call(&app, "GET", &format!("/agents/{id}"), None).await;
+        assert_eq!(
+            (status, got["name"].as_str()),
+            (StatusCode::OK, Some("Ada"))
+        );
+
+        let (status, renamed, _) = call(
+            &app,
+            "PATCH",
+            &format!("/agents/{id}"),
+            Some(json!({"name": "Ada Lovelace"})),
+        )
+        .await;
+        assert_eq!(
+            (status, renamed["name"].as_str()),
+            (StatusCode::OK, Some("Ada Lovelace"))
+        );
+        assert_eq!(names(&t).await, vec![(id as i32, "Ada Lovelace".into())]);
+
+        for name in ["Grace", "Alan", "Edsger"] {
+            call(&app, "POST", "/agents", Some(json!({ "name": name }))).await;
+        }
+        let (status, page, _) = call(&app, "GET", "/agents?page=1&per_page=2", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["total"], 4);
+        let page_names: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(page_names, ["Alan", "Edsger"]);
+
+        // Errors: status, problem+json body, and nothing written.
+        let (status, problem, content_type) = call(&app, "GET", "/agents/9999", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+        assert_eq!(
+            problem,
+            json!({"type": "urn:safe-db:problem:not-found", "title": "Not Found", "status": 404, "detail": "agent 9999 not found"})
+        );
+
+        let (status, problem, _) =
+            call(&app, "POST", "/agents", Some(json!({"name": "Grace"}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{b:?} {problem}");
+        assert_eq!(
+            problem["detail"],
+            "The resource conflicts with an existing one."
+        );
+        let leaked = problem.to_string().to_lowercase();
+        assert!(
+            !leaked.contains("agents") && !leaked.contains("unique") && !leaked.contains("insert"),
+            "{problem}"
+        );
+
+        let (status, problem, _) = call(&app, "POST", "/agents", Some(json!({"name": "  "}))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            problem["detail"],
+            "an agent's name must have 1 to 100 characters"
+        );
+
+        let (status, _, _) = call(&app, "GET", "/agents?per_page=0", None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let (status, _, _) = call(&app, "PATCH", "/agents/9999", Some(json!({"name": "x"}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let (status, body, _) = call(&app, "DELETE", &format!("/agents/{id}"), None).await;
+        assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+        let (status, _, _) = call(&app, "DELETE", &format!("/agents/{id}"), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(names(&t).await.len(), 3);
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_fails_after_writing_leaves_nothing_behind() {
+    for (t, db) in api_db("web_batch", ALL, 5).await {
+        let app = agents_api::app(db);
+        // The third name repeats the first: the whole batch is one request transaction.
+        let (status, _, _) =
+            call(&app, "POST", "/agents/batch", Some(json!(["a", "b", "a"]))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(names(&t).await, vec![], "{:?}", t.backend);
+        let (status, created, _) =
+            call(&app, "POST", "/agents/batch", Some(json!(["a", "b"]))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(names(&t).await.len(), 2);
+        t.cleanup().await;
+    }
+}
+
+/// Writes, then answers with the status it is asked for: the request's transaction
+/// commits on 2xx/3xx only.
+async fn write_then(
+    tx: RequestTx,
+    axum::extract::Path(code): axum::extract::Path<u16>,
+) -> Result<StatusCode, Error> {
+    create_agent(&tx, &format!("status-{code}")).await?;
+    Ok(StatusCode::from_u16(code).unwrap())
+}
+
+async fn write_then_panic(tx: RequestTx) -> StatusCode {
+    create_agent(&tx, "panicked").await.unwrap();
+    panic!("handler panicked after writing");
+}
+
+async fn write_then_hang(tx: RequestTx) -> StatusCode {
+    create_agent(&tx, "abandoned").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    StatusCode::OK
+}
+
+async fn write_then_stream(tx: RequestTx) -> Result<Body, Error> {
+    create_agent(&tx, "streamed").await?;
+    let chunks = futures_util::stream::unfold(0, |n| async move {
+        if n == 3 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok::<_, std::io::Error>(format!("chunk {n}\n")), n + 1))
+    });
+    Ok(Body::from_stream(chunks))
+}
+
+fn test_app(db: Db) -> Router {
+    with_transactions(
+        routes()
+            .route("/status/{code}", post(write_then))
+            .route("/panic", post(write_then_panic))
+            .route("/hang", post(write_then_hang))
+            .route("/stream", post(write_then_stream)),
+        db,
+    )
+}
+
+#[tokio::test]
+async fn commits_on_success_rolls_back_on_4xx_5xx_and_panic() {
+    for (t, db) in api_db("web_status", ALL, 5).await {
+        let app = test_app(db);
+        for code in [200u16, 201, 204, 303, 400, 404, 409, 500, 503] {
+            let (status, _, _) = call(&app, "POST", &format!("/status/{code}"), None).await;
+            assert_eq!(status.as_u16(), code);
+        }
+        let kept: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(
+            kept,
+            ["status-200", "status-201", "status-204", "status-303"],
+            "{:?}",
+            t.backend
+        );
+
+        let panicked = tokio::spawn({
+            let app = app.clone();
+            async move { call(&app, "POST", "/panic", None).await }
+        })
+        .await;
+        assert!(panicked.unwrap_err().is_panic());
+        assert!(names(&t).await.iter().all(|(_, n)| n != "panicked"));
+        t.cleanup().await;
+    }
+}
+
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_real_socket_with_a_client_that_goes_away_and_a_streaming_body() {
+    for (t, db) in api_db("web_socket", &[Backend::Sqlite, Backend::Postgres], 5).await {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, test_app(db.clone())).into_future());
+
+        let body = r#"{"name":"socket"}"#;
+        let answer = raw_http(addr, &format!(
+            "POST /agents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+        assert!(names(&t).await.iter().any(|(_, n)| n == "socket"));
+
+        // A client that sends its request and goes away: the write is rolled back.
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            names(&t).await.iter().all(|(_, n)| n != "abandoned"),
+            "{:?}",
+            t.backend
+        );
+
+        // A streaming body: the transaction is committed before the body is sent, so
+        // the row is visible to others while the body still streams.
+        let client = tokio::spawn(raw_http(
+            addr,
+            "POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(!client.is_finished(), "the body is still streaming");
+        assert!(
+            names(&t).await.iter().any(|(_, n)| n == "streamed"),
+            "committed before the body was sent"
+        );
+        let streamed = client.await.unwrap();
+        assert!(streamed.contains("chunk 2"), "{streamed}");
+
+        server.abort();
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_renames_end_consistent_with_no_500s() {
+    for (t, db) in api_db("web_concurrent", ALL, 10).await {
+        let app = agents_api::app(db);
+        for name in ["r0", "r1", "r2", "r3", "r4"] {
+            call(&app, "POST", "/agents", Some(json!({ "name": name }))).await;
+        }
+        let app = Arc::new(app);
+        let requests: Vec<_> = (0..200)
+            .map(|i| {
+                let app = Arc::clone(&app);
+                tokio::spawn(async move {
+                    let id = i % 5 + 1;
+                    call(
+                        &app,
+                        "PATCH",
+                        &format!("/agents/{id}"),
+                        Some(json!({ "name": format!("renamed-{i}") })),
+                    )
+                    .await
+                    .0
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for r in requests {
+            statuses.push(r.await.unwrap());
+        }
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{:?}: {statuses:?}",
+            t.backend
+        );
+        // Each agent ends with the name of one of the requests that targeted it.
+        let rows = names(&t).await;
+        assert_eq!(rows.len(), 5);
+        for (id, name) in rows {
+            let i: i32 = name.strip_prefix("renamed-").unwrap().parse().unwrap();
+            assert_eq!(i % 5 + 1, id, "{name} on agent {id}");
+        }
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn request_tx_without_the_layer_is_a_clear_500() {
+    let t = TestDb::sqlite("web_no_layer", 2).await;
+    let app: Router = Router::new().route("/status/{code}", post(write_then));
+    let (status, problem, _) = call(&app, "POST", "/status/200", None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(problem["detail"], "An internal error occurred.");
+    t.cleanup().await;
+}
