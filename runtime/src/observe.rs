@@ -137,8 +137,10 @@ pub(crate) fn ended(name: &'static str, end: End, elapsed: Duration, span: &trac
         End::Cancelled => &CANCELLED,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    span.record("outcome", end.as_str());
-    span.record("duration_ms", elapsed.as_millis() as u64);
+    if !span.is_disabled() {
+        span.record("outcome", end.as_str());
+        span.record("duration_ms", elapsed.as_millis() as u64);
+    }
     if elapsed >= slow_threshold() {
         span.in_scope(|| {
             tracing::warn!(
