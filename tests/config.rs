@@ -10,7 +10,13 @@ const PASSWORD: &str = "never-print-this-pw";
 /// The test server's URL for `database`, with a password added (the server trusts
 /// local connections, so any password is accepted).
 fn with_password(base: &str, database: &str) -> String {
-    replace_database(base, database).replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1)
+    let url = replace_database(base, database);
+    let (scheme, rest) = url.split_once("://").expect("scheme://");
+    let (userinfo, host) = rest.split_once('@').expect("user@host");
+    let user = userinfo.split(':').next().unwrap_or(userinfo);
+    let with = format!("{scheme}://{user}:{PASSWORD}@{host}");
+    assert!(with.contains(PASSWORD));
+    with
 }
 
 async fn fresh_database(base: &str, name: &str) {

@@ -215,12 +215,16 @@ async fn a_failing_or_panicking_callback_leaves_the_commit_and_the_next_callback
 
 /// The callback runs outside the transaction: with a pool of one connection it can run
 /// a new operation, which sees the committed row.
-#[safe_db_operation]
-async fn register_then_follow_up(
-    tx: &Tx,
+/// The pool, for work the callback does after the commit. Wrapped in a type of the
+/// application's: a parameter typed as a connection is rejected at compile time, since
+/// queries on it would run outside the transaction.
+struct AfterCommit {
     db: Arc<DatabaseConnection>,
-    log: Log,
-) -> Result<(), Error> {
+}
+
+#[safe_db_operation]
+async fn register_then_follow_up(tx: &Tx, after: AfterCommit, log: Log) -> Result<(), Error> {
+    let db = after.db;
     insert(tx, 1).await?;
     tx.on_commit(async move {
         let seen = safe_db::transaction(&*db, async |tx: &Tx| {
@@ -238,9 +242,15 @@ async fn a_callback_may_start_a_new_operation() {
     for t in TestDb::all("hooks_follow_up", 1).await {
         let db = Arc::new(t.pool(1).await);
         let log = Log::default();
-        register_then_follow_up(&*db, Arc::clone(&db), log.clone())
-            .await
-            .unwrap();
+        register_then_follow_up(
+            &*db,
+            AfterCommit {
+                db: Arc::clone(&db),
+            },
+            log.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(log.entries(), ["Ok([1, 2])"], "{:?}", t.backend);
         assert_eq!(t.agent_ids().await, vec![1, 2]);
         t.cleanup().await;

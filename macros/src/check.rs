@@ -27,13 +27,41 @@ fn is_transaction_type(ty: &Type) -> bool {
     )
 }
 
+/// Whether a parameter type can run queries outside the transaction: it names a SeaORM
+/// connection (`DatabaseConnection`, `DbConn`, also inside `Arc<…>`, `Option<…>`, tuples…)
+/// or is an `impl`/`dyn` of `ConnectionTrait` or `TransactionTrait`.
 fn is_connection_type(ty: &Type) -> bool {
+    fn path_mentions(path: &syn::Path) -> bool {
+        path.segments.iter().any(|segment| {
+            matches!(
+                segment.ident.to_string().as_str(),
+                "DatabaseConnection" | "DbConn" | "ConnectionTrait" | "TransactionTrait"
+            ) || match &segment.arguments {
+                syn::PathArguments::AngleBracketed(args) => args.args.iter().any(
+                    |arg| matches!(arg, syn::GenericArgument::Type(t) if is_connection_type(t)),
+                ),
+                _ => false,
+            }
+        })
+    }
+    let bounds_mention =
+        |bounds: &syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>| {
+            bounds
+                .iter()
+                .any(|b| matches!(b, syn::TypeParamBound::Trait(t) if path_mentions(&t.path)))
+        };
     match ty {
+        Type::Path(TypePath { path, .. }) => path_mentions(path),
         Type::Reference(r) => is_connection_type(&r.elem),
-        _ => matches!(
-            last_segment(ty).as_deref(),
-            Some("DatabaseConnection" | "DbConn")
-        ),
+        Type::Paren(p) => is_connection_type(&p.elem),
+        Type::Group(g) => is_connection_type(&g.elem),
+        Type::Slice(s) => is_connection_type(&s.elem),
+        Type::Array(a) => is_connection_type(&a.elem),
+        Type::Ptr(p) => is_connection_type(&p.elem),
+        Type::Tuple(t) => t.elems.iter().any(is_connection_type),
+        Type::ImplTrait(i) => bounds_mention(&i.bounds),
+        Type::TraitObject(o) => bounds_mention(&o.bounds),
+        _ => false,
     }
 }
 
@@ -165,7 +193,7 @@ mod tests {
 
     #[test]
     fn rejects_each_misuse() {
-        let cases: [(ItemFn, &str); 7] = [
+        let cases: [(ItemFn, &str); 9] = [
             (
                 parse_quote!(
                     fn f(tx: &Tx) -> Result<(), E> {}
@@ -205,6 +233,18 @@ mod tests {
             (
                 parse_quote!(
                     async fn f(tx: &Tx, db: &DatabaseConnection) -> Result<(), E> {}
+                ),
+                "outside the transaction",
+            ),
+            (
+                parse_quote!(
+                    async fn f(tx: &Tx, db: Arc<sea_orm::DatabaseConnection>) -> Result<(), E> {}
+                ),
+                "outside the transaction",
+            ),
+            (
+                parse_quote!(
+                    async fn f(tx: &Tx, db: &impl ConnectionTrait) -> Result<(), E> {}
                 ),
                 "outside the transaction",
             ),

@@ -54,7 +54,12 @@ pub(crate) fn expand(args: &Args, checked: Checked) -> TokenStream {
         unreachable!("checked: the transaction parameter is typed")
     };
     let tx_pat = (*tx_param.pat).clone();
-    let tx_ty = (*tx_param.ty).clone();
+    let mut tx_ty = (*tx_param.ty).clone();
+    // The transaction is a local of the expansion: a lifetime the user named on the
+    // parameter (`tx: &'a Tx`) cannot be its lifetime.
+    if let syn::Type::Reference(reference) = &mut tx_ty {
+        reference.lifetime = None;
+    }
     let conn_name = match &tx_pat {
         Pat::Ident(PatIdent { ident, .. }) => ident.to_string(),
         _ => "conn".to_owned(),

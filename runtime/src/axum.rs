@@ -207,10 +207,15 @@ where
         }
     }
 
-    /// Request transactions with these options (isolation, read-only, timeout of the
-    /// whole request's transaction). Retries do not apply: a request is not re-run.
+    /// Request transactions with these options' isolation level and access mode. Their
+    /// `timeout` and `retries` do not apply: a request is neither re-run nor cut short
+    /// here (bound requests with a timeout layer, which drops the handler and so rolls
+    /// the transaction back).
     pub fn with_options(mut self, options: Options) -> Self {
-        self.options = options.retries(0);
+        let mut kept = Options::new();
+        kept.isolation = options.isolation;
+        kept.read_only = options.read_only;
+        self.options = kept;
         self
     }
 }
@@ -265,7 +270,6 @@ where
         });
         request.extensions_mut().insert(Handle(Arc::clone(&slot)));
         Box::pin(async move {
-            let mut operation = Operation::new(&options, "request");
             let called = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
             // The handler has returned (or panicked): its extractor is gone, and the
             // response body has not been sent yet. End the transaction now, so none is
@@ -290,6 +294,8 @@ where
                     Err(payload) => std::panic::resume_unwind(payload),
                 };
             };
+            // Counted and traced as an operation only when the transaction was used.
+            let mut operation = Operation::new(&options, "request");
             match called {
                 Err(payload) => {
                     let _ = operation

@@ -383,8 +383,23 @@ impl fmt::Debug for DbConfig {
     }
 }
 
-/// `scheme://user:password@host/…` into `scheme://user@host/…` and the decoded password.
+/// `scheme://user:password@host/…` (or a `password=` query parameter, which sqlx also
+/// reads) into the URL without it and the decoded password.
 fn split_password(url: &str) -> (String, Option<String>) {
+    let (url, userinfo) = split_userinfo_password(url);
+    let mut from_query = None;
+    let url = take_parameters(&url, |name, value| {
+        if name == "password" {
+            from_query = Some(percent_decode(value));
+            return Ok(true);
+        }
+        Ok(false)
+    })
+    .unwrap_or(url);
+    (url, userinfo.or(from_query))
+}
+
+fn split_userinfo_password(url: &str) -> (String, Option<String>) {
     let Some(start) = url.find("://").map(|i| i + 3) else {
         return (url.to_owned(), None);
     };
@@ -701,8 +716,9 @@ mod tests {
     fn the_password_appears_in_neither_display_nor_debug() {
         let c = DbConfig::from_url("postgres://app:hunter2@db/prod?pool_size=3")
             .unwrap()
-            .with_replica("postgres://ro:hunter3@replica/prod")
+            .with_replica("postgres://ro@replica/prod?password=hunter3")
             .unwrap();
+        assert!(!c.connect_options().get_url().contains("hunter2"));
         for shown in [format!("{c}"), format!("{c:?}"), format!("{c:#?}")] {
             assert!(
                 !shown.contains("hunter2") && !shown.contains("hunter3"),

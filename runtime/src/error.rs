@@ -236,8 +236,28 @@ impl std::error::Error for Error {
     }
 }
 
-/// Replaces the password of every `scheme://user:password@host` in `text` by `***`.
+/// Replaces the password of every `scheme://user:password@host`, and the value of every
+/// `password=` parameter, in `text` by `***`.
 pub(crate) fn redact(text: &str) -> String {
+    let text = redact_userinfo(text);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("password=") {
+        let (head, tail) = rest.split_at(at + "password=".len());
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        if end > 0 {
+            out.push_str("***");
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
@@ -277,6 +297,10 @@ mod tests {
         );
         assert_eq!(redact("no url here"), "no url here");
         assert_eq!(redact("a://u:p@h b://v:q@i"), "a://u:***@h b://v:***@i");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&password=s3cret x"),
+            "postgres://u@h/db?sslmode=require&password=*** x"
+        );
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub use tx::{HookOutput, Tx};
 ///
 /// Misuse is rejected with an error on the offending tokens: a function that is not
 /// `async`, a missing or misplaced transaction parameter, a transaction taken by value or
-/// as `&mut`, a second connection parameter (queries on it would run outside the
+/// as `&mut`, a parameter typed as a connection (queries on it would run outside the
 /// transaction), a return type that is not a `Result` or whose error cannot hold a
 /// `DbErr`, unknown, malformed or repeated options, `retries` with an argument that is
 /// not `Clone`, and a caller passing something that is not a connection or a `Tx`.

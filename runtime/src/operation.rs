@@ -70,7 +70,8 @@ impl Operation {
         Operation {
             name,
             options: *options,
-            deadline: options.timeout.map(|t| started + t),
+            // A timeout too large to add is no deadline at all.
+            deadline: options.timeout.and_then(|t| started.checked_add(t)),
             attempt: 0,
             started,
             span,
@@ -216,7 +217,8 @@ impl Operation {
         };
         match &next {
             Next::Retry => observe::retried(self.name),
-            Next::Done(Ok(_)) => self.end(End::Committed),
+            Next::Done(Ok(_)) if !self.ended => self.end(End::Committed),
+            Next::Done(Ok(_)) => {}
             Next::Done(Err(_)) if !self.ended => self.end(End::RolledBack),
             Next::Done(Err(_)) => {}
         }
@@ -244,21 +246,24 @@ impl Operation {
                 }
                 let (txn, scope) = tx.into_parts();
                 let guard = scope.guard_savepoint_end();
-                let committed = self.within_deadline(txn.commit()).await;
-                // A RELEASE cut off by the deadline did not complete: the guard poisons.
-                if !matches!(&committed, Err(e) if ErrorKind::of(e) == ErrorKind::Timeout)
-                    && let Some(guard) = guard
-                {
+                // No deadline here: once COMMIT is sent the server carries it out, and
+                // cutting the wait would report as failed a transaction that committed.
+                // (On PostgreSQL the deadline's statement_timeout still bounds it.)
+                let committed = txn.commit().await;
+                if let Some(guard) = guard {
                     guard.disarm();
                 }
                 match committed {
                     Ok(()) => {
+                        // Committed, whatever happens to the callbacks (or to this future
+                        // while they run).
+                        self.end(End::Committed);
                         self.run_hooks(scope.committed()).await;
                         Next::Done(Ok(value))
                     }
                     Err(err) => {
                         if ErrorKind::of(&err).is_retryable() {
-                            scope.note_conflict();
+                            scope.note_conflict(&err);
                             if may_retry && self.backoff().await {
                                 return Next::Retry;
                             }
@@ -295,12 +300,15 @@ impl Operation {
             return Some(crate::tx::poisoned_error());
         }
         if tx.conflicted() {
-            return Some(DbErr::Exec(RuntimeErr::Internal(format!(
-                "safe-db: operation `{}` returned Ok after a statement in its transaction \
-                 lost a conflict (serialization failure, deadlock or busy database); \
-                 nothing was committed",
-                self.name
-            ))));
+            // The conflict itself (a serialization failure, deadlock or busy error), so
+            // that it is classified, and retried, as what it is.
+            return Some(tx.first_conflict().unwrap_or_else(|| {
+                DbErr::Exec(RuntimeErr::Internal(format!(
+                    "safe-db: operation `{}` returned Ok after its transaction lost a \
+                     conflict; nothing was committed",
+                    self.name
+                )))
+            }));
         }
         if tx.statement_failed() && tx.get_database_backend() == DbBackend::Postgres {
             return Some(DbErr::Exec(RuntimeErr::Internal(format!(

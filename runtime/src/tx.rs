@@ -41,6 +41,8 @@ pub(crate) struct Tree {
     /// deadlock, busy), so the outermost operation retries even when the body swallowed
     /// or converted that error.
     conflict: AtomicBool,
+    /// The first statement error that was a conflict, returned when a body swallowed it.
+    first_conflict: std::sync::OnceLock<DbErr>,
     next_id: AtomicU32,
     /// After-commit callbacks, each tagged with the transaction that holds it now: a
     /// released savepoint hands its callbacks to its parent, so only those that reach the
@@ -61,6 +63,7 @@ impl Tree {
     fn new(managed: bool) -> Arc<Tree> {
         Arc::new(Tree {
             conflict: AtomicBool::new(false),
+            first_conflict: std::sync::OnceLock::new(),
             next_id: AtomicU32::new(1),
             hooks: Mutex::new(Vec::new()),
             managed,
@@ -121,8 +124,9 @@ impl Scope {
             .map(|_| PoisonOnDrop(Some(Arc::clone(&self.tree))))
     }
 
-    pub(crate) fn note_conflict(&self) {
+    pub(crate) fn note_conflict(&self, err: &DbErr) {
         self.tree.conflict.store(true, Ordering::Relaxed);
+        let _ = self.tree.first_conflict.set(err.clone());
     }
 
     /// The transaction committed (or its savepoint was released). Returns the callbacks
@@ -259,6 +263,10 @@ impl Tx {
         self.statement_failed.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn first_conflict(&self) -> Option<DbErr> {
+        self.tree.first_conflict.get().cloned()
+    }
+
     pub(crate) fn conflicted(&self) -> bool {
         self.tree.conflict.load(Ordering::Relaxed)
     }
@@ -302,6 +310,7 @@ impl Tx {
             self.statement_failed.store(true, Ordering::Relaxed);
             if ErrorKind::of(err).is_retryable() {
                 self.tree.conflict.store(true, Ordering::Relaxed);
+                let _ = self.tree.first_conflict.set(err.clone());
             }
         }
         result

@@ -23,6 +23,12 @@ async fn with_lifetimes<'a>(tx: &Tx, name: &'a str, rest: &[&'a str]) -> Result<
 }
 
 #[safe_db_operation]
+async fn named_lifetimes<'a>(tx: &'a Tx, name: &'a str) -> Result<&'a str, DbErr> {
+    tx.execute_unprepared("SELECT 1").await?;
+    Ok(name)
+}
+
+#[safe_db_operation]
 async fn sea_orm_transaction(tx: &DatabaseTransaction) -> Result<(), DbErr> {
     tx.execute_unprepared("SELECT 1").await?;
     Ok(())
@@ -86,6 +92,7 @@ fn callers(db: &DatabaseConnection, service: &Service) {
     assert_send(free(db, 1));
     assert_send(generic(db, 5u8));
     assert_send(with_lifetimes(db, "a", &["b"]));
+    assert_send(named_lifetimes(db, "a"));
     assert_send(sea_orm_transaction(db));
     assert_send(patterns(db, (1, 2), String::new()));
     assert_send(all_options(db, (1, 2), String::new()));
