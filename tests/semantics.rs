@@ -436,3 +436,43 @@ async fn the_closure_form_has_the_same_semantics() {
         t.cleanup().await;
     }
 }
+
+#[safe_db_operation]
+async fn insert_slowly_then(tx: &Tx, id: i32, fail: bool) -> Result<(), Error> {
+    create_agent(tx, id, &format!("sibling-{id}")).await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    create_agent(tx, id + 100, &format!("sibling-{}", id + 100)).await?;
+    if fail {
+        return Err(Error::validation("this sibling fails"));
+    }
+    Ok(())
+}
+
+#[safe_db_operation]
+async fn concurrent_siblings(tx: &Tx) -> Result<(), Error> {
+    // sqlx keeps savepoints as a stack: siblings running at once would end each other's
+    // savepoints. safe-db makes them take turns.
+    let (failed, kept) = tokio::join!(
+        insert_slowly_then(tx, 1, true),
+        insert_slowly_then(tx, 2, false)
+    );
+    assert!(failed.is_err());
+    kept
+}
+
+#[tokio::test]
+async fn concurrent_nested_operations_on_one_tx_take_turns() {
+    for t in TestDb::all("siblings", 2).await {
+        for round in 0..5 {
+            concurrent_siblings(&t.db).await.unwrap();
+            assert_eq!(
+                t.agent_ids().await,
+                vec![2, 102],
+                "{:?} round {round}",
+                t.backend
+            );
+            safe_db_suite::exec(&t.db, "DELETE FROM agents").await;
+        }
+        t.cleanup().await;
+    }
+}

@@ -31,6 +31,11 @@ pub struct Tx {
     /// transaction, so a later `COMMIT` would silently roll back.
     statement_failed: AtomicBool,
     tree: Arc<Tree>,
+    /// Taken by each operation nested in this transaction for its whole life: sqlx keeps
+    /// savepoints as a stack, so siblings (`join!(a(tx), b(tx))`) must take turns.
+    children: Arc<tokio::sync::Mutex<()>>,
+    /// This transaction's turn among its siblings, if it is nested.
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 pub(crate) type Hook = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -87,6 +92,8 @@ pub(crate) struct Scope {
     tree: Arc<Tree>,
     id: u32,
     parent: Option<u32>,
+    /// Held until the savepoint is released or rolled back, then the next sibling goes.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Poisons its tree when dropped armed: held across a savepoint's BEGIN, RELEASE or
@@ -197,10 +204,12 @@ impl Tx {
             parent: None,
             statement_failed: AtomicBool::new(false),
             tree,
+            children: Arc::new(tokio::sync::Mutex::new(())),
+            turn: None,
         }
     }
 
-    pub(crate) fn nested(&self, txn: DatabaseTransaction) -> Self {
+    fn nested(&self, txn: DatabaseTransaction, turn: tokio::sync::OwnedMutexGuard<()>) -> Self {
         Tx {
             txn,
             depth: self.depth + 1,
@@ -208,6 +217,8 @@ impl Tx {
             parent: Some(self.id),
             statement_failed: AtomicBool::new(false),
             tree: Arc::clone(&self.tree),
+            children: Arc::new(tokio::sync::Mutex::new(())),
+            turn: Some(turn),
         }
     }
 
@@ -277,6 +288,7 @@ impl Tx {
             tree: self.tree,
             id: self.id,
             parent: self.parent,
+            _turn: self.turn,
         };
         (self.txn, scope)
     }
@@ -291,10 +303,11 @@ impl Tx {
         if self.is_poisoned() {
             return Err(poisoned_error());
         }
+        let turn = Arc::clone(&self.children).lock_owned().await;
         let guard = PoisonOnDrop(Some(Arc::clone(&self.tree)));
         let txn = self.txn.begin().await?;
         guard.disarm();
-        Ok(self.nested(txn))
+        Ok(self.nested(txn, turn))
     }
 
     fn check(&self) -> Result<(), DbErr> {
