@@ -221,9 +221,24 @@ async fn write_then_stream(tx: RequestTx) -> Result<Body, Error> {
     Ok(Body::from_stream(chunks))
 }
 
+/// Registers an after-commit callback on the request's transaction, then answers `code`.
+async fn write_with_callback(
+    tx: RequestTx,
+    axum::extract::Path(code): axum::extract::Path<u16>,
+) -> Result<StatusCode, Error> {
+    create_agent(&tx, &format!("hooked-{code}")).await?;
+    tx.get()
+        .await?
+        .on_commit(async move { CALLBACKS.lock().unwrap().push(code) });
+    Ok(StatusCode::from_u16(code).unwrap())
+}
+
+static CALLBACKS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
 fn test_app(db: Db) -> Router {
     with_transactions(
         routes()
+            .route("/hooked/{code}", post(write_with_callback))
             .route("/status/{code}", post(write_then))
             .route("/panic", post(write_then_panic))
             .route("/hang", post(write_then_hang))
@@ -247,6 +262,15 @@ async fn commits_on_success_rolls_back_on_4xx_5xx_and_panic() {
             "{:?}",
             t.backend
         );
+
+        // After-commit callbacks run after the request's commit, and only then.
+        CALLBACKS.lock().unwrap().clear();
+        for code in [201u16, 409] {
+            call(&app, "POST", &format!("/hooked/{code}"), None).await;
+        }
+        assert_eq!(*CALLBACKS.lock().unwrap(), vec![201]);
+        assert!(names(&t).await.iter().any(|(_, n)| n == "hooked-201"));
+        assert!(names(&t).await.iter().all(|(_, n)| n != "hooked-409"));
 
         let panicked = tokio::spawn({
             let app = app.clone();
@@ -300,6 +324,16 @@ async fn over_a_real_socket_with_a_client_that_goes_away_and_a_streaming_body() 
             "{:?}",
             t.backend
         );
+        if t.backend == Backend::Postgres {
+            // Rolled back, not merely invisible: no session is left inside a transaction.
+            let in_tx = safe_db_suite::ids(
+                &t.db,
+                "SELECT count(*)::int FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            )
+            .await;
+            assert_eq!(in_tx, vec![0]);
+        }
 
         // A streaming body: the transaction is committed before the body is sent, so
         // the row is visible to others while the body still streams.
