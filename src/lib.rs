@@ -271,6 +271,21 @@ impl TestDb {
     }
 }
 
+/// Polls `fut` up to `polls` times, sleeping a millisecond between polls (so I/O makes
+/// progress), then drops it: cancellation at a chosen await point.
+pub async fn poll_then_drop<F: std::future::Future>(fut: F, polls: u32) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
 /// The first column of every row, as integers.
 pub async fn ids(db: &impl ConnectionTrait, sql: &str) -> Vec<i32> {
     let stmt = sea_orm::Statement::from_string(db.get_database_backend(), sql.to_owned());

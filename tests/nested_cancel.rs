@@ -2,8 +2,6 @@
 //! transaction must either commit exactly its own work or fail, never half of it, and the
 //! connection must come back to the pool clean.
 
-use std::time::Duration;
-
 use safe_db::{Error, Tx, safe_db_operation};
 use safe_db_suite::TestDb;
 use sea_orm::ConnectionTrait;
@@ -22,24 +20,10 @@ async fn inner(tx: &Tx, id: i32) -> Result<(), Error> {
     insert(tx, id + 1).await
 }
 
-/// Polls `fut` up to `polls` times, yielding between polls, then drops it.
-async fn poll_then_drop<F: std::future::Future>(fut: F, polls: u32) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    for _ in 0..polls {
-        let waker = futures_util::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return Some(out);
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    None
-}
-
 #[safe_db_operation]
 async fn outer(tx: &Tx, base: i32, polls: u32) -> Result<bool, Error> {
     insert(tx, base).await?;
-    let finished = poll_then_drop(inner(tx, base + 10), polls).await;
+    let finished = safe_db_suite::poll_then_drop(inner(tx, base + 10), polls).await;
     insert(tx, base + 1).await?;
     Ok(matches!(finished, Some(Ok(()))))
 }

@@ -125,7 +125,7 @@ async fn cancellation_at_any_point_commits_nothing_and_leaks_nothing() {
             let first = 1000 + (round as i32) * 10;
             let fut = insert_many(&db, first, 5);
             let polls = round % 30;
-            let outcome = poll_n_then_drop(fut, polls).await;
+            let outcome = safe_db_suite::poll_then_drop(fut, polls).await;
             let rows: Vec<i32> = t
                 .agent_ids()
                 .await
@@ -149,20 +149,6 @@ async fn cancellation_at_any_point_commits_nothing_and_leaks_nothing() {
         assert!(committed > 0, "no round got far enough to commit");
         t.cleanup().await;
     }
-}
-
-/// Polls `fut` up to `polls` times (yielding to the runtime in between), then drops it.
-async fn poll_n_then_drop<F: std::future::Future>(fut: F, polls: u32) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    for _ in 0..polls {
-        let waker = futures_util::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return Some(out);
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    None
 }
 
 #[tokio::test]
