@@ -8,7 +8,6 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::Either;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr};
 use tokio::time::Instant;
 
@@ -104,26 +103,17 @@ impl Operation {
     /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
     /// is retried like any other when retries are allowed.
     pub async fn begin<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
-        // With no subscriber interested, skip the span's enter/exit on every poll: it is
-        // most of the wrapper's cost per transaction (measured in benches/instructions).
-        if self.span.is_disabled() {
-            return self.begin_attempt(conn).await;
-        }
         let span = self.span.clone();
-        self.begin_attempt(conn).instrument(span).await
+        in_span(span, self.begin_attempt(conn)).await
     }
 
     async fn begin_attempt<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
         loop {
             self.attempt += 1;
-            if !self.span.is_disabled() {
-                self.span.record("attempt", self.attempt);
-            }
+            record(&self.span, "attempt", self.attempt);
             match self.within_deadline(self.begin_once(conn)).await {
                 Ok(tx) => {
-                    if !self.span.is_disabled() {
-                        self.span.record("depth", tx.depth());
-                    }
+                    record(&self.span, "depth", tx.depth());
                     return Ok(tx);
                 }
                 Err(err) if ErrorKind::of(&err).is_retryable() && self.backoff().await => {
@@ -161,12 +151,7 @@ impl Operation {
         F: Future<Output = Result<T, E>>,
     {
         // The body runs in the operation's span: nested operations become its children.
-        let body = if self.span.is_disabled() {
-            Either::Left(body)
-        } else {
-            Either::Right(body.instrument(self.span.clone()))
-        };
-        let body = AssertUnwindSafe(body).catch_unwind();
+        let body = AssertUnwindSafe(in_span(self.span.clone(), body)).catch_unwind();
         let caught = match self.remaining() {
             None => body.await,
             Some(left) => match tokio::time::timeout(left, body).await {
@@ -207,20 +192,14 @@ impl Operation {
         outcome: Outcome<T, E>,
         may_retry: bool,
     ) -> Next<T, E> {
-        let next = if self.span.is_disabled() {
-            self.settle_attempt(tx, outcome, may_retry).await
-        } else {
-            let span = self.span.clone();
-            self.settle_attempt(tx, outcome, may_retry)
-                .instrument(span)
-                .await
-        };
+        let span = self.span.clone();
+        let next = in_span(span, self.settle_attempt(tx, outcome, may_retry)).await;
+        // A commit, a timeout and a panic record their end where they happen; what is
+        // left unrecorded is a rollback.
         match &next {
             Next::Retry => observe::retried(self.name),
-            Next::Done(Ok(_)) if !self.ended => self.end(End::Committed),
-            Next::Done(Ok(_)) => {}
-            Next::Done(Err(_)) if !self.ended => self.end(End::RolledBack),
-            Next::Done(Err(_)) => {}
+            Next::Done(_) if !self.ended => self.end(End::RolledBack),
+            Next::Done(_) => {}
         }
         next
     }
@@ -401,6 +380,24 @@ impl Operation {
 
     fn timeout_error(&self) -> DbErr {
         timeout_error(self.name, self.options.timeout.unwrap_or_default())
+    }
+}
+
+/// Runs `fut` in `span`, or bare when no subscriber wants the span: entering and leaving
+/// it on every poll was most of the wrapper's cost per transaction when nothing listens
+/// (measured in benches/instructions).
+async fn in_span<F: Future>(span: tracing::Span, fut: F) -> F::Output {
+    if span.is_disabled() {
+        fut.await
+    } else {
+        fut.instrument(span).await
+    }
+}
+
+/// Records a span field, skipped (with its `log` fallback) when the span is disabled.
+fn record(span: &tracing::Span, field: &str, value: impl tracing::Value) {
+    if !span.is_disabled() {
+        span.record(field, value);
     }
 }
 
