@@ -1,7 +1,9 @@
 //! What a caller may pass to an operation: something a transaction can begin on.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use sea_orm::{
     AccessMode, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
@@ -53,7 +55,48 @@ impl sealed::Sealed for DatabaseConnection {}
 impl Begin for DatabaseConnection {
     async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
         let options = outermost_options(self.get_database_backend(), options);
-        Ok(Tx::outermost(self.begin_with_options(options).await?))
+        let conn = self.clone();
+        let begun = Shielded(Some(Box::pin(async move {
+            conn.begin_with_options(options).await
+        })))
+        .await;
+        Ok(Tx::outermost(begun?))
+    }
+}
+
+type Beginning = Pin<Box<dyn Future<Output = Result<DatabaseTransaction, DbErr>> + Send>>;
+
+/// An outermost BEGIN that runs to its end even if the caller drops it.
+///
+/// Cut off half-way, a BEGIN leaves its connection in a state nobody tracks: sqlx 0.9
+/// counts the transaction only once `BEGIN` has answered, so a connection whose `BEGIN`
+/// was sent goes back to the pool inside a transaction that no one ends (and on MySQL,
+/// where SeaORM sends `SET TRANSACTION …` before `BEGIN`, with a one-shot isolation or
+/// read-only setting waiting for the next, unrelated transaction). Dropped unfinished,
+/// this hands the BEGIN to a task of its own; when it completes there, the transaction
+/// it yields is dropped, which rolls it back before the connection returns to the pool.
+struct Shielded(Option<Beginning>);
+
+impl Future for Shielded {
+    type Output = Result<DatabaseTransaction, DbErr>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let begin = self.0.as_mut().expect("polled after completion");
+        let out = std::task::ready!(begin.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for Shielded {
+    fn drop(&mut self) {
+        if let Some(begin) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                drop(begin.await);
+            });
+        }
     }
 }
 

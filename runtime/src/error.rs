@@ -95,21 +95,93 @@ fn of_runtime(_: &RuntimeErr, is_connect: bool) -> ErrorKind {
     }
 }
 
-/// Reads the driver's own code: MySQL's error number first (its SQLSTATEs are too
-/// coarse: a deadlock and a plain serialization failure share 40001), then the SQLSTATE
-/// (PostgreSQL, MySQL) or the extended result code (SQLite).
+/// MySQL/MariaDB error numbers, read before the SQLSTATE: MySQL's SQLSTATEs are too
+/// coarse (a deadlock and a plain serialization failure share 40001, most data errors
+/// are HY000). Unique and foreign-key violations are read earlier, by `DbErr::sql_err`.
+/// The same mistake gets the same kind as on PostgreSQL (`tests/errors.rs` proves it).
+#[cfg(feature = "mysql")]
+const MYSQL_NUMBERS: &[(u16, ErrorKind)] = &[
+    (1213, ErrorKind::SerializationFailure), // ER_LOCK_DEADLOCK (also Galera certification)
+    (1020, ErrorKind::SerializationFailure), // ER_CHECKREAD: record changed since last read (innodb_snapshot_isolation)
+    (1205, ErrorKind::Timeout),              // ER_LOCK_WAIT_TIMEOUT
+    (3024, ErrorKind::Timeout),              // ER_QUERY_TIMEOUT (MySQL max_execution_time)
+    (1969, ErrorKind::Timeout),              // ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
+    (1792, ErrorKind::ReadOnly),             // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+    (1040, ErrorKind::Unavailable),          // ER_CON_COUNT_ERROR
+    (1203, ErrorKind::Unavailable),          // ER_TOO_MANY_USER_CONNECTIONS
+    (1053, ErrorKind::Unavailable),          // ER_SERVER_SHUTDOWN
+    (1927, ErrorKind::Unavailable),          // ER_CONNECTION_KILLED
+    (2002, ErrorKind::Unavailable),          // CR_CONNECTION_ERROR
+    (2003, ErrorKind::Unavailable),          // CR_CONN_HOST_ERROR
+    (2006, ErrorKind::Unavailable),          // CR_SERVER_GONE_ERROR
+    (2013, ErrorKind::Unavailable),          // CR_SERVER_LOST
+    (1048, ErrorKind::Validation),           // ER_BAD_NULL_ERROR: NOT NULL
+    (1364, ErrorKind::Validation),           // ER_NO_DEFAULT_FOR_FIELD
+    (1406, ErrorKind::Validation),           // ER_DATA_TOO_LONG
+    (1264, ErrorKind::Validation),           // ER_WARN_DATA_OUT_OF_RANGE
+    (1690, ErrorKind::Validation),           // ER_DATA_OUT_OF_RANGE (arithmetic)
+    (1365, ErrorKind::Validation),           // ER_DIVISION_BY_ZERO
+    (1366, ErrorKind::Validation),           // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: bad number
+    (1292, ErrorKind::Validation),           // ER_TRUNCATED_WRONG_VALUE: bad date, number
+    (1265, ErrorKind::Validation),           // WARN_DATA_TRUNCATED
+    (3819, ErrorKind::Validation),           // ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+    (4025, ErrorKind::Validation),           // ER_CONSTRAINT_FAILED (MariaDB CHECK)
+];
+
+/// SQLSTATEs (PostgreSQL, and MySQL where no number above matched), exact or by class.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+const SQLSTATES: &[(&str, ErrorKind)] = &[
+    ("40001", ErrorKind::SerializationFailure), // serialization_failure
+    ("40P01", ErrorKind::SerializationFailure), // deadlock_detected
+    ("57014", ErrorKind::Timeout),              // query_canceled (statement_timeout)
+    ("55P03", ErrorKind::Timeout),              // lock_not_available (lock_timeout)
+    ("25P03", ErrorKind::Timeout),              // idle_in_transaction_session_timeout
+    ("25006", ErrorKind::ReadOnly),             // read_only_sql_transaction
+    ("53300", ErrorKind::Unavailable),          // too_many_connections
+    ("08", ErrorKind::Unavailable),             // class: connection exception
+    ("57P", ErrorKind::Unavailable),            // admin / crash shutdown, cannot connect now
+    ("23", ErrorKind::Validation),              // class: integrity constraint (not null, check)
+    ("22", ErrorKind::Validation),              // class: data exception (range, number, length, ÷0)
+];
+
+/// SQLite primary result codes (the low byte of the extended code).
+#[cfg(feature = "sqlite")]
+const SQLITE_CODES: &[(i32, ErrorKind)] = &[
+    (5, ErrorKind::SerializationFailure), // SQLITE_BUSY
+    (6, ErrorKind::SerializationFailure), // SQLITE_LOCKED
+    (8, ErrorKind::ReadOnly),             // SQLITE_READONLY
+    (10, ErrorKind::Unavailable),         // SQLITE_IOERR
+    (14, ErrorKind::Unavailable),         // SQLITE_CANTOPEN
+    (26, ErrorKind::Unavailable),         // SQLITE_NOTADB
+    (19, ErrorKind::Validation),          // SQLITE_CONSTRAINT (not null, check, datatype)
+    (20, ErrorKind::Validation),          // SQLITE_MISMATCH
+];
+
+/// The MySQL/MariaDB error number of `err`, if it is a MySQL server error.
+pub(crate) fn mysql_number(err: &DbErr) -> Option<u16> {
+    #[cfg(feature = "mysql")]
+    if let DbErr::Conn(RuntimeErr::SqlxError(sqlx))
+    | DbErr::Exec(RuntimeErr::SqlxError(sqlx))
+    | DbErr::Query(RuntimeErr::SqlxError(sqlx)) = err
+        && let sea_orm::sqlx::Error::Database(db) = &**sqlx
+        && let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+    {
+        return Some(my.number());
+    }
+    let _ = err;
+    None
+}
+
+/// Reads the driver's own code: MySQL's error number first, then the SQLSTATE
+/// (PostgreSQL, MySQL) or the extended result code (SQLite), through the tables above.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 fn of_database(db: &(dyn sea_orm::sqlx::error::DatabaseError + 'static)) -> Option<ErrorKind> {
     #[cfg(feature = "mysql")]
     if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
-        return match my.number() {
-            1213 => Some(ErrorKind::SerializationFailure), // ER_LOCK_DEADLOCK
-            1205 | 3024 | 1969 => Some(ErrorKind::Timeout), // lock wait, max_execution_time, max_statement_time
-            1792 => Some(ErrorKind::ReadOnly), // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
-            1040 | 1203 | 2002 | 2003 | 2006 | 2013 | 1927 | 1053 => Some(ErrorKind::Unavailable),
-            1048 | 1364 | 1406 | 1366 | 3819 | 4025 => Some(ErrorKind::Validation),
-            _ => None,
-        };
+        let number = my.number();
+        if let Some((_, kind)) = MYSQL_NUMBERS.iter().find(|(n, _)| *n == number) {
+            return Some(*kind);
+        }
     }
     let code = db.code()?;
     #[cfg(feature = "sqlite")]
@@ -117,26 +189,16 @@ fn of_database(db: &(dyn sea_orm::sqlx::error::DatabaseError + 'static)) -> Opti
         .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
         .is_some()
     {
-        // Extended result codes; the primary code is the low byte.
-        let extended: i32 = code.parse().ok()?;
-        return match extended & 0xff {
-            5 | 6 => Some(ErrorKind::SerializationFailure), // SQLITE_BUSY, SQLITE_LOCKED
-            8 => Some(ErrorKind::ReadOnly),                 // SQLITE_READONLY
-            10 | 14 | 26 => Some(ErrorKind::Unavailable),   // IOERR, CANTOPEN, NOTADB
-            19 => Some(ErrorKind::Validation),              // other CONSTRAINT failures
-            _ => None,
-        };
+        let primary = code.parse::<i32>().ok()? & 0xff;
+        return SQLITE_CODES
+            .iter()
+            .find(|(c, _)| *c == primary)
+            .map(|(_, kind)| *kind);
     }
-    match code.as_ref() {
-        "40001" | "40P01" => Some(ErrorKind::SerializationFailure),
-        "57014" | "55P03" | "25P03" => Some(ErrorKind::Timeout),
-        "25006" => Some(ErrorKind::ReadOnly),
-        c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
-            Some(ErrorKind::Unavailable)
-        }
-        c if c.starts_with("23") || c.starts_with("22") => Some(ErrorKind::Validation),
-        _ => None,
-    }
+    SQLSTATES
+        .iter()
+        .find(|(state, _)| code.starts_with(state))
+        .map(|(_, kind)| *kind)
 }
 
 /// safe-db's error: a [kind](ErrorKind) to branch on and a message safe to log.

@@ -40,6 +40,7 @@ mod error;
 mod observe;
 mod operation;
 mod options;
+mod sql;
 mod tx;
 
 use sea_orm::DbErr;

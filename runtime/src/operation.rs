@@ -131,7 +131,8 @@ impl Operation {
     }
 
     async fn begin_once<C: Begin + ?Sized>(&self, conn: &C) -> Result<Tx, DbErr> {
-        let tx = conn.__begin(&self.options).await?;
+        let mut tx = conn.__begin(&self.options).await?;
+        tx.bound(self.deadline);
         if tx.depth() == 0
             && tx.get_database_backend() == DbBackend::Postgres
             && let Some(left) = self.remaining()
@@ -275,8 +276,8 @@ impl Operation {
 
     /// Why a body's `Ok` must not be committed, if it must not.
     fn cannot_commit(&self, tx: &Tx) -> Option<DbErr> {
-        if tx.is_poisoned() {
-            return Some(crate::tx::poisoned_error());
+        if let Some(err) = tx.poisoned() {
+            return Some(err);
         }
         if tx.conflicted() {
             // The conflict itself (a serialization failure, deadlock or busy error), so

@@ -10,6 +10,8 @@ use sea_orm::{
     QueryResult, Statement, TransactionError, TransactionOptions, TransactionTrait,
 };
 
+use tokio::time::Instant;
+
 use crate::ErrorKind;
 
 /// The transaction of a `#[safe_db_operation]` (or of [`transaction`](crate::transaction)).
@@ -21,6 +23,12 @@ use crate::ErrorKind;
 /// that one in a `SAVEPOINT` inside this transaction.
 ///
 /// A `Tx` is only ever lent to the body (`&Tx`), so it cannot outlive its operation.
+///
+/// A statement that would end the transaction is refused before it is sent, with an error
+/// naming it: a hand-written `COMMIT`, `ROLLBACK` or `BEGIN` on every database, and on
+/// MySQL/MariaDB the statements it commits implicitly (DDL other than on temporary tables,
+/// `LOCK TABLES`, `SET autocommit`, …). After MySQL/MariaDB has rolled the transaction back
+/// itself (a deadlock), every later statement fails with that error, unsent.
 pub struct Tx {
     txn: DatabaseTransaction,
     depth: u32,
@@ -36,6 +44,9 @@ pub struct Tx {
     children: Arc<tokio::sync::Mutex<()>>,
     /// This transaction's turn among its siblings, if it is nested.
     turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// When the operation (or the innermost enclosing one with a timeout) must end. On
+    /// MariaDB each statement is told to stop there.
+    deadline: Option<Instant>,
 }
 
 pub(crate) type Hook = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -56,12 +67,15 @@ pub(crate) struct Tree {
     /// False when the outermost transaction was begun by hand, outside safe-db: its
     /// COMMIT cannot be seen, so no callback may run.
     managed: bool,
-    /// Set when a savepoint's BEGIN failed or was cancelled, or its RELEASE / ROLLBACK TO
-    /// was cancelled. SeaORM then queues a rollback at the enclosing level (its
-    /// `DatabaseTransaction` counts as open before its `SAVEPOINT` has run), which ends the
-    /// enclosing transaction and leaves later statements in autocommit. From then on no
-    /// statement runs and nothing commits.
-    poisoned: AtomicBool,
+    /// Set, with the error every later statement and the commit get, when the transaction
+    /// can no longer be trusted: a savepoint's BEGIN failed or was cancelled, or its
+    /// RELEASE / ROLLBACK TO was cancelled (SeaORM then queues a rollback at the enclosing
+    /// level, since its `DatabaseTransaction` counts as open before its `SAVEPOINT` has
+    /// run, which ends the enclosing transaction), or MySQL/MariaDB rolled the whole
+    /// transaction back itself (a deadlock, or a lock wait timeout under
+    /// `innodb_rollback_on_timeout`). Either way later statements would run in
+    /// autocommit: from then on no statement runs and nothing commits.
+    poisoned: std::sync::OnceLock<DbErr>,
 }
 
 impl Tree {
@@ -72,12 +86,17 @@ impl Tree {
             next_id: AtomicU32::new(1),
             hooks: Mutex::new(Vec::new()),
             managed,
-            poisoned: AtomicBool::new(false),
+            poisoned: std::sync::OnceLock::new(),
         })
     }
 
-    pub(crate) fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::SeqCst)
+    /// The error of every statement and of the commit once the tree is poisoned.
+    pub(crate) fn poisoned(&self) -> Option<DbErr> {
+        self.poisoned.get().cloned()
+    }
+
+    fn poison(&self, err: DbErr) {
+        let _ = self.poisoned.set(err);
     }
 
     fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Hook)>> {
@@ -109,7 +128,7 @@ impl PoisonOnDrop {
 impl Drop for PoisonOnDrop {
     fn drop(&mut self) {
         if let Some(tree) = &self.0 {
-            tree.poisoned.store(true, Ordering::SeqCst);
+            tree.poison(poisoned_error());
         }
     }
 }
@@ -206,6 +225,7 @@ impl Tx {
             tree,
             children: Arc::new(tokio::sync::Mutex::new(())),
             turn: None,
+            deadline: None,
         }
     }
 
@@ -219,7 +239,16 @@ impl Tx {
             tree: Arc::clone(&self.tree),
             children: Arc::new(tokio::sync::Mutex::new(())),
             turn: Some(turn),
+            deadline: self.deadline,
         }
+    }
+
+    /// Bounds this transaction's statements by `deadline` too (the earlier one holds).
+    pub(crate) fn bound(&mut self, deadline: Option<Instant>) {
+        self.deadline = match (self.deadline, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// How deep this transaction is nested: 0 for the outermost, 1 for a savepoint in it, …
@@ -293,15 +322,16 @@ impl Tx {
         (self.txn, scope)
     }
 
-    pub(crate) fn is_poisoned(&self) -> bool {
-        self.tree.is_poisoned()
+    /// The error that ends this transaction's tree, if it can no longer commit.
+    pub(crate) fn poisoned(&self) -> Option<DbErr> {
+        self.tree.poisoned()
     }
 
     /// Begins a savepoint in this transaction, poisoning the tree if that does not
     /// complete (see [`Tree`]).
     pub(crate) async fn begin_savepoint(&self) -> Result<Tx, DbErr> {
-        if self.is_poisoned() {
-            return Err(poisoned_error());
+        if let Some(err) = self.poisoned() {
+            return Err(err);
         }
         let turn = Arc::clone(&self.children).lock_owned().await;
         let guard = PoisonOnDrop(Some(Arc::clone(&self.tree)));
@@ -310,23 +340,85 @@ impl Tx {
         Ok(self.nested(txn, turn))
     }
 
-    fn check(&self) -> Result<(), DbErr> {
-        if self.is_poisoned() {
-            Err(poisoned_error())
-        } else {
-            Ok(())
+    /// Refuses a statement before it is sent: in a poisoned tree, or one that would end
+    /// the transaction (see [`crate::sql::ends_transaction`]).
+    fn admit(&self, sql: &str) -> Result<(), DbErr> {
+        if let Some(err) = self.tree.poisoned() {
+            return Err(err);
+        }
+        let backend = self.txn.get_database_backend();
+        match crate::sql::ends_transaction(backend, sql) {
+            None => Ok(()),
+            Some(what) => Err(DbErr::Exec(sea_orm::RuntimeErr::Internal(format!(
+                "safe-db: `{what}` is refused inside a safe-db operation: {}; run it \
+                 outside the operation, on the connection (nothing was sent)",
+                if matches!(
+                    what.as_str(),
+                    "COMMIT" | "ROLLBACK" | "BEGIN" | "END" | "ABORT"
+                ) || what.starts_with("START TRANSACTION")
+                {
+                    "the operation ends its transaction itself"
+                } else {
+                    "MySQL and MariaDB commit the transaction implicitly before it, so a \
+                     later rollback could not undo the work before it"
+                }
+            )))),
         }
     }
 
-    fn note<T>(&self, result: Result<T, DbErr>) -> Result<T, DbErr> {
+    /// The statement as it is sent: on MariaDB with a deadline, told to stop there.
+    fn bounded(&self, sql: &str) -> Option<String> {
+        let deadline = self.deadline?;
+        if self.txn.get_database_backend() != DbBackend::MySql {
+            return None;
+        }
+        crate::sql::with_statement_time(sql, deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Records a failed statement: a conflict for the retry, and on MySQL/MariaDB, where
+    /// the server may have rolled the whole transaction back, poisons the tree if it has.
+    async fn note<T>(&self, result: Result<T, DbErr>) -> Result<T, DbErr> {
         if let Err(err) = &result {
             self.statement_failed.store(true, Ordering::Relaxed);
             if ErrorKind::of(err).is_retryable() {
                 self.tree.conflict.store(true, Ordering::Relaxed);
                 let _ = self.tree.first_conflict.set(err.clone());
             }
+            if self.txn.get_database_backend() == DbBackend::MySql
+                && self.server_ended_transaction(err).await
+            {
+                self.tree.poison(err.clone());
+            }
         }
         result
+    }
+
+    /// Whether MySQL/MariaDB is no longer in the transaction after `err`. A deadlock
+    /// (1213) always ends it, and so does a lost connection. The errors that end it only
+    /// under some settings (a lock wait timeout under `innodb_rollback_on_timeout`, a full
+    /// lock table, a snapshot conflict) are asked about: one round trip, after those
+    /// errors only. Every other error undoes its own statement only. An answer that cannot
+    /// be had counts as ended.
+    async fn server_ended_transaction(&self, err: &DbErr) -> bool {
+        match crate::error::mysql_number(err) {
+            Some(1213) => return true,
+            Some(1205 | 1206 | 1020) => {}
+            Some(_) => return false,
+            None => return ErrorKind::of(err) == ErrorKind::Unavailable,
+        }
+        let asked = self
+            .txn
+            .query_one_raw(Statement::from_string(
+                DbBackend::MySql,
+                "SELECT CAST(@@in_transaction AS SIGNED)",
+            ))
+            .await;
+        match asked {
+            Ok(Some(row)) => row
+                .try_get_by_index::<i64>(0)
+                .map_or(true, |open| open == 0),
+            _ => true,
+        }
     }
 }
 
@@ -345,24 +437,35 @@ impl ConnectionTrait for Tx {
         self.txn.get_database_backend()
     }
 
-    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.check()?;
-        self.note(self.txn.execute_raw(stmt).await)
+    async fn execute_raw(&self, mut stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.admit(&stmt.sql)?;
+        if let Some(sql) = self.bounded(&stmt.sql) {
+            stmt.sql = sql;
+        }
+        self.note(self.txn.execute_raw(stmt).await).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.check()?;
-        self.note(self.txn.execute_unprepared(sql).await)
+        self.admit(sql)?;
+        let bounded = self.bounded(sql);
+        let sql = bounded.as_deref().unwrap_or(sql);
+        self.note(self.txn.execute_unprepared(sql).await).await
     }
 
-    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.check()?;
-        self.note(self.txn.query_one_raw(stmt).await)
+    async fn query_one_raw(&self, mut stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.admit(&stmt.sql)?;
+        if let Some(sql) = self.bounded(&stmt.sql) {
+            stmt.sql = sql;
+        }
+        self.note(self.txn.query_one_raw(stmt).await).await
     }
 
-    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.check()?;
-        self.note(self.txn.query_all_raw(stmt).await)
+    async fn query_all_raw(&self, mut stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.admit(&stmt.sql)?;
+        if let Some(sql) = self.bounded(&stmt.sql) {
+            stmt.sql = sql;
+        }
+        self.note(self.txn.query_all_raw(stmt).await).await
     }
 
     fn support_returning(&self) -> bool {
