@@ -1,7 +1,7 @@
 //! Not public API: the items `#[safe_db_operation]` expands to, and the one control
 //! flow of an operation, shared by the attribute and the closure form.
 
-pub use crate::operation::{Next, Operation, Outcome};
+pub use crate::operation::{Next, Operation, Outcome, Run};
 pub use crate::{Begin, Isolation, Options, Tx};
 pub use core::{convert::From, result::Result};
 

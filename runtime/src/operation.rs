@@ -5,6 +5,8 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -147,22 +149,20 @@ impl Operation {
     }
 
     /// Runs one attempt's body under the operation's deadline, catching a panic.
-    pub async fn run<T, E, F>(&self, body: F) -> Outcome<T, E>
+    ///
+    /// The body is boxed here, once per attempt, and never moved again: an operation's
+    /// future holds a pointer to its body, not the body itself, so a chain of nested
+    /// operations does not grow with every level (futures moved by value into `async fn`
+    /// wrappers are counted more than once, rust-lang/rust#62958).
+    pub fn run<T, E, F>(&self, body: F) -> Run<F>
     where
         F: Future<Output = Result<T, E>>,
     {
-        // The body runs in the operation's span: nested operations become its children.
-        let body = AssertUnwindSafe(in_span(self.span.clone(), body)).catch_unwind();
-        let caught = match self.remaining() {
-            None => body.await,
-            Some(left) => match tokio::time::timeout(left, body).await {
-                Ok(caught) => caught,
-                Err(_) => return Outcome::TimedOut,
-            },
-        };
-        match caught {
-            Ok(result) => Outcome::Returned(result),
-            Err(payload) => Outcome::Panicked(payload),
+        Run {
+            body: Box::pin(body),
+            deadline: self.deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            // The body runs in the operation's span: nested operations become its children.
+            span: (!self.span.is_disabled()).then(|| self.span.clone()),
         }
     }
 
@@ -381,6 +381,43 @@ impl Operation {
 
     fn timeout_error(&self) -> DbErr {
         timeout_error(self.name, self.options.timeout.unwrap_or_default())
+    }
+}
+
+/// An attempt's body under the operation's deadline and panic guard (see
+/// [`Operation::run`]).
+#[doc(hidden)]
+pub struct Run<F> {
+    body: Pin<Box<F>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    span: Option<tracing::Span>,
+}
+
+impl<T, E, F: Future<Output = Result<T, E>>> Future for Run<F> {
+    type Output = Outcome<T, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        // The body first: one that is ready at the deadline has made it.
+        let polled = {
+            let _entered = this.span.as_ref().map(tracing::Span::enter);
+            let body = this.body.as_mut();
+            std::panic::catch_unwind(AssertUnwindSafe(|| body.poll(cx)))
+        };
+        match polled {
+            Err(payload) => return Poll::Ready(Outcome::Panicked(payload)),
+            Ok(Poll::Ready(result)) => return Poll::Ready(Outcome::Returned(result)),
+            Ok(Poll::Pending) => {}
+        }
+        let timed_out = match &mut this.deadline {
+            Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        if timed_out {
+            Poll::Ready(Outcome::TimedOut)
+        } else {
+            Poll::Pending
+        }
     }
 }
 
