@@ -315,3 +315,46 @@ async fn the_closure_form_runs_callbacks_the_same_way() {
         t.cleanup().await;
     }
 }
+
+#[safe_db_operation]
+async fn register_with_slow_callbacks(
+    tx: &Tx,
+    id: i32,
+    log: Log,
+    started: Arc<tokio::sync::Notify>,
+) -> Result<(), Error> {
+    insert(tx, id).await?;
+    for n in 0..3 {
+        let (entry, started) = (log.clone(), Arc::clone(&started));
+        tx.on_commit(async move {
+            started.notify_one();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            entry.push(format!("callback {n} of {id}"));
+        });
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn callbacks_all_run_once_even_when_the_caller_goes_away_after_the_commit() {
+    for t in TestDb::all("hooks_dropped", 2).await {
+        let log = Log::default();
+        let started = Arc::new(tokio::sync::Notify::new());
+        // The caller gives up as soon as the first callback starts: after the COMMIT.
+        tokio::select! {
+            _ = register_with_slow_callbacks(&t.db, 1, log.clone(), Arc::clone(&started)) => {
+                panic!("the callbacks take 300 ms; the caller left before")
+            }
+            () = started.notified() => {}
+        }
+        assert_eq!(t.agent_ids().await, vec![1], "{:?}", t.backend);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            log.entries(),
+            ["callback 0 of 1", "callback 1 of 1", "callback 2 of 1"],
+            "{:?}",
+            t.backend
+        );
+        t.cleanup().await;
+    }
+}

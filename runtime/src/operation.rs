@@ -303,28 +303,7 @@ impl Operation {
 
     /// Runs after-commit callbacks in order; a failure or panic is reported, not raised.
     async fn run_hooks(&self, hooks: Vec<crate::tx::Hook>) {
-        for (index, hook) in hooks.into_iter().enumerate() {
-            match AssertUnwindSafe(hook).catch_unwind().await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    observe::callback_failed(self.name);
-                    tracing::error!(
-                        operation = self.name,
-                        callback = index,
-                        %error,
-                        "on_commit callback failed; the commit stands"
-                    );
-                }
-                Err(_) => {
-                    observe::callback_failed(self.name);
-                    tracing::error!(
-                        operation = self.name,
-                        callback = index,
-                        "on_commit callback panicked; the commit stands"
-                    );
-                }
-            }
-        }
+        Callbacks::new(self.name, hooks).run().await;
     }
 
     async fn rollback(&self, tx: Tx) {
@@ -381,6 +360,89 @@ impl Operation {
 
     fn timeout_error(&self) -> DbErr {
         timeout_error(self.name, self.options.timeout.unwrap_or_default())
+    }
+}
+
+/// After-commit callbacks of a committed transaction, run in order. The commit has
+/// happened, so each of them runs exactly once: if the caller drops the operation while
+/// they run (or before they start), the rest, the one under way included, go on in a
+/// task of their own.
+pub(crate) struct Callbacks {
+    operation: &'static str,
+    /// The callback under way, then the ones after it, with their places in the order.
+    pending: std::collections::VecDeque<(usize, crate::tx::Hook)>,
+    /// Already on a task of its own: dropped again, only the runtime's end can have
+    /// dropped it.
+    detached: bool,
+}
+
+impl Callbacks {
+    pub(crate) fn new(operation: &'static str, hooks: Vec<crate::tx::Hook>) -> Self {
+        Callbacks {
+            operation,
+            pending: hooks.into_iter().enumerate().collect(),
+            detached: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        while let Some((index, hook)) = self.pending.front_mut() {
+            let index = *index;
+            let outcome = AssertUnwindSafe(hook).catch_unwind().await;
+            self.pending.pop_front();
+            report(self.operation, index, outcome);
+        }
+    }
+}
+
+impl Drop for Callbacks {
+    fn drop(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return;
+        }
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !self.detached => {
+                runtime.spawn(
+                    Callbacks {
+                        operation: self.operation,
+                        pending,
+                        detached: true,
+                    }
+                    .run(),
+                );
+            }
+            _ => tracing::error!(
+                operation = self.operation,
+                dropped = pending.len(),
+                "on_commit callbacks dropped: the runtime is shutting down or gone"
+            ),
+        }
+    }
+}
+
+/// Reports a callback's failure or panic; the commit stands.
+fn report(operation: &'static str, index: usize, outcome: std::thread::Result<Result<(), String>>) {
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            observe::callback_failed(operation);
+            tracing::error!(
+                operation,
+                callback = index,
+                %error,
+                "on_commit callback failed; the commit stands"
+            );
+        }
+        Err(_) => {
+            observe::callback_failed(operation);
+            tracing::error!(
+                operation,
+                callback = index,
+                "on_commit callback panicked; the commit stands"
+            );
+        }
     }
 }
 

@@ -269,7 +269,10 @@ impl Tx {
     /// operation rolls back, fails to commit, panics, times out or is cancelled, and an
     /// attempt that is retried drops its own. A callback that fails (`Err`) or panics is
     /// reported through `tracing` at error level with the operation's name; the commit
-    /// stands, the caller still gets `Ok`, and the callbacks after it still run.
+    /// stands, the caller still gets `Ok`, and the callbacks after it still run. Once the
+    /// COMMIT has succeeded every callback runs exactly once, even if the caller drops the
+    /// operation meanwhile (the rest go on in a task of their own). The operation's
+    /// `timeout` does not cover them.
     ///
     /// ```
     /// use safe_db::{safe_db_operation, Tx};
