@@ -477,8 +477,8 @@ async fn a_timeout_stops_the_running_statement_on_the_server() {
 }
 
 #[tokio::test]
-async fn a_nested_timeout_on_mariadb_rolls_back_only_its_savepoint() {
-    for t in TestDb::on(&[Backend::MySql], "nested_timeout", 1).await {
+async fn a_nested_timeout_rolls_back_only_its_savepoint() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "nested_timeout", 1).await {
         // The server's stop and the client's deadline race: either may end the statement.
         for round in 0..6 {
             let started = Instant::now();
@@ -513,6 +513,35 @@ async fn the_closure_form_refuses_the_same_statements() {
             "{err}"
         );
         assert_eq!(t.agent_ids().await, Vec::<i32>::new());
+        t.cleanup().await;
+    }
+}
+
+#[safe_db_operation(timeout = "300ms")]
+async fn quick(tx: &Tx) -> Result<(), Error> {
+    run(tx, "INSERT INTO agents (id, name) VALUES (1, 'quick')").await
+}
+
+#[safe_db_operation]
+async fn slow_after_a_quick_nested_timeout(tx: &Tx) -> Result<(), Error> {
+    quick(tx).await?;
+    // The nested operation's 300 ms bound ended with it: the caller has none, and its
+    // own statement may take longer.
+    let sleep = match tx.get_database_backend() {
+        DbBackend::Postgres => "SELECT pg_sleep(0.6)",
+        _ => "SELECT SLEEP(0.6)",
+    };
+    run(tx, sleep).await?;
+    run(tx, "INSERT INTO agents (id, name) VALUES (2, 'after')").await
+}
+
+#[tokio::test]
+async fn a_nested_timeout_ends_with_its_operation() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "nested_bound_ends", 1).await {
+        slow_after_a_quick_nested_timeout(&t.db)
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {e}", t.backend));
+        assert_eq!(t.agent_ids().await, vec![1, 2], "{:?}", t.backend);
         t.cleanup().await;
     }
 }

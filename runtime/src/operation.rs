@@ -134,17 +134,9 @@ impl Operation {
 
     async fn begin_once<C: Begin + ?Sized>(&self, conn: &C) -> Result<Tx, DbErr> {
         let mut tx = conn.__begin(&self.options).await?;
-        tx.bound(self.deadline);
-        if tx.depth() == 0
-            && tx.get_database_backend() == DbBackend::Postgres
-            && let Some(left) = self.remaining()
-        {
-            // The server stops a statement that would overrun the deadline, so a
-            // timed-out operation leaves nothing running and its connection is reusable.
-            let ms = left.as_millis().clamp(1, i32::MAX as u128);
-            tx.execute_unprepared(&format!("SET LOCAL statement_timeout = {ms}"))
-                .await?;
-        }
+        // The server stops a statement that would overrun the deadline, so a timed-out
+        // operation leaves nothing running and its connection is reusable.
+        tx.bound(self.deadline).await?;
         Ok(tx)
     }
 
@@ -223,6 +215,10 @@ impl Operation {
                     } else {
                         Next::Done(Err(E::from(err)))
                     };
+                }
+                if let Err(err) = tx.restore_statement_timeout().await {
+                    self.rollback(tx).await;
+                    return Next::Done(Err(E::from(err)));
                 }
                 let (txn, scope) = tx.into_parts();
                 let guard = scope.guard_savepoint_end();

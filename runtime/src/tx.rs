@@ -47,6 +47,22 @@ pub struct Tx {
     /// When the operation (or the innermost enclosing one with a timeout) must end. On
     /// MariaDB each statement is told to stop there.
     deadline: Option<Instant>,
+    /// The enclosing transaction's deadline, to give back to PostgreSQL's
+    /// `statement_timeout` before this savepoint is released, if this one set its own.
+    restore_timeout: Option<Option<Instant>>,
+}
+
+/// `SET LOCAL statement_timeout` for what is left until `deadline`; with none, the
+/// session's own setting.
+fn statement_timeout(deadline: Option<Instant>) -> String {
+    match deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = left.as_millis().clamp(1, i32::MAX as u128);
+            format!("SET LOCAL statement_timeout = {ms}")
+        }
+        None => "SET LOCAL statement_timeout TO DEFAULT".to_owned(),
+    }
 }
 
 pub(crate) type Hook = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -226,6 +242,7 @@ impl Tx {
             children: Arc::new(tokio::sync::Mutex::new(())),
             turn: None,
             deadline: None,
+            restore_timeout: None,
         }
     }
 
@@ -240,15 +257,48 @@ impl Tx {
             children: Arc::new(tokio::sync::Mutex::new(())),
             turn: Some(turn),
             deadline: self.deadline,
+            restore_timeout: None,
         }
     }
 
     /// Bounds this transaction's statements by `deadline` too (the earlier one holds).
-    pub(crate) fn bound(&mut self, deadline: Option<Instant>) {
-        self.deadline = match (self.deadline, deadline) {
+    ///
+    /// On PostgreSQL, a deadline of this level's own is also given to the server (`SET
+    /// LOCAL statement_timeout`), so that it stops a statement still running at the
+    /// deadline; a savepoint gives its caller's timeout back before it is released (see
+    /// [`Tx::restore_statement_timeout`]). MariaDB gets the deadline with each statement.
+    pub(crate) async fn bound(&mut self, deadline: Option<Instant>) -> Result<(), DbErr> {
+        let inherited = self.deadline;
+        self.deadline = match (inherited, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if self.deadline == inherited || self.txn.get_database_backend() != DbBackend::Postgres {
+            return Ok(());
+        }
+        if let Some(own) = self.deadline {
+            self.txn
+                .execute_unprepared(&statement_timeout(Some(own)))
+                .await?;
+            if self.depth > 0 {
+                self.restore_timeout = Some(inherited);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a savepoint with a timeout of its own is released: gives the enclosing
+    /// transaction its statement timeout back, since a `SET LOCAL` made in a savepoint
+    /// outlives its `RELEASE` (a `ROLLBACK TO` undoes it by itself).
+    pub(crate) async fn restore_statement_timeout(&self) -> Result<(), DbErr> {
+        match self.restore_timeout {
+            Some(inherited) => self
+                .txn
+                .execute_unprepared(&statement_timeout(inherited))
+                .await
+                .map(drop),
+            None => Ok(()),
+        }
     }
 
     /// How deep this transaction is nested: 0 for the outermost, 1 for a savepoint in it, …
