@@ -146,6 +146,34 @@ async fn read_only_refuses_writes_where_the_database_can() {
     }
 }
 
+#[safe_db_operation]
+async fn writer_calling_read_only_operations(tx: &Tx) -> Result<(ErrorKind, Vec<i32>), Error> {
+    tx.execute_unprepared("INSERT INTO agents (id, name) VALUES (1, 'a')")
+        .await?;
+    // A read_only operation never writes, whoever calls it: here in a savepoint of a
+    // transaction that may.
+    let refused = write_in_read_only(tx, 5).await.unwrap_err().kind();
+    let seen = read_in_read_only(tx).await?;
+    // After it, the caller may write again.
+    tx.execute_unprepared("INSERT INTO agents (id, name) VALUES (2, 'b')")
+        .await?;
+    Ok((refused, seen))
+}
+
+#[tokio::test]
+async fn a_read_only_operation_never_writes_even_when_nested() {
+    // SQLite has no read-only transactions (see above).
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "read_only_nested", 2).await {
+        let (refused, seen) = writer_calling_read_only_operations(&t.db)
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {e}", t.backend));
+        assert_eq!(refused, ErrorKind::ReadOnly, "{:?}", t.backend);
+        assert_eq!(seen, vec![1], "{:?}", t.backend);
+        assert_eq!(t.agent_ids().await, vec![1, 2], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
 /// A serializable read-modify-write of one counter row, slow enough to conflict.
 async fn bump(tx: &Tx) -> Result<(), Error> {
     let n = ids(tx, "SELECT n FROM counters WHERE id = 1").await[0];

@@ -54,13 +54,14 @@ fn outermost_options(backend: DbBackend, options: &Options) -> TransactionOption
 impl sealed::Sealed for DatabaseConnection {}
 impl Begin for DatabaseConnection {
     async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
+        let read_only = options.read_only;
         let options = outermost_options(self.get_database_backend(), options);
         let conn = self.clone();
         let begun = Shielded(Some(Box::pin(async move {
             conn.begin_with_options(options).await
         })))
         .await;
-        Ok(Tx::outermost(begun?))
+        Ok(Tx::outermost(begun?, read_only))
     }
 }
 
@@ -102,9 +103,10 @@ impl Drop for Shielded {
 
 impl sealed::Sealed for Tx {}
 impl Begin for Tx {
-    async fn __begin(&self, _: &Options) -> Result<Tx, DbErr> {
-        // A savepoint cannot change isolation or access mode: the outermost decides.
-        self.begin_savepoint().await
+    async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
+        // A savepoint cannot change the isolation: the outermost decides. A read-only
+        // one is made read-only (see `Tx::begin_savepoint`).
+        self.begin_savepoint(options.read_only).await
     }
 }
 

@@ -157,6 +157,60 @@ const SQLITE_CODES: &[(i32, ErrorKind)] = &[
     (20, ErrorKind::Validation),          // SQLITE_MISMATCH
 ];
 
+/// A write refused by safe-db in a read-only savepoint (MySQL/MariaDB cannot make one
+/// read-only): classified [`ErrorKind::ReadOnly`], with PostgreSQL's SQLSTATE for it.
+pub(crate) fn read_only_refused(what: &str) -> DbErr {
+    let message = format!(
+        "safe-db: `{what}` refused: a read_only operation must not write, and it runs in a \
+         savepoint of a transaction that may (nothing was sent)"
+    );
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    {
+        let refused = ReadOnlyRefused(message);
+        DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Database(Box::new(refused)),
+        )))
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    DbErr::Exec(RuntimeErr::Internal(message))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[derive(Debug)]
+struct ReadOnlyRefused(String);
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl fmt::Display for ReadOnlyRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl std::error::Error for ReadOnlyRefused {}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl sea_orm::sqlx::error::DatabaseError for ReadOnlyRefused {
+    fn message(&self) -> &str {
+        &self.0
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some("25006".into()) // read_only_sql_transaction
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
+        sea_orm::sqlx::error::ErrorKind::Other
+    }
+}
+
 /// The MySQL/MariaDB error number of `err`, if it is a MySQL server error.
 pub(crate) fn mysql_number(err: &DbErr) -> Option<u16> {
     #[cfg(feature = "mysql")]

@@ -220,12 +220,17 @@ impl Operation {
                     self.rollback(tx).await;
                     return Next::Done(Err(E::from(err)));
                 }
+                let by_rollback = tx.ends_by_rollback();
                 let (txn, scope) = tx.into_parts();
                 let guard = scope.guard_savepoint_end();
                 // No deadline here: once COMMIT is sent the server carries it out, and
                 // cutting the wait would report as failed a transaction that committed.
                 // (On PostgreSQL the deadline's statement_timeout still bounds it.)
-                let committed = txn.commit().await;
+                let committed = if by_rollback {
+                    txn.rollback().await
+                } else {
+                    txn.commit().await
+                };
                 if let Some(guard) = guard {
                     guard.disarm();
                 }

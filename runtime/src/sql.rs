@@ -121,6 +121,20 @@ pub(crate) fn ends_transaction(backend: DbBackend, sql: &str) -> Option<String> 
     }
 }
 
+/// The leading keyword of `sql` if it writes: what a read-only savepoint refuses on
+/// MySQL/MariaDB, which cannot make a savepoint read-only. A function with side effects
+/// called from a `SELECT` is not seen.
+pub(crate) fn writes(sql: &str) -> Option<String> {
+    let first = words(sql).next()?;
+    [
+        "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE",
+        "RENAME", "LOAD", "CALL", "GRANT", "REVOKE", "LOCK", "HANDLER",
+    ]
+    .iter()
+    .find(|k| first.eq_ignore_ascii_case(k))
+    .map(|k| (*k).to_owned())
+}
+
 /// `sql` prefixed so that MariaDB stops it once `left` has passed (`SET STATEMENT
 /// max_statement_time = … FOR`), inside an executable comment that MySQL reads as a plain
 /// comment. `None` for statements `SET STATEMENT` does not take.
@@ -217,6 +231,21 @@ mod tests {
         ] {
             assert_eq!(ends_transaction(MY, sql), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn tells_writes_from_reads() {
+        assert_eq!(
+            writes(" insert into t values (1)").as_deref(),
+            Some("INSERT")
+        );
+        assert_eq!(
+            writes("/* x */ UPDATE t SET a = 1").as_deref(),
+            Some("UPDATE")
+        );
+        assert_eq!(writes("SELECT * FROM t"), None);
+        assert_eq!(writes("WITH x AS (SELECT 1) SELECT * FROM x"), None);
+        assert_eq!(writes("SHOW TABLES"), None);
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub struct Tx {
     /// The enclosing transaction's deadline, to give back to PostgreSQL's
     /// `statement_timeout` before this savepoint is released, if this one set its own.
     restore_timeout: Option<Option<Instant>>,
+    /// Writes are refused at this level (begun `read_only`, or in a `read_only` savepoint).
+    read_only: bool,
+    /// MySQL/MariaDB cannot make a savepoint read-only: safe-db refuses its writes itself.
+    refuse_writes: bool,
+    /// This savepoint made PostgreSQL's transaction read-only (`SET LOCAL
+    /// transaction_read_only`). A `RELEASE` would leave the caller read-only, so it ends
+    /// with `ROLLBACK TO` instead, which undoes that and nothing else: it wrote nothing.
+    read_only_savepoint: bool,
 }
 
 /// `SET LOCAL statement_timeout` for what is left until `deadline`; with none, the
@@ -222,8 +230,10 @@ impl<E: std::fmt::Display + Send + 'static> HookOutput for Result<(), E> {
 }
 
 impl Tx {
-    pub(crate) fn outermost(txn: DatabaseTransaction) -> Self {
-        Tx::root(txn, 0, Tree::new(true))
+    pub(crate) fn outermost(txn: DatabaseTransaction, read_only: bool) -> Self {
+        let mut tx = Tx::root(txn, 0, Tree::new(true));
+        tx.read_only = read_only;
+        tx
     }
 
     /// A transaction nested in one that safe-db does not manage.
@@ -243,6 +253,9 @@ impl Tx {
             turn: None,
             deadline: None,
             restore_timeout: None,
+            read_only: false,
+            refuse_writes: false,
+            read_only_savepoint: false,
         }
     }
 
@@ -258,6 +271,9 @@ impl Tx {
             turn: Some(turn),
             deadline: self.deadline,
             restore_timeout: None,
+            read_only: self.read_only,
+            refuse_writes: self.refuse_writes,
+            read_only_savepoint: false,
         }
     }
 
@@ -382,7 +398,11 @@ impl Tx {
 
     /// Begins a savepoint in this transaction, poisoning the tree if that does not
     /// complete (see [`Tree`]).
-    pub(crate) async fn begin_savepoint(&self) -> Result<Tx, DbErr> {
+    ///
+    /// A `read_only` savepoint in a transaction that may write is made read-only too: by
+    /// PostgreSQL (`SET LOCAL transaction_read_only`, ended by `ROLLBACK TO`), and by
+    /// safe-db on MySQL/MariaDB, which cannot (writes refused before they are sent).
+    pub(crate) async fn begin_savepoint(&self, read_only: bool) -> Result<Tx, DbErr> {
         if let Some(err) = self.poisoned() {
             return Err(err);
         }
@@ -390,7 +410,28 @@ impl Tx {
         let guard = PoisonOnDrop(Some(Arc::clone(&self.tree)));
         let txn = self.txn.begin().await?;
         guard.disarm();
-        Ok(self.nested(txn, turn))
+        let mut tx = self.nested(txn, turn);
+        if read_only && !self.read_only {
+            tx.read_only = true;
+            match tx.get_database_backend() {
+                DbBackend::Postgres => {
+                    // Dropped before this completes, the savepoint is rolled back as usual.
+                    tx.txn
+                        .execute_unprepared("SET LOCAL transaction_read_only = on")
+                        .await?;
+                    tx.read_only_savepoint = true;
+                }
+                DbBackend::MySql => tx.refuse_writes = true,
+                // SQLite has no read-only transactions (see the README).
+                _ => {}
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Whether this savepoint ends with `ROLLBACK TO` even when its operation succeeds.
+    pub(crate) fn ends_by_rollback(&self) -> bool {
+        self.read_only_savepoint
     }
 
     /// Refuses a statement before it is sent: in a poisoned tree, or one that would end
@@ -400,6 +441,11 @@ impl Tx {
             return Err(err);
         }
         let backend = self.txn.get_database_backend();
+        if self.refuse_writes
+            && let Some(what) = crate::sql::writes(sql)
+        {
+            return Err(crate::error::read_only_refused(&what));
+        }
         match crate::sql::ends_transaction(backend, sql) {
             None => Ok(()),
             Some(what) => Err(DbErr::Exec(sea_orm::RuntimeErr::Internal(format!(
