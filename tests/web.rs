@@ -235,6 +235,32 @@ async fn write_with_callback(
 
 static CALLBACKS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
 
+/// A handler that never touches the database but hands a copy of the request's
+/// extensions to background work that outlives the request.
+async fn background_without_database(request: Request<Body>) -> StatusCode {
+    let extensions = request.extensions().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(extensions);
+    });
+    StatusCode::ACCEPTED
+}
+
+/// What the spawned task of `write_then_keep` got when it used the request's
+/// transaction after the request.
+static LATE_USE: std::sync::Mutex<Option<Result<(), String>>> = std::sync::Mutex::new(None);
+
+/// Writes, then keeps the RequestTx in a spawned task that uses it after the request.
+async fn write_then_keep(tx: RequestTx) -> Result<StatusCode, Error> {
+    create_agent(&tx, "kept-too-long").await?;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let late = create_agent(&tx, "written-late").await;
+        *LATE_USE.lock().unwrap() = Some(late.map(drop).map_err(|e| e.to_string()));
+    });
+    Ok(StatusCode::OK)
+}
+
 fn test_app(db: Db) -> Router {
     with_transactions(
         routes()
@@ -242,7 +268,9 @@ fn test_app(db: Db) -> Router {
             .route("/status/{code}", post(write_then))
             .route("/panic", post(write_then_panic))
             .route("/hang", post(write_then_hang))
-            .route("/stream", post(write_then_stream)),
+            .route("/stream", post(write_then_stream))
+            .route("/background", post(background_without_database))
+            .route("/keep", post(write_then_keep)),
         db,
     )
 }
@@ -412,4 +440,27 @@ async fn request_tx_without_the_layer_is_a_clear_500() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(problem["detail"], "An internal error occurred.");
     t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_request_whose_transaction_began_is_affected_by_what_outlives_it() {
+    for (t, db) in api_db("web_outlive", ALL, 5).await {
+        let app = test_app(db);
+        // No transaction: copies of the extensions in background work change nothing.
+        let (status, _, _) = call(&app, "POST", "/background", None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{:?}", t.backend);
+
+        // A transaction kept past its request: the request fails (it cannot be committed
+        // under the copy), and the copy's later use fails instead of reporting Ok for work
+        // that is never committed.
+        *LATE_USE.lock().unwrap() = None;
+        let (status, _, _) = call(&app, "POST", "/keep", None).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{:?}", t.backend);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let late = LATE_USE.lock().unwrap().clone().expect("the task ran");
+        let err = late.expect_err("a statement after the request must fail");
+        assert!(err.contains("used after its request ended"), "{err}");
+        assert_eq!(names(&t).await, vec![], "{:?}", t.backend);
+        t.cleanup().await;
+    }
 }

@@ -42,7 +42,6 @@ use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Request, StatusCode, header};
 use sea_orm::DbErr;
-use tokio::sync::OnceCell;
 
 use crate::operation::{Operation, Outcome};
 use crate::{Begin, Error, ErrorKind, Options, Tx};
@@ -142,23 +141,60 @@ impl IntoResponse for Error {
 /// (which begins it on first use).
 struct Slot {
     begin: Box<dyn Fn() -> BeginFuture + Send + Sync>,
-    tx: OnceCell<Tx>,
+    tx: std::sync::OnceLock<Tx>,
+    /// Held while the transaction begins; `true` once the request is over, after which
+    /// nothing begins (a copy of the request's extensions may outlive it).
+    gate: tokio::sync::Mutex<bool>,
 }
 
 type BeginFuture = Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send>>;
+
+impl Slot {
+    async fn get(&self) -> Result<&Tx, DbErr> {
+        if let Some(tx) = self.tx.get() {
+            return Ok(tx);
+        }
+        let over = self.gate.lock().await;
+        if *over {
+            return Err(request_over());
+        }
+        if self.tx.get().is_none() {
+            let tx = (self.begin)().await?;
+            let _ = self.tx.set(tx);
+        }
+        Ok(self.tx.get().expect("set under the gate"))
+    }
+
+    /// The request is over: nothing may begin from now on. Returns whether a
+    /// transaction had begun.
+    async fn close(&self) -> bool {
+        *self.gate.lock().await = true;
+        self.tx.get().is_some()
+    }
+}
+
+/// The error of a request transaction used after its request.
+fn request_over() -> DbErr {
+    DbErr::Exec(sea_orm::RuntimeErr::Internal(
+        "safe-db: the request's transaction was used after its request ended (a RequestTx \
+         kept in a spawned task?); it has been ended, and no statement runs in it"
+            .to_owned(),
+    ))
+}
 
 /// The request's transaction, as a handler argument: it begins on first use, and
 /// [`TxLayer`] commits it after the handler when the response is a success (2xx, 3xx)
 /// and rolls it back otherwise, on a panic, or when the client goes away.
 ///
 /// Pass `&tx` to a `#[safe_db_operation]` (it runs in a savepoint inside the request's
-/// transaction), or call [`RequestTx::get`] for plain SeaORM queries.
+/// transaction), or call [`RequestTx::get`] for plain SeaORM queries. Used after its
+/// request has ended (kept in a spawned task), every statement fails.
 pub struct RequestTx(Arc<Slot>);
 
 impl RequestTx {
     /// The request's transaction, begun now if it has not been yet.
     pub async fn get(&self) -> Result<&Tx, Error> {
-        Ok(self.0.tx.get_or_try_init(|| (self.0.begin)()).await?)
+        Ok(self.0.get().await?)
     }
 }
 
@@ -180,8 +216,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTx {
 impl crate::begin::sealed::Sealed for RequestTx {}
 impl Begin for RequestTx {
     async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
-        let outer = self.0.tx.get_or_try_init(|| (self.0.begin)()).await?;
-        outer.__begin(options).await
+        self.0.get().await?.__begin(options).await
     }
 }
 
@@ -266,26 +301,38 @@ where
                 let conn = conn.clone();
                 Box::pin(async move { conn.__begin(&options).await })
             }),
-            tx: OnceCell::new(),
+            tx: std::sync::OnceLock::new(),
+            gate: tokio::sync::Mutex::new(false),
         });
         request.extensions_mut().insert(Handle(Arc::clone(&slot)));
         Box::pin(async move {
             let called = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
-            // The handler has returned (or panicked): its extractor is gone, and the
-            // response body has not been sent yet. End the transaction now, so none is
-            // held open while a body streams.
+            // The handler has returned (or panicked), and the response body has not been
+            // sent yet. End the transaction now, so none is held open while a body
+            // streams. From here on nothing begins, whoever holds a copy of the slot.
+            let begun = slot.close().await;
             let tx = match Arc::try_unwrap(slot) {
                 Ok(slot) => slot.tx.into_inner(),
-                Err(_) => {
+                Err(shared) if begun => {
+                    // A copy of the request's RequestTx is still held (moved into a
+                    // spawned task?): the transaction cannot be committed under it. Every
+                    // statement through that copy fails from now on, and the transaction is
+                    // rolled back when the copy is dropped.
+                    if let Some(tx) = shared.tx.get() {
+                        tx.abandon(request_over());
+                    }
                     tracing::error!(
-                        "a RequestTx outlived its request (moved into a spawned task?): \
-                         its transaction is rolled back when that copy is dropped"
+                        "a RequestTx outlived its request (moved into a spawned task?): its \
+                         transaction is rolled back, and the request fails"
                     );
                     return Ok(
                         Error::new(ErrorKind::Database, "request transaction still in use")
                             .into_response(),
                     );
                 }
+                // Copies of the request's extensions outlive it, but its transaction never
+                // began: nothing to end, and the response stands.
+                Err(_) => None,
             };
             let Some(tx) = tx else {
                 // Never used: nothing to end.

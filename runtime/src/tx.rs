@@ -429,6 +429,12 @@ impl Tx {
         Ok(tx)
     }
 
+    /// Ends this transaction's tree for whoever still holds it: every later statement,
+    /// nested operation and commit through it fails with `err`.
+    pub(crate) fn abandon(&self, err: DbErr) {
+        self.tree.poison(err);
+    }
+
     /// Whether this savepoint ends with `ROLLBACK TO` even when its operation succeeds.
     pub(crate) fn ends_by_rollback(&self) -> bool {
         self.read_only_savepoint
