@@ -29,6 +29,7 @@ async fn transfer_then_audit(
     meet: &Barrier,
     attempts: &AtomicU32,
     propagate: bool,
+    concurrent: bool,
 ) -> Result<(), Error> {
     let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
     run(
@@ -39,14 +40,23 @@ async fn transfer_then_audit(
     if attempt == 1 {
         meet.wait().await;
     }
-    let locked = run(
-        tx,
-        &format!("UPDATE counters SET n = n + 1 WHERE id = {second}"),
-    )
-    .await;
-    // The body catches the failure and goes on: the audit row must share the fate of the
-    // transaction, never be committed on its own.
-    let _ = run(tx, &format!("INSERT INTO audit (who) VALUES ({first})")).await;
+    let lock = format!("UPDATE counters SET n = n + 1 WHERE id = {second}");
+    let audit = format!("INSERT INTO audit (who) VALUES ({first})");
+    let locked = if !concurrent {
+        let locked = run(tx, &lock).await;
+        // The body catches the failure and goes on: the audit row must share the fate of
+        // the transaction, never be committed on its own.
+        let _ = run(tx, &audit).await;
+        locked
+    } else {
+        // The same, with the audit row sent while the lock is awaited (`join!` on one
+        // `Tx`): it must not slip out after the server has rolled the transaction back.
+        let (locked, _) = tokio::join!(run(tx, &lock), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            run(tx, &audit).await
+        });
+        locked
+    };
     if propagate { locked } else { Ok(()) }
 }
 
@@ -57,9 +67,9 @@ async fn transfer_once(
     second: i32,
     meet: Arc<Barrier>,
     attempts: Arc<AtomicU32>,
-    propagate: bool,
+    (propagate, concurrent): (bool, bool),
 ) -> Result<(), Error> {
-    transfer_then_audit(tx, first, second, &meet, &attempts, propagate).await
+    transfer_then_audit(tx, first, second, &meet, &attempts, propagate, concurrent).await
 }
 
 #[safe_db_operation(timeout = "30s", retries = 5)]
@@ -69,16 +79,16 @@ async fn transfer_with_retries(
     second: i32,
     meet: Arc<Barrier>,
     attempts: Arc<AtomicU32>,
-    propagate: bool,
+    (propagate, concurrent): (bool, bool),
 ) -> Result<(), Error> {
-    transfer_then_audit(tx, first, second, &meet, &attempts, propagate).await
+    transfer_then_audit(tx, first, second, &meet, &attempts, propagate, concurrent).await
 }
 
 /// Two sessions that deadlock; returns both results and the attempts made.
 async fn deadlock(
     db: &Arc<DatabaseConnection>,
     retries: bool,
-    propagate: bool,
+    propagate: (bool, bool),
 ) -> (Vec<Result<(), Error>>, u32) {
     let meet = Arc::new(Barrier::new(2));
     let spawn = |first, second| {
@@ -119,7 +129,9 @@ async fn a_deadlock_victim_leaves_nothing_behind_even_when_its_body_goes_on() {
         let audit = || ids(&t.db, "SELECT who FROM audit ORDER BY who");
         let counters = || ids(&t.db, "SELECT n FROM counters ORDER BY id");
 
-        for propagate in [false, true] {
+        // (the body returns the lock's error, the audit row is sent concurrently)
+        let modes = [(false, false), (true, false), (false, true)];
+        for propagate in modes {
             let (once, attempts) = deadlock(&db, false, propagate).await;
             assert_eq!(attempts, 2);
             let failed: Vec<&Error> = once.iter().filter_map(|r| r.as_ref().err()).collect();
@@ -132,20 +144,30 @@ async fn a_deadlock_victim_leaves_nothing_behind_even_when_its_body_goes_on() {
             );
             // Only the winner's work: its two increments and its one audit row.
             let winner = if once[0].is_ok() { 1 } else { 2 };
-            assert_eq!(audit().await, vec![winner], "{:?} {propagate}", t.backend);
-            assert_eq!(counters().await, vec![1, 1], "{:?} {propagate}", t.backend);
+            assert_eq!(audit().await, vec![winner], "{:?} {propagate:?}", t.backend);
+            assert_eq!(
+                counters().await,
+                vec![1, 1],
+                "{:?} {propagate:?}",
+                t.backend
+            );
             exec(&t.db, "DELETE FROM audit").await;
             exec(&t.db, "UPDATE counters SET n = 0").await;
         }
 
-        for propagate in [false, true] {
+        for propagate in modes {
             let (retried, attempts) = deadlock(&db, true, propagate).await;
             assert!(retried.iter().all(Result::is_ok), "{retried:?}");
             assert!(attempts >= 3, "the victim was re-run ({attempts} attempts)");
             // Each operation committed once: one audit row each, no duplicate from the
             // attempt the server rolled back.
-            assert_eq!(audit().await, vec![1, 2], "{:?} {propagate}", t.backend);
-            assert_eq!(counters().await, vec![2, 2], "{:?} {propagate}", t.backend);
+            assert_eq!(audit().await, vec![1, 2], "{:?} {propagate:?}", t.backend);
+            assert_eq!(
+                counters().await,
+                vec![2, 2],
+                "{:?} {propagate:?}",
+                t.backend
+            );
             exec(&t.db, "DELETE FROM audit").await;
             exec(&t.db, "UPDATE counters SET n = 0").await;
         }
@@ -181,6 +203,60 @@ async fn deadlock_winner(tx: &Tx, meet: Arc<Barrier>) -> Result<(), Error> {
     // Let the other session block on row 1, then take row 2: a real deadlock.
     tokio::time::sleep(Duration::from_millis(300)).await;
     run(tx, "UPDATE counters SET n = n + 1 WHERE id = 2").await
+}
+
+#[safe_db_operation(timeout = "30s")]
+async fn victim_with_a_queued_statement(tx: &Tx, meet: Arc<Barrier>) -> Result<(), Error> {
+    run(tx, "UPDATE counters SET n = n + 1 WHERE id = 2").await?;
+    meet.wait().await;
+    // Waits for row 1, and meanwhile queues a write on the same `Tx`: when the server
+    // picks this transaction as the deadlock's victim, the queued write must not run.
+    let (locked, _) = tokio::join!(
+        run(tx, "UPDATE counters SET n = n + 1 WHERE id = 1"),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            run(tx, "INSERT INTO audit (who) VALUES (9)").await
+        }
+    );
+    locked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_queued_behind_a_deadlock_does_not_slip_out() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "queued_deadlock", 2).await {
+        let serial = match t.backend {
+            Backend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
+            _ => "SERIAL PRIMARY KEY",
+        };
+        exec(
+            &t.db,
+            &format!("CREATE TABLE audit (id {serial}, who INTEGER)"),
+        )
+        .await;
+        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
+        let db = Arc::new(t.pool(4).await);
+        let meet = Arc::new(Barrier::new(2));
+        let (a, b) = (Arc::clone(&db), Arc::clone(&db));
+        let (m1, m2) = (Arc::clone(&meet), Arc::clone(&meet));
+        let victim = tokio::spawn(async move { victim_with_a_queued_statement(&*a, m1).await });
+        let winner = tokio::spawn(async move { deadlock_winner(&*b, m2).await });
+        let (victim, winner) = (victim.await.unwrap(), winner.await.unwrap());
+        let (lost, won) = match (victim, winner) {
+            (Err(e), Ok(())) => (e, true),
+            // PostgreSQL picks the session whose wait found the cycle: the other one.
+            (Ok(()), Err(e)) => (e, false),
+            other => panic!("{:?}: exactly one session loses: {other:?}", t.backend),
+        };
+        assert_eq!(lost.kind(), ErrorKind::SerializationFailure, "{lost}");
+        let audit = ids(&t.db, "SELECT who FROM audit WHERE who < 100 ORDER BY who").await;
+        if won {
+            // The queued INSERT of the rolled-back victim is not committed on its own.
+            assert_eq!(audit, Vec::<i32>::new(), "{:?}", t.backend);
+        } else {
+            assert_eq!(audit, vec![9], "{:?}", t.backend);
+        }
+        t.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -251,18 +327,36 @@ async fn write_then_ddl_then_fail(tx: &Tx, ddl: String) -> Result<(), Error> {
 
 #[tokio::test]
 async fn ddl_inside_an_operation_never_commits_what_came_before() {
+    // Refused everywhere: statements that end the transaction or break its savepoints,
+    // alone or after another statement in the same string.
+    const EVERYWHERE: [&str; 4] = ["COMMIT", "SELECT 1; COMMIT", "SAVEPOINT x", "ROLLBACK"];
+    // DDL: refused on MariaDB, run and rolled back with the rest elsewhere.
+    const DDL: [&str; 4] = [
+        "CREATE TABLE extra (a INTEGER)",
+        "DROP TABLE counters",
+        "ALTER TABLE counters ADD COLUMN b INTEGER",
+        "TRUNCATE TABLE counters",
+    ];
+    // MariaDB's own ways to commit implicitly.
+    const MARIADB: [&str; 6] = [
+        "SET @@session.autocommit = 0",
+        "SET STATEMENT max_statement_time = 10 FOR CREATE TABLE extra (a INTEGER)",
+        "EXECUTE IMMEDIATE 'COMMIT'",
+        "/*M!999999 SELECT 1, */ CREATE TABLE extra (a INTEGER)",
+        "IF 1 THEN COMMIT; END IF",
+        "SET NAMES utf8mb4, autocommit = 0",
+    ];
     for t in TestDb::all("ddl", 2).await {
-        for ddl in [
-            "CREATE TABLE extra (a INTEGER)",
-            "DROP TABLE counters",
-            "ALTER TABLE counters ADD COLUMN b INTEGER",
-            "TRUNCATE TABLE counters",
-            "COMMIT",
-        ] {
+        let mariadb: &[&str] = if t.backend == Backend::MySql {
+            &MARIADB
+        } else {
+            &[]
+        };
+        for ddl in EVERYWHERE.iter().chain(&DDL).chain(mariadb) {
             if t.backend == Backend::Sqlite && ddl.starts_with("TRUNCATE") {
                 continue; // SQLite has no TRUNCATE
             }
-            let err = write_then_ddl_then_fail(&t.db, ddl.to_owned())
+            let err = write_then_ddl_then_fail(&t.db, (*ddl).to_owned())
                 .await
                 .unwrap_err();
             assert_eq!(
@@ -272,15 +366,12 @@ async fn ddl_inside_an_operation_never_commits_what_came_before() {
                 t.backend
             );
             let refused = err.to_string();
-            if t.backend == Backend::MySql || ddl == "COMMIT" {
+            if t.backend == Backend::MySql || EVERYWHERE.contains(ddl) {
                 // Refused before it was sent, with the reason.
                 assert!(
                     refused.contains("is refused inside a safe-db operation"),
-                    "{refused}"
-                );
-                assert!(
-                    refused.contains(ddl.split(' ').next().unwrap()),
-                    "{refused}"
+                    "{:?}: {ddl}: {refused}",
+                    t.backend
                 );
             } else {
                 // PostgreSQL and SQLite roll DDL back with the rest.
@@ -340,6 +431,27 @@ async fn plain_write(tx: &Tx, id: i32) -> Result<(), Error> {
     .await
 }
 
+/// What every session of the server is doing (for a failure's message).
+async fn sessions(t: &TestDb) -> Vec<String> {
+    let sql = match t.backend {
+        Backend::MySql => {
+            "SELECT CONCAT(ID, ' ', COMMAND, ' ', IFNULL(STATE, ''), ' ', IFNULL(INFO, ''), ' ', \
+             TIME_MS) FROM information_schema.PROCESSLIST"
+        }
+        Backend::Postgres => {
+            "SELECT concat(pid, ' ', state, ' ', query) FROM pg_stat_activity \
+             WHERE datname = current_database()"
+        }
+        Backend::Sqlite => return Vec::new(),
+    };
+    let other = t.pool(1).await;
+    let stmt = Statement::from_string(other.get_database_backend(), sql);
+    let rows = other.query_all_raw(stmt).await.unwrap_or_default();
+    rows.iter()
+        .filter_map(|r| r.try_get_by_index::<String>(0).ok())
+        .collect()
+}
+
 /// Runs `op` on a task of its own and aborts it after `delay`, as a client going away
 /// does: the cancellation lands at whatever await point the operation has reached.
 async fn abort_after<F>(op: F, delay: Duration)
@@ -372,13 +484,11 @@ async fn a_begin_cut_off_by_the_caller_leaves_the_connection_clean() {
             // SET TRANSACTION READ ONLY left behind fails it with 1792).
             abort_after(async move { read_only_count(&*d).await }, delay).await;
             if let Err(e) = plain_write(&db, base).await {
-                if t.backend == Backend::MySql {
-                    let p = t.pool(1).await;
-                    for r in p.query_all_raw(Statement::from_string(DbBackend::MySql, "SELECT CONCAT(ID, ' ', COMMAND, ' ', IFNULL(STATE,''), ' ', IFNULL(INFO,''), ' ', TIME_MS) FROM information_schema.PROCESSLIST")).await.unwrap() {
-                        eprintln!("DIAG  {:?}", r.try_get_by_index::<String>(0));
-                    }
-                }
-                panic!("{:?} round {round} delay {delay:?}: {e}", t.backend);
+                panic!(
+                    "{:?} round {round} delay {delay:?}: {e}\nsessions: {:?}",
+                    t.backend,
+                    sessions(&t).await
+                );
             }
             // A plain operation cut off, then a serializable one (MySQL refuses to
             // change the isolation of a transaction in progress: 1568).
@@ -430,16 +540,19 @@ async fn calls_a_sleeper(tx: &Tx, prepared: bool) -> Result<ErrorKind, Error> {
     Ok(inner.kind())
 }
 
-/// Statements still running on the server that sleep.
+/// Statements of this test (its namespace) still running on the server that sleep.
 async fn sleepers(t: &TestDb) -> usize {
     let sql = match t.backend {
+        // The sleeping transaction wrote to this schema's `agents` first: it holds a lock.
         Backend::Postgres => {
             "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' \
-             AND pid <> pg_backend_pid()"
+             AND pid <> pg_backend_pid() AND pid IN (SELECT l.pid FROM pg_locks l \
+             JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND c.relname = 'agents')"
         }
         _ => {
             "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP(%' \
-             AND ID <> CONNECTION_ID()"
+             AND ID <> CONNECTION_ID() AND DB = DATABASE()"
         }
     };
     let stmt = Statement::from_string(t.db.get_database_backend(), sql);

@@ -107,6 +107,8 @@ const MYSQL_NUMBERS: &[(u16, ErrorKind)] = &[
     (3024, ErrorKind::Timeout),              // ER_QUERY_TIMEOUT (MySQL max_execution_time)
     (1969, ErrorKind::Timeout),              // ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
     (1792, ErrorKind::ReadOnly),             // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+    (1290, ErrorKind::ReadOnly),             // ER_OPTION_PREVENTS_STATEMENT (server --read-only)
+    (1836, ErrorKind::ReadOnly),             // ER_READ_ONLY_MODE (InnoDB read-only)
     (1040, ErrorKind::Unavailable),          // ER_CON_COUNT_ERROR
     (1203, ErrorKind::Unavailable),          // ER_TOO_MANY_USER_CONNECTIONS
     (1053, ErrorKind::Unavailable),          // ER_SERVER_SHUTDOWN
@@ -209,6 +211,20 @@ impl sea_orm::sqlx::error::DatabaseError for ReadOnlyRefused {
     fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
         sea_orm::sqlx::error::ErrorKind::Other
     }
+}
+
+/// The SQLSTATE of `err`, if it is a database error.
+pub(crate) fn sqlstate(err: &DbErr) -> Option<String> {
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    if let DbErr::Conn(RuntimeErr::SqlxError(sqlx))
+    | DbErr::Exec(RuntimeErr::SqlxError(sqlx))
+    | DbErr::Query(RuntimeErr::SqlxError(sqlx)) = err
+        && let sea_orm::sqlx::Error::Database(db) = &**sqlx
+    {
+        return db.code().map(|c| c.into_owned());
+    }
+    let _ = err;
+    None
 }
 
 /// The MySQL/MariaDB error number of `err`, if it is a MySQL server error.

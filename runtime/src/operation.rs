@@ -232,7 +232,7 @@ impl Operation {
                     txn.commit().await
                 };
                 if let Some(guard) = guard {
-                    guard.disarm();
+                    scope.savepoint_ended(guard, committed.as_ref().err());
                 }
                 match committed {
                     Ok(()) => {
@@ -313,10 +313,8 @@ impl Operation {
         let guard = scope.guard_savepoint_end();
         let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, txn.rollback()).await;
         // A ROLLBACK TO cut off by the grace period did not complete: the guard poisons.
-        if rolled_back.is_ok()
-            && let Some(guard) = guard
-        {
-            guard.disarm();
+        if let (Ok(result), Some(guard)) = (&rolled_back, guard) {
+            scope.savepoint_ended(guard, result.as_ref().err());
         }
         match rolled_back {
             Ok(Ok(())) => {}

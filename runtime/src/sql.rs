@@ -1,163 +1,319 @@
 //! What safe-db reads of a statement's text before it is sent: whether it would end the
-//! transaction it is sent in, and how MariaDB can be told to stop it at the deadline.
+//! transaction it is sent in, whether it writes, and how MariaDB can be told to stop it at
+//! the deadline.
 //!
-//! Only the leading keywords are read (after whitespace and comments), never the rest.
+//! A string may hold several statements (`execute_unprepared("a; b")`): it is split on the
+//! semicolons outside quotes and comments, and each statement is read from its leading
+//! keywords. Quotes follow each database's rules (doubled quotes everywhere, backslash
+//! escapes on MySQL and in PostgreSQL's `E'…'`, PostgreSQL's `$tag$…$tag$`), comments too
+//! (`--`, `/* */`, nested on PostgreSQL, `#` on MySQL). MySQL's executable comments
+//! (`/*! … */`, `/*M! … */`) are read both ways, as code and as a comment, and a statement
+//! is refused if either reading is.
 
 use std::time::Duration;
 
 use sea_orm::DbBackend;
 
-/// The first keywords of a statement, skipping whitespace, `-- …`, `# …` and `/* … */`
-/// comments. MySQL's executable comments (`/*! … */`, `/*M! … */`) are code, so their
-/// content is read as keywords.
-struct Words<'a> {
-    rest: &'a str,
+/// Where each statement of `sql` starts and ends (without its `;`), skipping empty ones.
+fn statements(backend: DbBackend, sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mysql = backend == DbBackend::MySql;
+    let postgres = backend == DbBackend::Postgres;
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => {
+                push_statement(&mut out, &sql[start..i]);
+                start = i + 1;
+                i += 1;
+            }
+            b'\'' | b'"' | b'`' => {
+                let quote = bytes[i];
+                let backslash = mysql
+                    || (postgres
+                        && quote == b'\''
+                        && i > 0
+                        && bytes[i - 1].eq_ignore_ascii_case(&b'e'));
+                i = skip_quoted(bytes, i + 1, quote, backslash && quote != b'`');
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => i = skip_line(bytes, i),
+            b'#' if mysql => i = skip_line(bytes, i),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block(bytes, i, postgres),
+            b'$' if postgres => i = skip_dollar_quoted(sql, i),
+            _ => i += 1,
+        }
+    }
+    push_statement(&mut out, &sql[start..]);
+    out
 }
 
-impl<'a> Iterator for Words<'a> {
-    type Item = &'a str;
-
-    fn next(&mut self) -> Option<&'a str> {
-        loop {
-            let s = self.rest.trim_start_matches(|c: char| {
-                c.is_whitespace() || c == '(' || c == ';' || c == '*' || c == '/'
-            });
-            // `*` and `/` alone are skipped above, so look at what a comment starts with
-            // before the trim ate it.
-            let skipped = self.rest.len() - s.len();
-            let before = &self.rest[..skipped];
-            if let Some(open) = before.rfind("/*") {
-                let body = &self.rest[open + 2..];
-                let executable = body.starts_with('!') || body.starts_with("M!");
-                if executable {
-                    // Skip the marker and an optional version number, then read on.
-                    let body = body.trim_start_matches(['M', '!']);
-                    self.rest = body.trim_start_matches(|c: char| c.is_ascii_digit());
-                } else {
-                    self.rest = body.find("*/").map_or("", |end| &body[end + 2..]);
-                }
-                continue;
-            }
-            if s.starts_with("--") || s.starts_with('#') {
-                self.rest = s.find('\n').map_or("", |end| &s[end + 1..]);
-                continue;
-            }
-            let end = s
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(s.len());
-            if end == 0 {
-                return None;
-            }
-            self.rest = &s[end..];
-            return Some(&s[..end]);
-        }
+fn push_statement<'a>(out: &mut Vec<&'a str>, statement: &'a str) {
+    if !statement.trim().is_empty() {
+        out.push(statement);
     }
 }
 
-fn words(sql: &str) -> Words<'_> {
-    Words { rest: sql }
+/// The index after the closing `quote` (a doubled quote is part of the text).
+fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8, backslash: bool) -> usize {
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if backslash => i += 2,
+            b if b == quote => {
+                if bytes.get(i + 1) == Some(&quote) {
+                    i += 2;
+                } else {
+                    return i + 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
 }
 
-fn is(word: Option<&str>, keyword: &str) -> bool {
+fn skip_line(bytes: &[u8], i: usize) -> usize {
+    bytes[i..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |end| i + end + 1)
+}
+
+/// The index after the `*/` closing the comment opened at `i` (nested on PostgreSQL).
+fn skip_block(bytes: &[u8], i: usize, nested: bool) -> usize {
+    let (mut depth, mut j) = (1, i + 2);
+    while j < bytes.len() {
+        if bytes[j] == b'*' && bytes.get(j + 1) == Some(&b'/') {
+            depth -= 1;
+            j += 2;
+            if depth == 0 {
+                return j;
+            }
+        } else if nested && bytes[j] == b'/' && bytes.get(j + 1) == Some(&b'*') {
+            depth += 1;
+            j += 2;
+        } else {
+            j += 1;
+        }
+    }
+    bytes.len()
+}
+
+/// After a PostgreSQL `$tag$…$tag$` string starting at `i`, or just past the `$` when it
+/// opens none (a parameter such as `$1`).
+fn skip_dollar_quoted(sql: &str, i: usize) -> usize {
+    let rest = &sql[i + 1..];
+    let tag_len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    if !rest[tag_len..].starts_with('$')
+        || rest[..tag_len].starts_with(|c: char| c.is_ascii_digit())
+    {
+        return i + 1;
+    }
+    let tag = &sql[i..i + tag_len + 2];
+    let body = i + tag.len();
+    sql[body..]
+        .find(tag)
+        .map_or(sql.len(), |end| body + end + tag.len())
+}
+
+/// The keywords and identifiers of one statement, in order, outside comments and quotes.
+/// With `executable`, the content of MySQL's `/*! … */` and `/*M! … */` comments is read
+/// as code (the server runs it); without, as a comment.
+fn words(backend: DbBackend, statement: &str, executable: bool) -> Vec<&str> {
+    let bytes = statement.as_bytes();
+    let mysql = backend == DbBackend::MySql;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphabetic() || b == b'_' {
+            let end = bytes[i..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
+                .map_or(bytes.len(), |n| i + n);
+            out.push(&statement[i..end]);
+            i = end;
+            continue;
+        }
+        i = match b {
+            b'\'' | b'"' | b'`' => skip_quoted(bytes, i + 1, b, mysql && b != b'`'),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => skip_line(bytes, i),
+            b'#' if mysql => skip_line(bytes, i),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let marker = &statement[i + 2..];
+                let code = mysql && (marker.starts_with('!') || marker.starts_with("M!"));
+                if code && executable {
+                    // Read on inside the comment, past its marker and version number.
+                    let skip = if marker.starts_with('!') { 3 } else { 4 };
+                    let digits = bytes[i + skip..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count();
+                    i + skip + digits
+                } else {
+                    skip_block(bytes, i, backend == DbBackend::Postgres)
+                }
+            }
+            b'*' if bytes.get(i + 1) == Some(&b'/') => i + 2, // the end of an executable comment
+            b'0'..=b'9' => bytes[i..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'.'))
+                .map_or(bytes.len(), |n| i + n),
+            _ => i + 1,
+        };
+    }
+    out
+}
+
+fn is(word: Option<&&str>, keyword: &str) -> bool {
     word.is_some_and(|w| w.eq_ignore_ascii_case(keyword))
 }
 
 /// Why `sql` must not be sent inside a managed transaction on `backend`, if it must not:
-/// it would end the transaction (a `COMMIT`, `ROLLBACK` or `BEGIN` written by hand, on
-/// every database), or make MySQL/MariaDB commit it implicitly (DDL and the other
-/// statements of MariaDB's "implicit commit" list). Returns the offending keywords.
+/// one of its statements would end the transaction, or break sqlx's savepoint stack
+/// (written by hand on every database), or make MySQL/MariaDB commit it implicitly (DDL
+/// and the others of its "implicit commit" list), or run SQL that cannot be read first
+/// (MySQL's `EXECUTE`, `PREPARE`, compound statements). Returns the offending keywords.
 pub(crate) fn ends_transaction(backend: DbBackend, sql: &str) -> Option<String> {
-    let mut w = words(sql);
-    let (first, second, third) = (w.next(), w.next(), w.next());
-    let first_upper = first?.to_ascii_uppercase();
+    for statement in statements(backend, sql) {
+        let readings: &[bool] = if backend == DbBackend::MySql && statement.contains("/*") {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        for &executable in readings {
+            let words = words(backend, statement, executable);
+            if let Some(what) = refused(backend, &words) {
+                return Some(what);
+            }
+        }
+    }
+    None
+}
+
+fn refused(backend: DbBackend, words: &[&str]) -> Option<String> {
+    let first = words.first()?.to_ascii_uppercase();
     let named = |n: usize| {
-        [first, second, third][..n]
+        words
             .iter()
-            .flatten()
-            .map(|s| s.to_ascii_uppercase())
+            .take(n)
+            .map(|w| w.to_ascii_uppercase())
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let ends = match first_upper.as_str() {
-        "BEGIN" | "COMMIT" | "END" | "ABORT" => Some(named(1)),
+    let second = words.get(1);
+    let ends = match first.as_str() {
+        "BEGIN" | "COMMIT" | "END" | "ABORT" | "SAVEPOINT" | "RELEASE" => Some(named(1)),
+        "ROLLBACK" => Some(named(1)),
         "START" if is(second, "TRANSACTION") => Some(named(2)),
-        // ROLLBACK TO [SAVEPOINT] and ROLLBACK WORK TO only undo to a savepoint.
-        "ROLLBACK"
-            if !(is(second, "TO")
-                || ((is(second, "WORK") || is(second, "TRANSACTION")) && is(third, "TO"))) =>
-        {
-            Some(named(1))
-        }
+        "PREPARE" if is(second, "TRANSACTION") => Some(named(2)),
         _ => None,
     };
     if ends.is_some() || backend != DbBackend::MySql {
         return ends;
     }
-    match first_upper.as_str() {
+    let third = words.get(2);
+    match first.as_str() {
+        // SET STATEMENT … FOR <statement>: what counts is the statement.
+        "SET" if is(second, "STATEMENT") => {
+            let at = words.iter().position(|w| w.eq_ignore_ascii_case("FOR"))?;
+            refused(backend, &words[at + 1..])
+        }
+        "SET" if words.iter().any(|w| w.eq_ignore_ascii_case("autocommit")) => {
+            Some("SET autocommit".to_owned())
+        }
+        "SET" if is(second, "PASSWORD") || (is(second, "DEFAULT") && is(third, "ROLE")) => {
+            Some(named(3))
+        }
         // CREATE / DROP of a temporary table do not commit.
         "CREATE" | "DROP"
             if is(second, "TEMPORARY")
-                || (is(second, "OR") && is(third, "REPLACE") && {
-                    let mut again = words(sql).skip(3);
-                    is(again.next(), "TEMPORARY")
-                }) =>
+                || (is(second, "OR") && is(third, "REPLACE") && is(words.get(3), "TEMPORARY")) =>
         {
             None
         }
         "CREATE" | "DROP" | "ALTER" | "RENAME" => Some(named(2)),
-        "TRUNCATE" | "GRANT" | "REVOKE" | "FLUSH" | "RESET" | "LOCK" | "UNLOCK" | "ANALYZE"
-        | "CHECK" | "OPTIMIZE" | "REPAIR" | "CACHE" | "INSTALL" | "UNINSTALL" | "SHUTDOWN"
-        | "XA" | "CHANGE" | "STOP" | "START" => Some(named(1)),
-        "LOAD" if is(second, "INDEX") => Some(named(2)),
-        "SET" if is(second, "PASSWORD") => Some(named(2)),
-        "SET"
-            if words(sql)
-                .take(4)
-                .any(|w| w.eq_ignore_ascii_case("autocommit")) =>
+        // ANALYZE <statement> explains it; ANALYZE TABLE commits.
+        "ANALYZE"
+            if is(second, "TABLE") || is(second, "NO_WRITE_TO_BINLOG") || is(second, "LOCAL") =>
         {
-            Some("SET autocommit".to_owned())
+            Some(named(2))
         }
+        "LOAD" if is(second, "INDEX") => Some(named(2)),
+        "TRUNCATE" | "GRANT" | "REVOKE" | "FLUSH" | "RESET" | "LOCK" | "UNLOCK" | "CHECK"
+        | "OPTIMIZE" | "REPAIR" | "CACHE" | "INSTALL" | "UNINSTALL" | "SHUTDOWN" | "XA"
+        | "CHANGE" | "STOP" | "START" | "BACKUP" => Some(named(1)),
+        // SQL that is only read when it runs, and compound statements.
+        "EXECUTE" | "PREPARE" | "IF" | "WHILE" | "LOOP" | "REPEAT" | "CASE" => Some(named(1)),
         _ => None,
     }
 }
 
-/// The leading keyword of `sql` if it writes: what a read-only savepoint refuses on
-/// MySQL/MariaDB, which cannot make a savepoint read-only. A function with side effects
-/// called from a `SELECT` is not seen.
-pub(crate) fn writes(sql: &str) -> Option<String> {
-    let first = words(sql).next()?;
-    [
+/// The leading keyword of the first statement of `sql` that writes: what a read-only
+/// savepoint refuses on MySQL/MariaDB, which cannot make a savepoint read-only. A function
+/// with side effects called from a `SELECT` is not seen.
+pub(crate) fn writes(backend: DbBackend, sql: &str) -> Option<String> {
+    const WRITES: [&str; 16] = [
         "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE",
         "RENAME", "LOAD", "CALL", "GRANT", "REVOKE", "LOCK", "HANDLER",
-    ]
-    .iter()
-    .find(|k| first.eq_ignore_ascii_case(k))
-    .map(|k| (*k).to_owned())
+    ];
+    statements(backend, sql).into_iter().find_map(|statement| {
+        [true, false].into_iter().find_map(|executable| {
+            let words = words(backend, statement, executable);
+            let first = words.first()?;
+            let first = if first.eq_ignore_ascii_case("SET") && is(words.get(1), "STATEMENT") {
+                let at = words.iter().position(|w| w.eq_ignore_ascii_case("FOR"))?;
+                words.get(at + 1)?
+            } else {
+                first
+            };
+            WRITES
+                .iter()
+                .find(|k| first.eq_ignore_ascii_case(k))
+                .map(|k| (*k).to_owned())
+        })
+    })
 }
 
-/// `sql` prefixed so that MariaDB stops it once `left` has passed (`SET STATEMENT
-/// max_statement_time = … FOR`), inside an executable comment that MySQL reads as a plain
-/// comment. `None` for statements `SET STATEMENT` does not take.
+/// `sql` with each of its statements prefixed so that MariaDB stops it once `left` has
+/// passed (`SET STATEMENT max_statement_time = … FOR`), inside an executable comment that
+/// MySQL reads as a plain comment. `None` when no statement of `sql` is one that `SET
+/// STATEMENT` takes (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, `REPLACE`, `WITH`, `CALL`,
+/// `DO`, `VALUES`, `TABLE`).
 ///
 /// `left` is rounded up to a multiple of 100 ms: the statement is stopped at most that
 /// long after the deadline, and a statement run many times gets a few prepared forms, not
 /// one per call.
 pub(crate) fn with_statement_time(sql: &str, left: Duration) -> Option<String> {
-    let first = words(sql).next()?;
-    let bounded = [
-        "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "CALL", "DO",
-    ]
-    .iter()
-    .any(|k| first.eq_ignore_ascii_case(k));
-    if !bounded {
-        return None;
-    }
+    const BOUNDED: [&str; 10] = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "CALL", "DO", "VALUES", "TABLE",
+    ];
     let ms = left.as_millis().div_ceil(100).max(1) * 100;
-    Some(format!(
-        "/*M! SET STATEMENT max_statement_time={}.{:03} FOR */ {sql}",
+    let prefix = format!(
+        "/*M! SET STATEMENT max_statement_time={}.{:03} FOR */ ",
         ms / 1000,
         ms % 1000
-    ))
+    );
+    let parts = statements(DbBackend::MySql, sql);
+    let mut bounded = false;
+    let mut out = String::with_capacity(sql.len() + parts.len() * prefix.len());
+    for (n, statement) in parts.iter().enumerate() {
+        if n > 0 {
+            out.push(';');
+        }
+        let first = words(DbBackend::MySql, statement, false);
+        if first
+            .first()
+            .is_some_and(|w| BOUNDED.iter().any(|k| w.eq_ignore_ascii_case(k)))
+        {
+            out.push_str(&prefix);
+            bounded = true;
+        }
+        out.push_str(statement);
+    }
+    bounded.then_some(out)
 }
 
 #[cfg(test)]
@@ -166,15 +322,53 @@ mod tests {
 
     const MY: DbBackend = DbBackend::MySql;
     const PG: DbBackend = DbBackend::Postgres;
+    const LITE: DbBackend = DbBackend::Sqlite;
 
     #[test]
-    fn reads_leading_words_past_comments() {
-        let w: Vec<_> = words("  -- hi\n /* c */ (SELECT x FROM t").collect();
-        assert_eq!(w[..2], ["SELECT", "x"]);
-        let w: Vec<_> = words("# x\nCREATE TABLE t").take(2).collect();
-        assert_eq!(w, ["CREATE", "TABLE"]);
-        let w: Vec<_> = words("/*!50001 CREATE TABLE t */").take(2).collect();
-        assert_eq!(w, ["CREATE", "TABLE"]);
+    fn splits_statements_outside_quotes_and_comments() {
+        assert_eq!(statements(PG, "SELECT 1; COMMIT"), ["SELECT 1", " COMMIT"]);
+        assert_eq!(
+            statements(PG, "SELECT ';'; SELECT 2;"),
+            ["SELECT ';'", " SELECT 2"]
+        );
+        assert_eq!(statements(MY, r"SELECT 'a\';b'"), [r"SELECT 'a\';b'"]);
+        assert_eq!(statements(PG, "SELECT $x$;$x$"), ["SELECT $x$;$x$"]);
+        assert_eq!(statements(PG, "SELECT $1; x"), ["SELECT $1", " x"]);
+        assert_eq!(
+            statements(PG, "/* ; /* ; */ ; */ SELECT 1"),
+            ["/* ; /* ; */ ; */ SELECT 1"]
+        );
+        assert_eq!(statements(MY, "SELECT 1 -- ;\n"), ["SELECT 1 -- ;\n"]);
+    }
+
+    #[test]
+    fn reads_words_past_comments() {
+        assert_eq!(
+            words(PG, "  -- hi\n /* c */ (SELECT x FROM t", false)[..2],
+            ["SELECT", "x"]
+        );
+        assert_eq!(
+            words(MY, "# x\nCREATE TABLE t", false)[..2],
+            ["CREATE", "TABLE"]
+        );
+        assert_eq!(
+            words(MY, "/*!50001 CREATE TABLE t */", true)[..2],
+            ["CREATE", "TABLE"]
+        );
+        assert_eq!(
+            words(MY, "/*!50001 CREATE TABLE t */", false),
+            Vec::<&str>::new()
+        );
+        // PostgreSQL nests comments: this one is never closed (the server refuses it).
+        assert_eq!(
+            words(PG, "/*/*/ COMMIT */ SELECT", false),
+            Vec::<&str>::new()
+        );
+        assert_eq!(words(MY, "/*/*/ COMMIT", false), ["COMMIT"]);
+        assert_eq!(
+            words(MY, "SET @@session.autocommit=0", false),
+            ["SET", "session", "autocommit"]
+        );
     }
 
     #[test]
@@ -187,20 +381,34 @@ mod tests {
             "BEGIN",
             "START TRANSACTION READ ONLY",
             "END",
+            "SAVEPOINT a",
+            "RELEASE SAVEPOINT a",
+            "ROLLBACK TO SAVEPOINT a",
+            "PREPARE TRANSACTION 'x'",
+            "SELECT 1; COMMIT",
+            "INSERT INTO t VALUES (';'); commit",
         ] {
             assert!(ends_transaction(PG, sql).is_some(), "{sql}");
             assert!(ends_transaction(MY, sql).is_some(), "{sql}");
-            assert!(ends_transaction(DbBackend::Sqlite, sql).is_some(), "{sql}");
+            assert!(ends_transaction(LITE, sql).is_some(), "{sql}");
         }
         for sql in [
-            "ROLLBACK TO SAVEPOINT a",
-            "rollback work to a",
             "SELECT 1",
             "INSERT INTO commit_log VALUES (1)",
+            "UPDATE t SET begin = 1",
+            "SELECT 'COMMIT'",
+            "SELECT 1 -- ; COMMIT",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
         ] {
             assert_eq!(ends_transaction(PG, sql), None, "{sql}");
             assert_eq!(ends_transaction(MY, sql), None, "{sql}");
         }
+        // Where comments do not nest, `/*/*/` is a whole comment.
+        assert!(ends_transaction(MY, "/*/*/ COMMIT").is_some());
+        assert!(ends_transaction(LITE, "/*/*/ COMMIT").is_some());
+        // MySQL's executable comments are plain comments elsewhere.
+        assert_eq!(ends_transaction(PG, "/*! COMMIT */ SELECT 1"), None);
+        assert_eq!(ends_transaction(PG, "/* /* */ COMMIT */ SELECT 1"), None);
     }
 
     #[test]
@@ -215,10 +423,32 @@ mod tests {
             ("CREATE INDEX i ON t (a)", "CREATE INDEX"),
             ("set autocommit = 1", "SET autocommit"),
             ("SET SESSION autocommit=1", "SET autocommit"),
+            ("SET @@session.autocommit=0", "SET autocommit"),
+            ("SET NAMES utf8mb4, autocommit=0", "SET autocommit"),
             ("GRANT SELECT ON t TO u", "GRANT"),
             ("/*!40000 ALTER TABLE t DISABLE KEYS */", "ALTER TABLE"),
+            (
+                "/*M!999999 SELECT 1, */ CREATE TABLE x (a int)",
+                "CREATE TABLE",
+            ),
+            (
+                "SET STATEMENT max_statement_time=10 FOR CREATE TABLE x (a int)",
+                "CREATE TABLE",
+            ),
+            ("EXECUTE IMMEDIATE 'COMMIT'", "EXECUTE"),
+            ("PREPARE s FROM 'COMMIT'", "PREPARE"),
+            ("IF 1 THEN COMMIT; END IF", "IF"),
+            ("SET DEFAULT ROLE NONE", "SET DEFAULT ROLE"),
+            ("BACKUP LOCK t", "BACKUP"),
+            ("ANALYZE TABLE t", "ANALYZE TABLE"),
         ] {
             assert_eq!(ends_transaction(MY, sql).as_deref(), Some(named), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE t (a INT)",
+            "ALTER TABLE t ADD b INT",
+            "ANALYZE t",
+        ] {
             assert_eq!(ends_transaction(PG, sql), None, "{sql}");
         }
         for sql in [
@@ -228,6 +458,10 @@ mod tests {
             "SELECT * FROM t LOCK IN SHARE MODE",
             "UPDATE t SET a = 1",
             "SET @x = 1",
+            "ANALYZE SELECT * FROM t",
+            "ANALYZE FORMAT=JSON SELECT 1",
+            "SET STATEMENT max_statement_time=1 FOR SELECT SLEEP(1)",
+            "HANDLER t READ FIRST",
         ] {
             assert_eq!(ends_transaction(MY, sql), None, "{sql}");
         }
@@ -236,20 +470,28 @@ mod tests {
     #[test]
     fn tells_writes_from_reads() {
         assert_eq!(
-            writes(" insert into t values (1)").as_deref(),
+            writes(MY, " insert into t values (1)").as_deref(),
             Some("INSERT")
         );
         assert_eq!(
-            writes("/* x */ UPDATE t SET a = 1").as_deref(),
+            writes(MY, "/* x */ UPDATE t SET a = 1").as_deref(),
             Some("UPDATE")
         );
-        assert_eq!(writes("SELECT * FROM t"), None);
-        assert_eq!(writes("WITH x AS (SELECT 1) SELECT * FROM x"), None);
-        assert_eq!(writes("SHOW TABLES"), None);
+        assert_eq!(
+            writes(MY, "SELECT 1; DELETE FROM t").as_deref(),
+            Some("DELETE")
+        );
+        assert_eq!(
+            writes(MY, "SET STATEMENT max_statement_time=1 FOR DELETE FROM t").as_deref(),
+            Some("DELETE")
+        );
+        assert_eq!(writes(MY, "SELECT * FROM t"), None);
+        assert_eq!(writes(MY, "WITH x AS (SELECT 1) SELECT * FROM x"), None);
+        assert_eq!(writes(MY, "SHOW TABLES"), None);
     }
 
     #[test]
-    fn bounds_data_statements_for_mariadb() {
+    fn bounds_each_data_statement_for_mariadb() {
         assert_eq!(
             with_statement_time("SELECT SLEEP(8)", Duration::from_millis(301)).as_deref(),
             Some("/*M! SET STATEMENT max_statement_time=0.400 FOR */ SELECT SLEEP(8)")
@@ -257,6 +499,13 @@ mod tests {
         assert_eq!(
             with_statement_time("insert into t values (1)", Duration::ZERO).as_deref(),
             Some("/*M! SET STATEMENT max_statement_time=0.100 FOR */ insert into t values (1)")
+        );
+        assert_eq!(
+            with_statement_time("SELECT 1; SELECT SLEEP(2)", Duration::from_secs(1)).as_deref(),
+            Some(
+                "/*M! SET STATEMENT max_statement_time=1.000 FOR */ SELECT 1;\
+                 /*M! SET STATEMENT max_statement_time=1.000 FOR */  SELECT SLEEP(2)"
+            )
         );
         assert_eq!(
             with_statement_time("SET @a = 1", Duration::from_secs(1)),

@@ -100,6 +100,15 @@ pub(crate) struct Tree {
     /// `innodb_rollback_on_timeout`). Either way later statements would run in
     /// autocommit: from then on no statement runs and nothing commits.
     poisoned: std::sync::OnceLock<DbErr>,
+    /// A MySQL/MariaDB error that may have ended the transaction (a lock wait timeout, a
+    /// full lock table, a snapshot conflict), until the server has said whether it did.
+    /// Set before asking, so that a question cut off by cancellation is asked again before
+    /// the next statement.
+    suspect: Mutex<Option<DbErr>>,
+    /// One statement at a time in the tree: the checks, the time budget, the send and the
+    /// reading of its outcome are one step, so that no statement slips in after the
+    /// server has ended the transaction (`join!` on one `Tx`).
+    statements: tokio::sync::Mutex<()>,
 }
 
 impl Tree {
@@ -111,6 +120,8 @@ impl Tree {
             hooks: Mutex::new(Vec::new()),
             managed,
             poisoned: std::sync::OnceLock::new(),
+            suspect: Mutex::new(None),
+            statements: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -121,6 +132,10 @@ impl Tree {
 
     fn poison(&self, err: DbErr) {
         let _ = self.poisoned.set(err);
+    }
+
+    fn suspect(&self) -> std::sync::MutexGuard<'_, Option<DbErr>> {
+        self.suspect.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Hook)>> {
@@ -172,6 +187,27 @@ impl Scope {
     pub(crate) fn guard_savepoint_end(&self) -> Option<PoisonOnDrop> {
         self.parent
             .map(|_| PoisonOnDrop(Some(Arc::clone(&self.tree))))
+    }
+
+    /// A savepoint's RELEASE or ROLLBACK TO has returned: with `error`, the enclosing
+    /// transaction's state is unknown (the server may have rolled it back, or the
+    /// savepoint be gone), so the tree is poisoned, unless the error is only that of a
+    /// statement the savepoint's operation abandoned when its deadline passed (the server
+    /// stopped it: MariaDB 1969, MySQL 3024, PostgreSQL 57014), which sqlx reads first.
+    pub(crate) fn savepoint_ended(&self, guard: PoisonOnDrop, error: Option<&DbErr>) {
+        let Some(err) = error else {
+            guard.disarm();
+            return;
+        };
+        if ErrorKind::of(err).is_retryable() {
+            self.note_conflict(err);
+        }
+        let stopped_statement = matches!(crate::error::mysql_number(err), Some(1969 | 3024))
+            || crate::error::sqlstate(err).as_deref() == Some("57014");
+        guard.disarm();
+        if !stopped_statement {
+            self.tree.poison(err.clone());
+        }
     }
 
     pub(crate) fn note_conflict(&self, err: &DbErr) {
@@ -440,34 +476,64 @@ impl Tx {
         self.read_only_savepoint
     }
 
+    /// Takes the tree's turn for one statement and checks it: refused before it is sent
+    /// when the tree is poisoned or the statement would end the transaction (or write, in
+    /// a read-only savepoint on MySQL). Returns the turn, held until the statement's
+    /// outcome is noted, and the statement as it must be sent on MariaDB with a deadline.
+    async fn before(
+        &self,
+        sql: &str,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Option<String>), DbErr> {
+        let turn = self.tree.statements.lock().await;
+        self.admit(sql).await?;
+        Ok((turn, self.bounded(sql)))
+    }
+
     /// Refuses a statement before it is sent: in a poisoned tree, or one that would end
     /// the transaction (see [`crate::sql::ends_transaction`]).
-    fn admit(&self, sql: &str) -> Result<(), DbErr> {
+    async fn admit(&self, sql: &str) -> Result<(), DbErr> {
+        let suspect = self.tree.suspect().clone();
+        if let Some(err) = suspect {
+            self.settle_suspicion(err).await;
+        }
         if let Some(err) = self.tree.poisoned() {
             return Err(err);
         }
         let backend = self.txn.get_database_backend();
         if self.refuse_writes
-            && let Some(what) = crate::sql::writes(sql)
+            && let Some(what) = crate::sql::writes(backend, sql)
         {
             return Err(crate::error::read_only_refused(&what));
         }
         match crate::sql::ends_transaction(backend, sql) {
             None => Ok(()),
-            Some(what) => Err(DbErr::Exec(sea_orm::RuntimeErr::Internal(format!(
-                "safe-db: `{what}` is refused inside a safe-db operation: {}; run it \
-                 outside the operation, on the connection (nothing was sent)",
-                if matches!(
-                    what.as_str(),
-                    "COMMIT" | "ROLLBACK" | "BEGIN" | "END" | "ABORT"
-                ) || what.starts_with("START TRANSACTION")
-                {
-                    "the operation ends its transaction itself"
-                } else {
-                    "MySQL and MariaDB commit the transaction implicitly before it, so a \
-                     later rollback could not undo the work before it"
-                }
-            )))),
+            Some(what) => {
+                let why = match what.as_str() {
+                    "COMMIT"
+                    | "ROLLBACK"
+                    | "BEGIN"
+                    | "END"
+                    | "ABORT"
+                    | "START TRANSACTION"
+                    | "PREPARE TRANSACTION" => "the operation ends its transaction itself",
+                    "SAVEPOINT" | "RELEASE" => {
+                        "call another operation with `tx` instead, which manages its savepoint"
+                    }
+                    "EXECUTE" | "PREPARE" | "IF" | "WHILE" | "LOOP" | "REPEAT" | "CASE" => {
+                        "MySQL and MariaDB could commit the transaction implicitly in SQL that \
+                         safe-db cannot read before it runs"
+                    }
+                    _ => {
+                        "MySQL and MariaDB commit the transaction implicitly before it, so a \
+                         later rollback could not undo the work before it; run it outside the \
+                         operation, on the connection"
+                    }
+                };
+                Err(DbErr::Exec(sea_orm::RuntimeErr::Internal(format!(
+                    "safe-db: `{what}` is refused inside a safe-db operation: {why} (nothing \
+                     was sent)"
+                ))))
+            }
         }
     }
 
@@ -489,28 +555,32 @@ impl Tx {
                 self.tree.conflict.store(true, Ordering::Relaxed);
                 let _ = self.tree.first_conflict.set(err.clone());
             }
-            if self.txn.get_database_backend() == DbBackend::MySql
-                && self.server_ended_transaction(err).await
-            {
-                self.tree.poison(err.clone());
+            if self.txn.get_database_backend() == DbBackend::MySql {
+                match crate::error::mysql_number(err) {
+                    // A deadlock always ends the transaction.
+                    Some(1213) => self.tree.poison(err.clone()),
+                    // These end it only under some settings: ask.
+                    Some(1205 | 1206 | 1020) => {
+                        *self.tree.suspect() = Some(err.clone());
+                        self.settle_suspicion(err.clone()).await;
+                    }
+                    // Every other server error undoes its own statement only.
+                    Some(_) => {}
+                    // A lost connection ends it.
+                    None if ErrorKind::of(err) == ErrorKind::Unavailable => {
+                        self.tree.poison(err.clone())
+                    }
+                    None => {}
+                }
             }
         }
         result
     }
 
-    /// Whether MySQL/MariaDB is no longer in the transaction after `err`. A deadlock
-    /// (1213) always ends it, and so does a lost connection. The errors that end it only
-    /// under some settings (a lock wait timeout under `innodb_rollback_on_timeout`, a full
-    /// lock table, a snapshot conflict) are asked about: one round trip, after those
-    /// errors only. Every other error undoes its own statement only. An answer that cannot
-    /// be had counts as ended.
-    async fn server_ended_transaction(&self, err: &DbErr) -> bool {
-        match crate::error::mysql_number(err) {
-            Some(1213) => return true,
-            Some(1205 | 1206 | 1020) => {}
-            Some(_) => return false,
-            None => return ErrorKind::of(err) == ErrorKind::Unavailable,
-        }
+    /// Asks MySQL/MariaDB whether the transaction survived `err`, and poisons the tree
+    /// with it if not (or if the answer cannot be had: MySQL, unlike MariaDB, has no
+    /// `@@in_transaction`). One round trip, after those errors only.
+    async fn settle_suspicion(&self, err: DbErr) {
         let asked = self
             .txn
             .query_one_raw(Statement::from_string(
@@ -518,12 +588,14 @@ impl Tx {
                 "SELECT CAST(@@in_transaction AS SIGNED)",
             ))
             .await;
-        match asked {
-            Ok(Some(row)) => row
-                .try_get_by_index::<i64>(0)
-                .map_or(true, |open| open == 0),
-            _ => true,
+        let open = matches!(
+            asked.map(|row| row.map(|r| r.try_get_by_index::<i64>(0))),
+            Ok(Some(Ok(1)))
+        );
+        if !open {
+            self.tree.poison(err);
         }
+        *self.tree.suspect() = None;
     }
 }
 
@@ -543,31 +615,30 @@ impl ConnectionTrait for Tx {
     }
 
     async fn execute_raw(&self, mut stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.admit(&stmt.sql)?;
-        if let Some(sql) = self.bounded(&stmt.sql) {
+        let (_turn, bounded) = self.before(&stmt.sql).await?;
+        if let Some(sql) = bounded {
             stmt.sql = sql;
         }
         self.note(self.txn.execute_raw(stmt).await).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.admit(sql)?;
-        let bounded = self.bounded(sql);
+        let (_turn, bounded) = self.before(sql).await?;
         let sql = bounded.as_deref().unwrap_or(sql);
         self.note(self.txn.execute_unprepared(sql).await).await
     }
 
     async fn query_one_raw(&self, mut stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.admit(&stmt.sql)?;
-        if let Some(sql) = self.bounded(&stmt.sql) {
+        let (_turn, bounded) = self.before(&stmt.sql).await?;
+        if let Some(sql) = bounded {
             stmt.sql = sql;
         }
         self.note(self.txn.query_one_raw(stmt).await).await
     }
 
     async fn query_all_raw(&self, mut stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.admit(&stmt.sql)?;
-        if let Some(sql) = self.bounded(&stmt.sql) {
+        let (_turn, bounded) = self.before(&stmt.sql).await?;
+        if let Some(sql) = bounded {
             stmt.sql = sql;
         }
         self.note(self.txn.query_all_raw(stmt).await).await
