@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, ids, pool_options};
+use safe_db_suite::{Backend, TestDb, exec, ids, pool_options};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 /// Kills a server session from outside, as an operator or a failover would.
@@ -163,6 +163,10 @@ enum Plan {
     Panic,
     Cancel,
     NestedInnerFailure,
+    /// A chain of six nested operations, each writing a note.
+    Deep,
+    /// Cancelled within 300 µs: mostly while acquiring a connection or at BEGIN.
+    CancelEarly,
 }
 
 #[safe_db_operation]
@@ -179,7 +183,8 @@ async fn soak_op(tx: &Tx, id: i32, plan: PlanArg) -> Result<(), Error> {
             assert!(inner.is_err());
         }
         Plan::Cancel => tokio::task::yield_now().await,
-        Plan::Commit => {}
+        Plan::Deep => soak_chain(tx, id, 6).await?,
+        Plan::Commit | Plan::CancelEarly => {}
     }
     tx.execute_unprepared(&format!(
         "UPDATE agents SET name = 'done{id}' WHERE id = {id}"
@@ -190,6 +195,20 @@ async fn soak_op(tx: &Tx, id: i32, plan: PlanArg) -> Result<(), Error> {
 
 #[derive(Clone, Copy)]
 struct PlanArg(Plan);
+
+/// `level` nested operations below the caller, each writing one note of agent `id`.
+#[safe_db_operation]
+async fn soak_chain(tx: &Tx, id: i32, level: i32) -> Result<(), Error> {
+    tx.execute_unprepared(&format!(
+        "INSERT INTO notes (id, agent_id) VALUES ({}, {id})",
+        id * 8 + level
+    ))
+    .await?;
+    if level > 1 {
+        Box::pin(soak_chain(tx, id, level - 1)).await?;
+    }
+    Ok(())
+}
 
 #[safe_db_operation]
 async fn soak_inner(tx: &Tx, id: i32) -> Result<(), Error> {
@@ -224,7 +243,12 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     for t in TestDb::on(&[Backend::Postgres], "soak", 2).await {
-        let pool = Arc::new(t.pool(8).await);
+        // Named, so that its sessions can be told from other tests' on the same server.
+        let separator = if t.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}application_name=safe_db_soak", t.url);
+        let mut options = pool_options(&url, 8);
+        options.set_schema_search_path("safe_db_soak");
+        let pool = Arc::new(sea_orm::Database::connect(options).await.unwrap());
         let started = Instant::now();
         let tasks: Vec<_> = (0..8)
             .map(|task| {
@@ -235,11 +259,13 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
                     let mut cancelled = Vec::new();
                     for i in 0..per_task {
                         let id = task * 1_000_000 + i + 1;
-                        let plan = match rng.next() % 5 {
+                        let plan = match rng.next() % 7 {
                             0 => Plan::Commit,
                             1 => Plan::Fail,
                             2 => Plan::Panic,
                             3 => Plan::Cancel,
+                            4 => Plan::Deep,
+                            5 => Plan::CancelEarly,
                             _ => Plan::NestedInnerFailure,
                         };
                         let fut = soak_op(&*pool, id, PlanArg(plan));
@@ -248,11 +274,17 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
                                 let after = Duration::from_micros(rng.next() % 3000);
                                 tokio::time::timeout(after, fut).await.ok()
                             }
+                            Plan::CancelEarly => {
+                                let after = Duration::from_micros(rng.next() % 300);
+                                tokio::time::timeout(after, fut).await.ok()
+                            }
                             _ => std::panic::AssertUnwindSafe(fut).catch_unwind().await.ok(),
                         };
                         match outcome {
                             Some(Ok(())) => committed.push(id),
-                            None if matches!(plan, Plan::Cancel) => cancelled.push(id),
+                            None if matches!(plan, Plan::Cancel | Plan::CancelEarly) => {
+                                cancelled.push(id)
+                            }
                             _ => {}
                         }
                     }
@@ -302,6 +334,20 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
         )
         .await;
         assert_eq!(done, vec![rows.len() as i32], "every row is complete");
+        // Every committed deep chain wrote its six notes, and only committed operations
+        // have notes.
+        let notes = ids(&t.db, "SELECT agent_id FROM notes ORDER BY agent_id").await;
+        let mut per_agent = std::collections::BTreeMap::new();
+        for agent in notes {
+            *per_agent.entry(agent).or_insert(0) += 1;
+        }
+        for (agent, count) in &per_agent {
+            assert!(
+                rows.binary_search(agent).is_ok(),
+                "notes of an absent agent {agent}"
+            );
+            assert_eq!(*count, 6, "agent {agent} has {count} notes");
+        }
 
         // Every connection is back in the pool, idle.
         let sqlx = pool.get_postgres_connection_pool();
@@ -317,10 +363,26 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
         let in_tx = ids(
             &t.db,
             "SELECT count(*)::int FROM pg_stat_activity \
-             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+             WHERE application_name = 'safe_db_soak' AND state LIKE 'idle in transaction%'",
         )
         .await;
         assert_eq!(in_tx, vec![0], "no session is left inside a transaction");
+        // Code on the same pool that does not use safe-db writes for real: no connection
+        // came back inside a transaction (a BEGIN cut off by a caller used to leave one).
+        for n in 0..16 {
+            let id = -(n + 1) * 10_000_000;
+            exec(
+                &*pool,
+                &format!("INSERT INTO agents (id, name) VALUES ({id}, 'plain{n}')"),
+            )
+            .await;
+            let seen = ids(&t.db, &format!("SELECT id FROM agents WHERE id = {id}")).await;
+            assert_eq!(
+                seen,
+                vec![id],
+                "a plain write on the pool was not committed"
+            );
+        }
         t.cleanup().await;
     }
 }
