@@ -228,6 +228,7 @@ struct Handle(Arc<Slot>);
 pub struct TxLayer<C> {
     conn: C,
     options: Options,
+    timeout: Option<std::time::Duration>,
 }
 
 impl<C> TxLayer<C>
@@ -239,13 +240,28 @@ where
         TxLayer {
             conn,
             options: Options::new(),
+            timeout: None,
         }
     }
 
+    /// A deadline for each request, counted from its arrival: a handler still running
+    /// then is dropped, its transaction rolled back (the running statement stopped by the
+    /// server: PostgreSQL's `statement_timeout`, MariaDB's `max_statement_time`, both set
+    /// from this deadline), and the response is a 504 problem. The COMMIT after a handler
+    /// that returned in time is never cut short, nor are after-commit callbacks.
+    ///
+    /// Prefer this to a tower timeout layer. Placed outside `TxLayer`, such a layer can
+    /// answer with a timeout for a request that committed (its COMMIT or callbacks were
+    /// still running); placed inside, it is safe, but the rollback waits for the statement
+    /// it abandoned, which the server does not know to stop.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// Request transactions with these options' isolation level and access mode. Their
-    /// `timeout` and `retries` do not apply: a request is neither re-run nor cut short
-    /// here (bound requests with a timeout layer, which drops the handler and so rolls
-    /// the transaction back).
+    /// `timeout` and `retries` do not apply: a request is not re-run, and its deadline is
+    /// [`TxLayer::timeout`].
     pub fn with_options(mut self, options: Options) -> Self {
         let mut kept = Options::new();
         kept.isolation = options.isolation;
@@ -263,6 +279,7 @@ impl<S, C: Clone> tower_layer::Layer<S> for TxLayer<C> {
             inner,
             conn: self.conn.clone(),
             options: self.options,
+            timeout: self.timeout,
         }
     }
 }
@@ -273,6 +290,7 @@ pub struct TxService<S, C> {
     inner: S,
     conn: C,
     options: Options,
+    timeout: Option<std::time::Duration>,
 }
 
 impl<S, C, B> tower_service::Service<Request<B>> for TxService<S, C>
@@ -295,18 +313,29 @@ where
         // The clone that was polled ready serves this request.
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let (conn, options) = (self.conn.clone(), self.options);
+        let (conn, options, timeout) = (self.conn.clone(), self.options, self.timeout);
+        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let slot = Arc::new(Slot {
             begin: Box::new(move || {
                 let conn = conn.clone();
-                Box::pin(async move { conn.__begin(&options).await })
+                Box::pin(async move {
+                    let mut tx = conn.__begin(&options).await?;
+                    // The server stops a statement still running at the deadline.
+                    tx.bound(deadline).await?;
+                    Ok(tx)
+                })
             }),
             tx: std::sync::OnceLock::new(),
             gate: tokio::sync::Mutex::new(false),
         });
         request.extensions_mut().insert(Handle(Arc::clone(&slot)));
         Box::pin(async move {
-            let called = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
+            let handler = AssertUnwindSafe(inner.call(request)).catch_unwind();
+            // `None`: the handler overran the request's deadline and was dropped.
+            let called = match deadline {
+                None => Some(handler.await),
+                Some(deadline) => tokio::time::timeout_at(deadline, handler).await.ok(),
+            };
             // The handler has returned (or panicked), and the response body has not been
             // sent yet. End the transaction now, so none is held open while a body
             // streams. From here on nothing begins, whoever holds a copy of the slot.
@@ -334,15 +363,29 @@ where
                 // began: nothing to end, and the response stands.
                 Err(_) => None,
             };
+            let timed_out = || {
+                let limit = timeout.unwrap_or_default();
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("the request did not complete within its timeout of {limit:?}"),
+                )
+            };
             let Some(tx) = tx else {
                 // Never used: nothing to end.
                 return match called {
-                    Ok(result) => result,
-                    Err(payload) => std::panic::resume_unwind(payload),
+                    None => Ok(timed_out().into_response()),
+                    Some(Ok(result)) => result,
+                    Some(Err(payload)) => std::panic::resume_unwind(payload),
                 };
             };
             // Counted and traced as an operation only when the transaction was used.
             let mut operation = Operation::new(&options, "request");
+            let Some(called) = called else {
+                let _ = operation
+                    .finish_once::<(), DbErr>(tx, Outcome::TimedOut)
+                    .await;
+                return Ok(timed_out().into_response());
+            };
             match called {
                 Err(payload) => {
                     let _ = operation
