@@ -14,43 +14,57 @@ use std::time::Duration;
 
 use sea_orm::DbBackend;
 
-/// Where each statement of `sql` starts and ends (without its `;`), skipping empty ones.
-fn statements(backend: DbBackend, sql: &str) -> Vec<&str> {
-    let bytes = sql.as_bytes();
-    let mysql = backend == DbBackend::MySql;
-    let postgres = backend == DbBackend::Postgres;
-    let mut out = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        match bytes[i] {
-            b';' => {
-                push_statement(&mut out, &sql[start..i]);
-                start = i + 1;
-                i += 1;
-            }
-            b'\'' | b'"' | b'`' => {
-                let quote = bytes[i];
-                let backslash = mysql
-                    || (postgres
-                        && quote == b'\''
-                        && i > 0
-                        && bytes[i - 1].eq_ignore_ascii_case(&b'e'));
-                i = skip_quoted(bytes, i + 1, quote, backslash && quote != b'`');
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => i = skip_line(bytes, i),
-            b'#' if mysql => i = skip_line(bytes, i),
-            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block(bytes, i, postgres),
-            b'$' if postgres => i = skip_dollar_quoted(sql, i),
-            _ => i += 1,
-        }
+/// The statements of `sql` (without their `;`), skipping empty ones.
+fn statements(backend: DbBackend, sql: &str) -> Statements<'_> {
+    Statements {
+        sql,
+        mysql: backend == DbBackend::MySql,
+        postgres: backend == DbBackend::Postgres,
+        start: 0,
     }
-    push_statement(&mut out, &sql[start..]);
-    out
 }
 
-fn push_statement<'a>(out: &mut Vec<&'a str>, statement: &'a str) {
-    if !statement.trim().is_empty() {
-        out.push(statement);
+struct Statements<'a> {
+    sql: &'a str,
+    mysql: bool,
+    postgres: bool,
+    start: usize,
+}
+
+impl<'a> Iterator for Statements<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let bytes = self.sql.as_bytes();
+        while self.start < bytes.len() {
+            let start = self.start;
+            let mut i = start;
+            while i < bytes.len() && bytes[i] != b';' {
+                i = match bytes[i] {
+                    quote @ (b'\'' | b'"' | b'`') => {
+                        let backslash = quote != b'`'
+                            && (self.mysql
+                                || (self.postgres
+                                    && quote == b'\''
+                                    && i > 0
+                                    && bytes[i - 1].eq_ignore_ascii_case(&b'e')));
+                        skip_quoted(bytes, i + 1, quote, backslash)
+                    }
+                    b'-' if bytes.get(i + 1) == Some(&b'-') => skip_line(bytes, i),
+                    b'#' if self.mysql => skip_line(bytes, i),
+                    b'/' if bytes.get(i + 1) == Some(&b'*') => skip_block(bytes, i, self.postgres),
+                    b'$' if self.postgres => skip_dollar_quoted(self.sql, i),
+                    _ => i + 1,
+                };
+            }
+            let end = i.min(bytes.len());
+            self.start = end + 1;
+            let statement = &self.sql[start..end];
+            if !statement.trim().is_empty() {
+                return Some(statement);
+            }
+        }
+        None
     }
 }
 
@@ -121,50 +135,69 @@ fn skip_dollar_quoted(sql: &str, i: usize) -> usize {
 /// The keywords and identifiers of one statement, in order, outside comments and quotes.
 /// With `executable`, the content of MySQL's `/*! … */` and `/*M! … */` comments is read
 /// as code (the server runs it); without, as a comment.
-fn words(backend: DbBackend, statement: &str, executable: bool) -> Vec<&str> {
-    let bytes = statement.as_bytes();
-    let mysql = backend == DbBackend::MySql;
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b.is_ascii_alphabetic() || b == b'_' {
-            let end = bytes[i..]
-                .iter()
-                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
-                .map_or(bytes.len(), |n| i + n);
-            out.push(&statement[i..end]);
-            i = end;
-            continue;
-        }
-        i = match b {
-            b'\'' | b'"' | b'`' => skip_quoted(bytes, i + 1, b, mysql && b != b'`'),
-            b'-' if bytes.get(i + 1) == Some(&b'-') => skip_line(bytes, i),
-            b'#' if mysql => skip_line(bytes, i),
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let marker = &statement[i + 2..];
-                let code = mysql && (marker.starts_with('!') || marker.starts_with("M!"));
-                if code && executable {
-                    // Read on inside the comment, past its marker and version number.
-                    let skip = if marker.starts_with('!') { 3 } else { 4 };
-                    let digits = bytes[i + skip..]
-                        .iter()
-                        .take_while(|b| b.is_ascii_digit())
-                        .count();
-                    i + skip + digits
-                } else {
-                    skip_block(bytes, i, backend == DbBackend::Postgres)
-                }
-            }
-            b'*' if bytes.get(i + 1) == Some(&b'/') => i + 2, // the end of an executable comment
-            b'0'..=b'9' => bytes[i..]
-                .iter()
-                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'.'))
-                .map_or(bytes.len(), |n| i + n),
-            _ => i + 1,
-        };
+fn words(backend: DbBackend, statement: &str, executable: bool) -> Words<'_> {
+    Words {
+        statement,
+        backend,
+        executable,
+        i: 0,
     }
-    out
+}
+
+#[derive(Clone)]
+struct Words<'a> {
+    statement: &'a str,
+    backend: DbBackend,
+    executable: bool,
+    i: usize,
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let bytes = self.statement.as_bytes();
+        let mysql = self.backend == DbBackend::MySql;
+        while self.i < bytes.len() {
+            let i = self.i;
+            let b = bytes[i];
+            if b.is_ascii_alphabetic() || b == b'_' {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
+                    .map_or(bytes.len(), |n| i + n);
+                self.i = end;
+                return Some(&self.statement[i..end]);
+            }
+            self.i = match b {
+                b'\'' | b'"' | b'`' => skip_quoted(bytes, i + 1, b, mysql && b != b'`'),
+                b'-' if bytes.get(i + 1) == Some(&b'-') => skip_line(bytes, i),
+                b'#' if mysql => skip_line(bytes, i),
+                b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                    let marker = &self.statement[i + 2..];
+                    let code = mysql && (marker.starts_with('!') || marker.starts_with("M!"));
+                    if code && self.executable {
+                        // Read on inside the comment, past its marker and version number.
+                        let skip = if marker.starts_with('!') { 3 } else { 4 };
+                        let digits = bytes[i + skip..]
+                            .iter()
+                            .take_while(|b| b.is_ascii_digit())
+                            .count();
+                        i + skip + digits
+                    } else {
+                        skip_block(bytes, i, self.backend == DbBackend::Postgres)
+                    }
+                }
+                b'*' if bytes.get(i + 1) == Some(&b'/') => i + 2, // the end of an executable comment
+                b'0'..=b'9' => bytes[i..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'.'))
+                    .map_or(bytes.len(), |n| i + n),
+                _ => i + 1,
+            };
+        }
+        None
+    }
 }
 
 fn is(word: Option<&&str>, keyword: &str) -> bool {
@@ -178,50 +211,67 @@ fn is(word: Option<&&str>, keyword: &str) -> bool {
 /// (MySQL's `EXECUTE`, `PREPARE`, compound statements). Returns the offending keywords.
 pub(crate) fn ends_transaction(backend: DbBackend, sql: &str) -> Option<String> {
     for statement in statements(backend, sql) {
-        let readings: &[bool] = if backend == DbBackend::MySql && statement.contains("/*") {
-            &[true, false]
-        } else {
-            &[false]
-        };
-        for &executable in readings {
-            let words = words(backend, statement, executable);
-            if let Some(what) = refused(backend, &words) {
-                return Some(what);
-            }
+        if let Some(what) = refused(backend, words(backend, statement, true)) {
+            return Some(what);
+        }
+        // MySQL's executable comments, read as the comments they are to older servers.
+        if backend == DbBackend::MySql
+            && statement.contains("/*")
+            && let Some(what) = refused(backend, words(backend, statement, false))
+        {
+            return Some(what);
         }
     }
     None
 }
 
-fn refused(backend: DbBackend, words: &[&str]) -> Option<String> {
-    let first = words.first()?.to_ascii_uppercase();
+/// `word` in upper case, in `buffer` (keywords are short; a longer word is none of them).
+fn upper<'b>(word: &str, buffer: &'b mut [u8; 16]) -> &'b str {
+    let n = word.len().min(buffer.len());
+    for (to, from) in buffer.iter_mut().zip(word.bytes().take(n)) {
+        *to = from.to_ascii_uppercase();
+    }
+    std::str::from_utf8(&buffer[..n]).unwrap_or_default()
+}
+
+fn refused<'a, W>(backend: DbBackend, words: W) -> Option<String>
+where
+    W: Iterator<Item = &'a str> + Clone,
+{
+    let mut head = words.clone();
+    let (first, second, third, fourth) = (head.next()?, head.next(), head.next(), head.next());
+    let mut buffer = [0; 16];
+    let first_upper = upper(first, &mut buffer);
     let named = |n: usize| {
         words
-            .iter()
+            .clone()
             .take(n)
             .map(|w| w.to_ascii_uppercase())
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let second = words.get(1);
-    let ends = match first.as_str() {
-        "BEGIN" | "COMMIT" | "END" | "ABORT" | "SAVEPOINT" | "RELEASE" => Some(named(1)),
-        "ROLLBACK" => Some(named(1)),
-        "START" if is(second, "TRANSACTION") => Some(named(2)),
-        "PREPARE" if is(second, "TRANSACTION") => Some(named(2)),
+    let (second, third, fourth) = (second.as_ref(), third.as_ref(), fourth.as_ref());
+    let ends = match first_upper {
+        "BEGIN" | "COMMIT" | "END" | "ABORT" | "SAVEPOINT" | "RELEASE" | "ROLLBACK" => {
+            Some(named(1))
+        }
+        "START" | "PREPARE" if is(second, "TRANSACTION") => Some(named(2)),
         _ => None,
     };
     if ends.is_some() || backend != DbBackend::MySql {
         return ends;
     }
-    let third = words.get(2);
-    match first.as_str() {
+    match first_upper {
         // SET STATEMENT … FOR <statement>: what counts is the statement.
         "SET" if is(second, "STATEMENT") => {
-            let at = words.iter().position(|w| w.eq_ignore_ascii_case("FOR"))?;
-            refused(backend, &words[at + 1..])
+            let rest: Vec<&str> = words
+                .clone()
+                .skip_while(|w| !w.eq_ignore_ascii_case("FOR"))
+                .skip(1)
+                .collect();
+            refused(backend, rest.into_iter())
         }
-        "SET" if words.iter().any(|w| w.eq_ignore_ascii_case("autocommit")) => {
+        "SET" if words.clone().any(|w| w.eq_ignore_ascii_case("autocommit")) => {
             Some("SET autocommit".to_owned())
         }
         "SET" if is(second, "PASSWORD") || (is(second, "DEFAULT") && is(third, "ROLE")) => {
@@ -230,7 +280,7 @@ fn refused(backend: DbBackend, words: &[&str]) -> Option<String> {
         // CREATE / DROP of a temporary table do not commit.
         "CREATE" | "DROP"
             if is(second, "TEMPORARY")
-                || (is(second, "OR") && is(third, "REPLACE") && is(words.get(3), "TEMPORARY")) =>
+                || (is(second, "OR") && is(third, "REPLACE") && is(fourth, "TEMPORARY")) =>
         {
             None
         }
@@ -259,13 +309,18 @@ pub(crate) fn writes(backend: DbBackend, sql: &str) -> Option<String> {
         "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE",
         "RENAME", "LOAD", "CALL", "GRANT", "REVOKE", "LOCK", "HANDLER",
     ];
-    statements(backend, sql).into_iter().find_map(|statement| {
+    statements(backend, sql).find_map(|statement| {
         [true, false].into_iter().find_map(|executable| {
-            let words = words(backend, statement, executable);
-            let first = words.first()?;
-            let first = if first.eq_ignore_ascii_case("SET") && is(words.get(1), "STATEMENT") {
-                let at = words.iter().position(|w| w.eq_ignore_ascii_case("FOR"))?;
-                words.get(at + 1)?
+            let mut words = words(backend, statement, executable);
+            let first = words.next()?;
+            let first = if first.eq_ignore_ascii_case("SET")
+                && words
+                    .clone()
+                    .next()
+                    .is_some_and(|w| w.eq_ignore_ascii_case("STATEMENT"))
+            {
+                words.find(|w| w.eq_ignore_ascii_case("FOR"))?;
+                words.next()?
             } else {
                 first
             };
@@ -296,18 +351,14 @@ pub(crate) fn with_statement_time(sql: &str, left: Duration) -> Option<String> {
         ms / 1000,
         ms % 1000
     );
-    let parts = statements(DbBackend::MySql, sql);
     let mut bounded = false;
-    let mut out = String::with_capacity(sql.len() + parts.len() * prefix.len());
-    for (n, statement) in parts.iter().enumerate() {
+    let mut out = String::with_capacity(sql.len() + prefix.len());
+    for (n, statement) in statements(DbBackend::MySql, sql).enumerate() {
         if n > 0 {
             out.push(';');
         }
-        let first = words(DbBackend::MySql, statement, false);
-        if first
-            .first()
-            .is_some_and(|w| BOUNDED.iter().any(|k| w.eq_ignore_ascii_case(k)))
-        {
+        let first = words(DbBackend::MySql, statement, false).next();
+        if first.is_some_and(|w| BOUNDED.iter().any(|k| w.eq_ignore_ascii_case(k))) {
             out.push_str(&prefix);
             bounded = true;
         }
@@ -324,49 +375,56 @@ mod tests {
     const PG: DbBackend = DbBackend::Postgres;
     const LITE: DbBackend = DbBackend::Sqlite;
 
+    fn split(backend: DbBackend, sql: &str) -> Vec<&str> {
+        statements(backend, sql).collect()
+    }
+
     #[test]
     fn splits_statements_outside_quotes_and_comments() {
-        assert_eq!(statements(PG, "SELECT 1; COMMIT"), ["SELECT 1", " COMMIT"]);
+        assert_eq!(split(PG, "SELECT 1; COMMIT"), ["SELECT 1", " COMMIT"]);
         assert_eq!(
-            statements(PG, "SELECT ';'; SELECT 2;"),
+            split(PG, "SELECT ';'; SELECT 2;"),
             ["SELECT ';'", " SELECT 2"]
         );
-        assert_eq!(statements(MY, r"SELECT 'a\';b'"), [r"SELECT 'a\';b'"]);
-        assert_eq!(statements(PG, "SELECT $x$;$x$"), ["SELECT $x$;$x$"]);
-        assert_eq!(statements(PG, "SELECT $1; x"), ["SELECT $1", " x"]);
+        assert_eq!(split(MY, r"SELECT 'a\';b'"), [r"SELECT 'a\';b'"]);
+        assert_eq!(split(PG, "SELECT $x$;$x$"), ["SELECT $x$;$x$"]);
+        assert_eq!(split(PG, "SELECT $1; x"), ["SELECT $1", " x"]);
         assert_eq!(
-            statements(PG, "/* ; /* ; */ ; */ SELECT 1"),
+            split(PG, "/* ; /* ; */ ; */ SELECT 1"),
             ["/* ; /* ; */ ; */ SELECT 1"]
         );
-        assert_eq!(statements(MY, "SELECT 1 -- ;\n"), ["SELECT 1 -- ;\n"]);
+        assert_eq!(split(MY, "SELECT 1 -- ;\n"), ["SELECT 1 -- ;\n"]);
     }
 
     #[test]
     fn reads_words_past_comments() {
         assert_eq!(
-            words(PG, "  -- hi\n /* c */ (SELECT x FROM t", false)[..2],
+            words(PG, "  -- hi\n /* c */ (SELECT x FROM t", false).collect::<Vec<_>>()[..2],
             ["SELECT", "x"]
         );
         assert_eq!(
-            words(MY, "# x\nCREATE TABLE t", false)[..2],
+            words(MY, "# x\nCREATE TABLE t", false).collect::<Vec<_>>()[..2],
             ["CREATE", "TABLE"]
         );
         assert_eq!(
-            words(MY, "/*!50001 CREATE TABLE t */", true)[..2],
+            words(MY, "/*!50001 CREATE TABLE t */", true).collect::<Vec<_>>()[..2],
             ["CREATE", "TABLE"]
         );
         assert_eq!(
-            words(MY, "/*!50001 CREATE TABLE t */", false),
+            words(MY, "/*!50001 CREATE TABLE t */", false).collect::<Vec<_>>(),
             Vec::<&str>::new()
         );
         // PostgreSQL nests comments: this one is never closed (the server refuses it).
         assert_eq!(
-            words(PG, "/*/*/ COMMIT */ SELECT", false),
+            words(PG, "/*/*/ COMMIT */ SELECT", false).collect::<Vec<_>>(),
             Vec::<&str>::new()
         );
-        assert_eq!(words(MY, "/*/*/ COMMIT", false), ["COMMIT"]);
         assert_eq!(
-            words(MY, "SET @@session.autocommit=0", false),
+            words(MY, "/*/*/ COMMIT", false).collect::<Vec<_>>(),
+            ["COMMIT"]
+        );
+        assert_eq!(
+            words(MY, "SET @@session.autocommit=0", false).collect::<Vec<_>>(),
             ["SET", "session", "autocommit"]
         );
     }
