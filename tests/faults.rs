@@ -386,3 +386,51 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
         t.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn hostile_passwords_appear_in_no_error_and_no_log() {
+    // Passwords as secret stores hand them out: raw `/`, `?`, `#`, `@`, `:`, `%`.
+    let (captured, _guard) = safe_db_suite::capture::start();
+    for (url, secrets) in [
+        (
+            "postgres://app:pa/ss9@127.0.0.1:1/test",
+            &["pa/ss9", "ss9"][..],
+        ),
+        (
+            "postgres://app:p?a#s@s:w@127.0.0.1:1/test",
+            &["p?a#s@s:w", "s@s", "a#s"],
+        ),
+        (
+            "mysql://app:p%40ss%2Fw0rd@127.0.0.1:1/test",
+            &["p@ss/w0rd", "p%40ss", "w0rd"],
+        ),
+        ("mysql://app:s3cr%t@[::1]:1/test", &["s3cr"]),
+        (
+            "postgres://app@127.0.0.1:1/test?password=qu%3Fery",
+            &["qu?ery", "qu%3Fery", "ery"],
+        ),
+    ] {
+        let config = safe_db::DbConfig::from_url(url).unwrap_or_else(|e| panic!("{e}"));
+        let options = config.connect_options();
+        let mut shown = vec![
+            format!("{config}"),
+            format!("{config:?}"),
+            options.get_url().to_owned(),
+        ];
+        let started = Instant::now();
+        let mut options = options;
+        options
+            .connect_timeout(Duration::from_secs(2))
+            .acquire_timeout(Duration::from_secs(2));
+        let err = Error::from(Database::connect(options).await.unwrap_err());
+        assert!(started.elapsed() < Duration::from_secs(4));
+        shown.extend([err.to_string(), format!("{err:?}")]);
+        for text in shown {
+            for secret in secrets {
+                assert!(!text.contains(secret), "{url}: {text}");
+            }
+        }
+    }
+    assert!(!captured.all_text().contains("pa/ss9"));
+    assert!(!captured.all_text().contains("s3cr%t"));
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
+use crate::db_url::DbUrl;
 use crate::{Begin, Error, Options, Tx};
 
 /// The SQLite file used when `DATABASE_URL` is unset.
@@ -181,8 +182,8 @@ impl Pool {
 /// ```
 #[derive(Clone, PartialEq)]
 pub struct DbConfig {
-    url: String,
-    replica_url: Option<String>,
+    url: DbUrl,
+    replica_url: Option<DbUrl>,
     pool: Pool,
     echo: bool,
     slow_statement: Duration,
@@ -225,10 +226,14 @@ impl DbConfig {
     }
 
     /// A configuration from a URL, its pool parameters taken out of the query.
+    ///
+    /// The password may hold any character, raw or percent-encoded (`/`, `?`, `#`, `@`,
+    /// `:`, …), in the userinfo or as a `password=` parameter: it is split off here and
+    /// reaches the driver through its own options, never through a URL.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         let mut pool = Pool::default();
         let mut echo = false;
-        let url = take_parameters(url, |name, value| {
+        let url = DbUrl::parse(url, |name, value| {
             if name == "echo" {
                 echo = parse_bool("echo", value)?;
                 return Ok(true);
@@ -239,7 +244,7 @@ impl DbConfig {
             }
         })?;
         Ok(DbConfig {
-            url: normalize_scheme(url)?,
+            url,
             replica_url: None,
             pool,
             echo,
@@ -248,10 +253,20 @@ impl DbConfig {
     }
 
     /// Adds a read replica: operations marked `read_only` run there, all others on the
-    /// primary. It shares the primary's pool settings.
+    /// primary. It takes the primary's pool settings: pool parameters in its URL are an
+    /// error, so that none is silently ignored.
     pub fn with_replica(mut self, url: &str) -> Result<Self, ConfigError> {
-        let url = take_parameters(url, |_, _| Ok(false))?;
-        self.replica_url = Some(normalize_scheme(url)?);
+        let url = DbUrl::parse(url, |name, value| {
+            if name == "echo" || PARAMETERS.iter().any(|(p, _)| *p == name) {
+                return Err(ConfigError::InvalidValue {
+                    parameter: format!("{name} (in the replica URL)"),
+                    value: value.to_owned(),
+                    expected: "nothing: the replica takes the primary's pool settings",
+                });
+            }
+            Ok(false)
+        })?;
+        self.replica_url = Some(url);
         Ok(self)
     }
 
@@ -282,13 +297,12 @@ impl DbConfig {
         self.options_for(&self.url)
     }
 
-    fn options_for(&self, url: &str) -> ConnectOptions {
+    fn options_for(&self, url: &DbUrl) -> ConnectOptions {
         // SeaORM records its `ConnectOptions` (URL included) in trace-level spans: the
         // password goes to the driver through its own options, never through the URL.
-        let (url, password) = split_password(url);
-        let mut options = ConnectOptions::new(url);
-        if let Some(password) = password {
-            set_password(&mut options, password);
+        let mut options = ConnectOptions::new(url.url());
+        if let Some(password) = url.password() {
+            set_password(&mut options, password.to_owned());
         }
         options
             .max_connections(self.max_connections())
@@ -331,7 +345,7 @@ impl DbConfig {
 
 impl fmt::Display for DbConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::error::redact(&self.url))?;
+        write!(f, "{}", self.url)?;
         let p = &self.pool;
         let mut set: Vec<String> = Vec::new();
         if let Some(v) = p.pool_size {
@@ -362,7 +376,7 @@ impl fmt::Display for DbConfig {
             write!(f, " ({})", set.join(", "))?;
         }
         if let Some(replica) = &self.replica_url {
-            write!(f, ", replica {}", crate::error::redact(replica))?;
+            write!(f, ", replica {replica}")?;
         }
         Ok(())
     }
@@ -371,79 +385,13 @@ impl fmt::Display for DbConfig {
 impl fmt::Debug for DbConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbConfig")
-            .field("url", &crate::error::redact(&self.url))
-            .field(
-                "replica_url",
-                &self.replica_url.as_deref().map(crate::error::redact),
-            )
+            .field("url", &self.url)
+            .field("replica_url", &self.replica_url)
             .field("pool", &self.pool)
             .field("echo", &self.echo)
             .field("slow_statement", &self.slow_statement)
             .finish()
     }
-}
-
-/// `scheme://user:password@host/…` (or a `password=` query parameter, which sqlx also
-/// reads) into the URL without it and the decoded password.
-fn split_password(url: &str) -> (String, Option<String>) {
-    let (url, userinfo) = split_userinfo_password(url);
-    let mut from_query = None;
-    let url = take_parameters(&url, |name, value| {
-        if name == "password" {
-            from_query = Some(percent_decode(value));
-            return Ok(true);
-        }
-        Ok(false)
-    })
-    .unwrap_or(url);
-    (url, userinfo.or(from_query))
-}
-
-fn split_userinfo_password(url: &str) -> (String, Option<String>) {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return (url.to_owned(), None);
-    };
-    let end = url[start..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| start + i);
-    let authority = &url[start..end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            let password = percent_decode(&authority[colon + 1..at]);
-            let stripped = format!(
-                "{}{}{}",
-                &url[..start + colon],
-                &authority[at..],
-                &url[end..]
-            );
-            (stripped, Some(password))
-        }
-        _ => (url.to_owned(), None),
-    }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[allow(unused_variables)]
@@ -467,67 +415,6 @@ fn parse_bool(parameter: &str, value: &str) -> Result<bool, ConfigError> {
             expected: "true or false",
         }),
     }
-}
-
-/// Removes the query parameters `take` claims (it returns `Ok(true)`), keeping the rest
-/// in order.
-fn take_parameters(
-    url: &str,
-    mut take: impl FnMut(&str, &str) -> Result<bool, ConfigError>,
-) -> Result<String, ConfigError> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok(url.to_owned());
-    };
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !take(name, value)? {
-            kept.push(pair);
-        }
-    }
-    Ok(if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    })
-}
-
-/// Checks the scheme against the enabled backends; `postgresql:` and `mariadb:` become
-/// the schemes SeaORM dispatches on.
-fn normalize_scheme(url: String) -> Result<String, ConfigError> {
-    let Some((scheme, rest)) = url.split_once(':') else {
-        return Err(ConfigError::MalformedUrl);
-    };
-    if scheme.is_empty()
-        || !scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '+')
-    {
-        return Err(ConfigError::MalformedUrl);
-    }
-    let unsupported = |reason| ConfigError::UnsupportedScheme {
-        scheme: scheme.to_owned(),
-        reason,
-    };
-    let (canonical, enabled) = match scheme.to_ascii_lowercase().as_str() {
-        "postgres" | "postgresql" => ("postgres", cfg!(feature = "postgres")),
-        "mysql" | "mariadb" => ("mysql", cfg!(feature = "mysql")),
-        "sqlite" => ("sqlite", cfg!(feature = "sqlite")),
-        _ => {
-            return Err(unsupported(
-                "expected postgres://, postgresql://, mysql://, mariadb:// or sqlite:",
-            ));
-        }
-    };
-    if canonical != "sqlite" && !rest.starts_with("//") {
-        return Err(ConfigError::MalformedUrl);
-    }
-    if !enabled {
-        return Err(unsupported(
-            "the safe-db feature for this database (postgres, mysql or sqlite) is not enabled",
-        ));
-    }
-    Ok(format!("{canonical}:{rest}"))
 }
 
 /// A connected database: the primary pool, and a read replica's if one is configured.
@@ -639,21 +526,17 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_split_off_and_decoded() {
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
+    fn pool_parameters_in_the_replica_url_are_refused() {
+        let err = DbConfig::from_url("postgres://u@h/db")
+            .unwrap()
+            .with_replica("postgres://ro:pw@r/db?pool_size=abc")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
-            split_password("postgres://app:p%40ss%3Aw@db:5432/x?y=1"),
-            (
-                "postgres://app@db:5432/x?y=1".to_owned(),
-                Some("p@ss:w".to_owned())
-            )
-        );
-        assert_eq!(
-            split_password("mysql://root@h/db"),
-            ("mysql://root@h/db".to_owned(), None)
-        );
-        assert_eq!(
-            split_password("sqlite::memory:"),
-            ("sqlite::memory:".to_owned(), None)
+            err,
+            "invalid pool_size (in the replica URL) \"abc\": expected nothing: the replica \
+             takes the primary's pool settings"
         );
     }
 

@@ -36,6 +36,7 @@ extern crate self as safe_db;
 pub mod axum;
 mod begin;
 mod config;
+mod db_url;
 mod error;
 mod observe;
 mod operation;

@@ -467,6 +467,7 @@ impl Tx {
 
     /// Ends this transaction's tree for whoever still holds it: every later statement,
     /// nested operation and commit through it fails with `err`.
+    #[cfg(feature = "axum")]
     pub(crate) fn abandon(&self, err: DbErr) {
         self.tree.poison(err);
     }

@@ -1,0 +1,278 @@
+//! Database URLs: the scheme checked, the password split off (it reaches the driver
+//! through its own options, never through a URL that could be logged), query parameters
+//! taken out, and a form that may be shown.
+//!
+//! Passwords from secret stores hold raw `/`, `?`, `#`, `@` or `:`: the userinfo is found
+//! before the URL is parsed (it ends at the last `@` that is not inside a query parameter),
+//! and the rest is parsed by the `url` crate. Nothing of input that cannot be parsed is
+//! ever repeated.
+
+use std::fmt;
+
+use crate::ConfigError;
+
+/// A database URL without its password, and the password.
+#[derive(Clone, PartialEq)]
+pub(crate) struct DbUrl {
+    /// What the driver (and SeaORM, which records it in spans) gets: no password.
+    url: String,
+    password: Option<String>,
+}
+
+impl DbUrl {
+    /// Parses `raw`, handing each query parameter to `take`, which keeps it out of the URL
+    /// by returning `Ok(true)`. A `password=` parameter is taken as the password.
+    pub(crate) fn parse(
+        raw: &str,
+        mut take: impl FnMut(&str, &str) -> Result<bool, ConfigError>,
+    ) -> Result<DbUrl, ConfigError> {
+        let (scheme, rest) = scheme(raw)?;
+        if scheme == "sqlite" {
+            // A path, not an authority: nothing secret in it.
+            let (path, query) = match rest.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (rest, None),
+            };
+            let mut kept = Vec::new();
+            for pair in query
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+            {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if !take(name, value)? {
+                    kept.push(pair);
+                }
+            }
+            let query = if kept.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", kept.join("&"))
+            };
+            return Ok(DbUrl {
+                url: format!("sqlite:{path}{query}"),
+                password: None,
+            });
+        }
+        let body = rest.strip_prefix("//").ok_or(ConfigError::MalformedUrl)?;
+        let (user, mut password, location) = match userinfo_end(body) {
+            Some(at) => {
+                let userinfo = &body[..at];
+                let (user, password) = match userinfo.split_once(':') {
+                    Some((user, password)) => (user, Some(decode(password))),
+                    None => (userinfo, None),
+                };
+                (decode(user), password, &body[at + 1..])
+            }
+            None => (String::new(), None, body),
+        };
+        let mut url = url::Url::parse(&format!("{scheme}://{location}"))
+            .map_err(|_| ConfigError::MalformedUrl)?;
+        if !user.is_empty() {
+            url.set_username(&user)
+                .map_err(|()| ConfigError::MalformedUrl)?;
+        }
+        let mut kept = Vec::new();
+        for (name, value) in url.query_pairs() {
+            if name == "password" {
+                password = Some(value.into_owned());
+            } else if !take(&name, &value)? {
+                kept.push((name.into_owned(), value.into_owned()));
+            }
+        }
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        Ok(DbUrl {
+            url: url.into(),
+            password: password.filter(|p| !p.is_empty()),
+        })
+    }
+
+    /// The URL for the driver: without the password.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The password, for the driver's own options.
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The URL as it may be shown: `***` where the password is.
+    fn shown(&self) -> String {
+        if self.password.is_none() {
+            return self.url.clone();
+        }
+        let Ok(mut url) = url::Url::parse(&self.url) else {
+            return self.url.clone();
+        };
+        match url.set_password(Some("***")) {
+            Ok(()) => url.into(),
+            Err(()) => self.url.clone(),
+        }
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shown(), f)
+    }
+}
+
+/// The canonical scheme (`postgresql:` and `mariadb:` become the schemes SeaORM dispatches
+/// on), checked against the enabled backends, and the rest of the URL.
+fn scheme(raw: &str) -> Result<(&'static str, &str), ConfigError> {
+    let Some((scheme, rest)) = raw.split_once(':') else {
+        return Err(ConfigError::MalformedUrl);
+    };
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    {
+        return Err(ConfigError::MalformedUrl);
+    }
+    let unsupported = |reason| ConfigError::UnsupportedScheme {
+        scheme: scheme.to_owned(),
+        reason,
+    };
+    let (canonical, enabled) = match scheme.to_ascii_lowercase().as_str() {
+        "postgres" | "postgresql" => ("postgres", cfg!(feature = "postgres")),
+        "mysql" | "mariadb" => ("mysql", cfg!(feature = "mysql")),
+        "sqlite" => ("sqlite", cfg!(feature = "sqlite")),
+        _ => {
+            return Err(unsupported(
+                "expected postgres://, postgresql://, mysql://, mariadb:// or sqlite:",
+            ));
+        }
+    };
+    if canonical != "sqlite" && !rest.starts_with("//") {
+        return Err(ConfigError::MalformedUrl);
+    }
+    if !enabled {
+        return Err(unsupported(
+            "the safe-db feature for this database (postgres, mysql or sqlite) is not enabled",
+        ));
+    }
+    Ok((canonical, rest))
+}
+
+/// Where the userinfo of `body` (the URL after `scheme://`) ends: its last `@`, unless
+/// that one is inside a query parameter (after a `?` and a `=`), then the last `@` before
+/// that query.
+fn userinfo_end(body: &str) -> Option<usize> {
+    let mut end = body.len();
+    loop {
+        let at = body[..end].rfind('@')?;
+        match body[..at].rfind('?') {
+            Some(query) if body[query..at].contains('=') => end = query,
+            _ => return Some(at),
+        }
+    }
+}
+
+fn decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<DbUrl, ConfigError> {
+        DbUrl::parse(raw, |_, _| Ok(false))
+    }
+
+    #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+    fn hostile_urls_keep_their_password_to_themselves() {
+        // (input, password, the URL the driver gets, as shown)
+        let cases = [
+            (
+                "postgres://app:pa/ss9@127.0.0.1:1/db",
+                Some("pa/ss9"),
+                "postgres://app@127.0.0.1:1/db",
+                "postgres://app:***@127.0.0.1:1/db",
+            ),
+            (
+                "postgres://app:p?a#s@s:w@db/x?sslmode=require",
+                Some("p?a#s@s:w"),
+                "postgres://app@db/x?sslmode=require",
+                "postgres://app:***@db/x?sslmode=require",
+            ),
+            (
+                "mysql://root:p%40ss%2F%3F%23%25@[::1]:3306/test",
+                Some("p@ss/?#%"),
+                "mysql://root@[::1]:3306/test",
+                "mysql://root:***@[::1]:3306/test",
+            ),
+            (
+                "mariadb://u:@h/db",
+                None,
+                "mysql://u@h/db",
+                "mysql://u@h/db",
+            ),
+            (
+                "postgres://u@h/db?password=s%3Dcr%26t&application_name=x",
+                Some("s=cr&t"),
+                "postgres://u@h/db?application_name=x",
+                "postgres://u:***@h/db?application_name=x",
+            ),
+            (
+                "postgres://u:pw@h/db?options=a@b",
+                Some("pw"),
+                "postgres://u@h/db?options=a%40b",
+                "postgres://u:***@h/db?options=a%40b",
+            ),
+            (
+                "postgres:///db?host=/var/run/postgresql",
+                None,
+                "postgres:///db?host=%2Fvar%2Frun%2Fpostgresql",
+                "postgres:///db?host=%2Fvar%2Frun%2Fpostgresql",
+            ),
+            (
+                "sqlite::memory:",
+                None,
+                "sqlite::memory:",
+                "sqlite::memory:",
+            ),
+        ];
+        for (raw, password, driver, shown) in cases {
+            let url = parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(url.password(), password, "{raw}");
+            assert_eq!(url.url(), driver, "{raw}");
+            assert_eq!(url.to_string(), shown, "{raw}");
+            assert_eq!(format!("{url:?}"), format!("{shown:?}"), "{raw}");
+            if let Some(password) = password {
+                for text in [url.url().to_owned(), url.to_string(), format!("{url:?}")] {
+                    assert!(!text.contains(password), "{raw}: {text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn input_that_cannot_be_parsed_is_not_repeated() {
+        for raw in [
+            "postgres://app:s3cr3t@[::1/db",
+            "postgres://app:s3cr3t@host:notaport/db",
+            "not a url with s3cr3t",
+            "postgres:app:s3cr3t@h",
+        ] {
+            let err = parse(raw).err().unwrap_or_else(|| panic!("{raw} parsed"));
+            assert!(!err.to_string().contains("s3cr3t"), "{raw}: {err}");
+            assert!(!format!("{err:?}").contains("s3cr3t"), "{raw}: {err:?}");
+        }
+    }
+}
