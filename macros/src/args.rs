@@ -87,6 +87,9 @@ impl Parse for Args {
 
 impl Args {
     fn set(&mut self, key: &Ident, value: Option<Expr>) -> syn::Result<()> {
+        // A value passed through a `macro_rules!` fragment (`$iso:literal`, `$t:expr`)
+        // arrives wrapped in an invisible group.
+        let value = value.map(ungroup);
         match key.to_string().as_str() {
             "isolation" => {
                 let lit = string_value(key, value, "isolation = \"serializable\"")?;
@@ -118,6 +121,14 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// `expr` without the invisible groups `macro_rules!` fragments put around it.
+fn ungroup(mut expr: Expr) -> Expr {
+    while let Expr::Group(group) = expr {
+        expr = *group.expr;
+    }
+    expr
 }
 
 fn string_value(key: &Ident, value: Option<Expr>, example: &str) -> syn::Result<LitStr> {
