@@ -351,8 +351,9 @@ where
                         tx.abandon(request_over());
                     }
                     tracing::error!(
-                        "a RequestTx outlived its request (moved into a spawned task?): its \
-                         transaction is rolled back, and the request fails"
+                        "a RequestTx outlived its request (moved into a spawned task?): the \
+                         request fails, and its transaction is rolled back when that copy is \
+                         dropped (until then it holds its connection and locks)"
                     );
                     return Ok(
                         Error::new(ErrorKind::Database, "request transaction still in use")

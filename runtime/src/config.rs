@@ -52,7 +52,8 @@ impl fmt::Display for ConfigError {
                 write!(f, "unsupported database URL scheme {scheme:?}: {reason}")
             }
             ConfigError::MalformedUrl => f.write_str(
-                "malformed database URL: expected scheme://…, e.g. postgres://user@host/db",
+                "malformed database URL: expected scheme://…, e.g. postgres://user@host/db \
+                 (a password holding `?` and `=` must be percent-encoded)",
             ),
         }
     }
@@ -293,6 +294,10 @@ impl DbConfig {
     }
 
     /// SeaORM's options for the primary (they hold the password: do not log them).
+    ///
+    /// The password is not in their URL: it is set through
+    /// `map_sqlx_postgres_opts` / `map_sqlx_mysql_opts`, which SeaORM keeps one of per
+    /// driver. Calling either again on these options replaces it, and the password with it.
     pub fn connect_options(&self) -> ConnectOptions {
         self.options_for(&self.url)
     }

@@ -55,7 +55,7 @@ impl DbUrl {
             });
         }
         let body = rest.strip_prefix("//").ok_or(ConfigError::MalformedUrl)?;
-        let (user, mut password, location) = match userinfo_end(body) {
+        let (user, mut password, location) = match userinfo_end(body)? {
             Some(at) => {
                 let userinfo = &body[..at];
                 let (user, password) = match userinfo.split_once(':') {
@@ -68,6 +68,8 @@ impl DbUrl {
         };
         let mut url = url::Url::parse(&format!("{scheme}://{location}"))
             .map_err(|_| ConfigError::MalformedUrl)?;
+        // A fragment means nothing to a database, and could only be a misread password.
+        url.set_fragment(None);
         if !user.is_empty() {
             url.set_username(&user)
                 .map_err(|()| ConfigError::MalformedUrl)?;
@@ -75,7 +77,9 @@ impl DbUrl {
         let mut kept = Vec::new();
         for (name, value) in url.query_pairs() {
             if name == "password" {
-                password = Some(value.into_owned());
+                if !value.is_empty() {
+                    password = Some(value.into_owned());
+                }
             } else if !take(&name, &value)? {
                 kept.push((name.into_owned(), value.into_owned()));
             }
@@ -169,13 +173,24 @@ fn scheme(raw: &str) -> Result<(&'static str, &str), ConfigError> {
 /// Where the userinfo of `body` (the URL after `scheme://`) ends: its last `@`, unless
 /// that one is inside a query parameter (after a `?` and a `=`), then the last `@` before
 /// that query.
-fn userinfo_end(body: &str) -> Option<usize> {
+///
+/// An `@` taken for part of a query parameter but followed by a `/` is ambiguous (a raw
+/// password holding `?` and `=`, as in `user:Ab?c=d@host/db`, reads the same way): the URL
+/// is refused, since guessing wrong would show the password as a path or query.
+fn userinfo_end(body: &str) -> Result<Option<usize>, ConfigError> {
     let mut end = body.len();
     loop {
-        let at = body[..end].rfind('@')?;
+        let Some(at) = body[..end].rfind('@') else {
+            return Ok(None);
+        };
         match body[..at].rfind('?') {
-            Some(query) if body[query..at].contains('=') => end = query,
-            _ => return Some(at),
+            Some(query) if body[query..at].contains('=') => {
+                if body[at..end].contains('/') {
+                    return Err(ConfigError::MalformedUrl);
+                }
+                end = query;
+            }
+            _ => return Ok(Some(at)),
         }
     }
 }
@@ -269,6 +284,10 @@ mod tests {
             "postgres://app:s3cr3t@host:notaport/db",
             "not a url with s3cr3t",
             "postgres:app:s3cr3t@h",
+            // Raw passwords holding `?` and `=` are ambiguous: refused, never shown.
+            "postgres://app:#s3cr3t?c=d@db/prod",
+            "postgres://app:123/s3cr3t?y=z@db/prod",
+            "postgres://app:s3cr3t?c=d@db/prod",
         ] {
             let err = parse(raw).err().unwrap_or_else(|| panic!("{raw} parsed"));
             assert!(!err.to_string().contains("s3cr3t"), "{raw}: {err}");

@@ -313,6 +313,16 @@ pub(crate) fn writes(backend: DbBackend, sql: &str) -> Option<String> {
         [true, false].into_iter().find_map(|executable| {
             let mut words = words(backend, statement, executable);
             let first = words.next()?;
+            // `ANALYZE DELETE …` runs the statement it explains (MariaDB), and a `WITH` may
+            // lead to a write (MySQL 8): any writing keyword in them counts.
+            if ["ANALYZE", "EXPLAIN", "WITH"]
+                .iter()
+                .any(|k| first.eq_ignore_ascii_case(k))
+            {
+                return words
+                    .find(|w| WRITES[..4].iter().any(|k| w.eq_ignore_ascii_case(k)))
+                    .map(str::to_ascii_uppercase);
+            }
             let first = if first.eq_ignore_ascii_case("SET")
                 && words
                     .clone()
@@ -543,8 +553,21 @@ mod tests {
             writes(MY, "SET STATEMENT max_statement_time=1 FOR DELETE FROM t").as_deref(),
             Some("DELETE")
         );
+        assert_eq!(
+            writes(MY, "ANALYZE DELETE FROM t").as_deref(),
+            Some("DELETE")
+        );
+        assert_eq!(
+            writes(MY, "ANALYZE FORMAT=JSON UPDATE t SET a = 1").as_deref(),
+            Some("UPDATE")
+        );
+        assert_eq!(writes(MY, "ANALYZE SELECT * FROM t"), None);
         assert_eq!(writes(MY, "SELECT * FROM t"), None);
         assert_eq!(writes(MY, "WITH x AS (SELECT 1) SELECT * FROM x"), None);
+        assert_eq!(
+            writes(MY, "WITH x AS (SELECT 1) DELETE FROM t").as_deref(),
+            Some("DELETE")
+        );
         assert_eq!(writes(MY, "SHOW TABLES"), None);
     }
 
