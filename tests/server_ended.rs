@@ -111,21 +111,23 @@ async fn deadlock(
     (vec![a.0, b.0], a.1 + b.1)
 }
 
+/// Two counters and an audit table to deadlock over; a pool of four on them.
+async fn deadlock_schema(t: &TestDb) -> Arc<DatabaseConnection> {
+    let serial = match t.backend {
+        Backend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
+        _ => "SERIAL PRIMARY KEY",
+    };
+    let audit = format!("CREATE TABLE audit (id {serial}, who INTEGER NOT NULL)");
+    exec(&t.db, &audit).await;
+    exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
+    Arc::new(t.pool(4).await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deadlock_victim_leaves_nothing_behind_even_when_its_body_goes_on() {
     // SQLite writers queue at BEGIN IMMEDIATE and never deadlock.
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "deadlock_audit", 2).await {
-        let serial = match t.backend {
-            Backend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
-            _ => "SERIAL PRIMARY KEY",
-        };
-        exec(
-            &t.db,
-            &format!("CREATE TABLE audit (id {serial}, who INTEGER NOT NULL)"),
-        )
-        .await;
-        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
-        let db = Arc::new(t.pool(4).await);
+        let db = deadlock_schema(&t).await;
         let audit = || ids(&t.db, "SELECT who FROM audit ORDER BY who");
         let counters = || ids(&t.db, "SELECT n FROM counters ORDER BY id");
 
@@ -224,17 +226,7 @@ async fn victim_with_a_queued_statement(tx: &Tx, meet: Arc<Barrier>) -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_statement_queued_behind_a_deadlock_does_not_slip_out() {
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "queued_deadlock", 2).await {
-        let serial = match t.backend {
-            Backend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
-            _ => "SERIAL PRIMARY KEY",
-        };
-        exec(
-            &t.db,
-            &format!("CREATE TABLE audit (id {serial}, who INTEGER)"),
-        )
-        .await;
-        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
-        let db = Arc::new(t.pool(4).await);
+        let db = deadlock_schema(&t).await;
         let meet = Arc::new(Barrier::new(2));
         let (a, b) = (Arc::clone(&db), Arc::clone(&db));
         let (m1, m2) = (Arc::clone(&meet), Arc::clone(&meet));
@@ -262,13 +254,7 @@ async fn a_statement_queued_behind_a_deadlock_does_not_slip_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deadlock_in_a_nested_operation_fails_the_whole_transaction_on_mariadb() {
     for t in TestDb::on(&[Backend::MySql], "nested_deadlock", 2).await {
-        exec(
-            &t.db,
-            "CREATE TABLE audit (id INTEGER AUTO_INCREMENT PRIMARY KEY, who INTEGER)",
-        )
-        .await;
-        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
-        let db = Arc::new(t.pool(4).await);
+        let db = deadlock_schema(&t).await;
         let meet = Arc::new(Barrier::new(2));
         let (a, b) = (Arc::clone(&db), Arc::clone(&db));
         let (m1, m2) = (Arc::clone(&meet), Arc::clone(&meet));
