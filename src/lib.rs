@@ -254,6 +254,24 @@ impl TestDb {
         row.map(|r| r.try_get_by_index(0).expect("name"))
     }
 
+    /// Writes row `id` into `agents` through `pool` as code that does not use safe-db
+    /// would, and checks it is committed at once (visible through the test's own pool):
+    /// a connection left inside a transaction would hide it.
+    pub async fn assert_plain_write_committed(&self, pool: &DatabaseConnection, id: i32) {
+        exec(
+            pool,
+            &format!("INSERT INTO agents (id, name) VALUES ({id}, 'plain{id}')"),
+        )
+        .await;
+        let seen = ids(&self.db, &format!("SELECT id FROM agents WHERE id = {id}")).await;
+        assert_eq!(
+            seen,
+            vec![id],
+            "{:?}: a plain write on the pool was not committed",
+            self.backend
+        );
+    }
+
     /// Drops the test's namespace (SQLite's goes with its temporary directory).
     pub async fn cleanup(self) {
         let _ = self.db.close().await;

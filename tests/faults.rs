@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, exec, ids, pool_options};
+use safe_db_suite::{Backend, TestDb, ids, pool_options};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 /// Kills a server session from outside, as an operator or a failover would.
@@ -370,18 +370,8 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
         // Code on the same pool that does not use safe-db writes for real: no connection
         // came back inside a transaction (a BEGIN cut off by a caller used to leave one).
         for n in 0..16 {
-            let id = -(n + 1) * 10_000_000;
-            exec(
-                &*pool,
-                &format!("INSERT INTO agents (id, name) VALUES ({id}, 'plain{n}')"),
-            )
-            .await;
-            let seen = ids(&t.db, &format!("SELECT id FROM agents WHERE id = {id}")).await;
-            assert_eq!(
-                seen,
-                vec![id],
-                "a plain write on the pool was not committed"
-            );
+            t.assert_plain_write_committed(&pool, -(n + 1) * 10_000_000)
+                .await;
         }
         t.cleanup().await;
     }

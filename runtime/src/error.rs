@@ -213,33 +213,42 @@ impl sea_orm::sqlx::error::DatabaseError for ReadOnlyRefused {
     }
 }
 
+/// The database's own error inside `err`, if the server (or SQLite) reported one.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+fn database_error(err: &DbErr) -> Option<&(dyn sea_orm::sqlx::error::DatabaseError + 'static)> {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(sqlx))
+        | DbErr::Exec(RuntimeErr::SqlxError(sqlx))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => match &**sqlx {
+            sea_orm::sqlx::Error::Database(db) => Some(db.as_ref()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The SQLSTATE of `err`, if it is a database error.
 pub(crate) fn sqlstate(err: &DbErr) -> Option<String> {
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    if let DbErr::Conn(RuntimeErr::SqlxError(sqlx))
-    | DbErr::Exec(RuntimeErr::SqlxError(sqlx))
-    | DbErr::Query(RuntimeErr::SqlxError(sqlx)) = err
-        && let sea_orm::sqlx::Error::Database(db) = &**sqlx
+    return database_error(err)?.code().map(|c| c.into_owned());
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
     {
-        return db.code().map(|c| c.into_owned());
+        let _ = err;
+        None
     }
-    let _ = err;
-    None
 }
 
 /// The MySQL/MariaDB error number of `err`, if it is a MySQL server error.
 pub(crate) fn mysql_number(err: &DbErr) -> Option<u16> {
     #[cfg(feature = "mysql")]
-    if let DbErr::Conn(RuntimeErr::SqlxError(sqlx))
-    | DbErr::Exec(RuntimeErr::SqlxError(sqlx))
-    | DbErr::Query(RuntimeErr::SqlxError(sqlx)) = err
-        && let sea_orm::sqlx::Error::Database(db) = &**sqlx
-        && let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+    return database_error(err)?
+        .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+        .map(|my| my.number());
+    #[cfg(not(feature = "mysql"))]
     {
-        return Some(my.number());
+        let _ = err;
+        None
     }
-    let _ = err;
-    None
 }
 
 /// Reads the driver's own code: MySQL's error number first, then the SQLSTATE
