@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     db.execute_unprepared("CREATE TABLE jobs (id INTEGER PRIMARY KEY)")
         .await?;
 
-    safe_db::set_slow_operation_threshold(Duration::from_millis(200));
+    safe_db::set_slow_threshold(Duration::from_millis(200));
     let tasks: Vec<_> = (0..20)
         .map(|id| {
             let db = db.clone();

@@ -91,10 +91,10 @@ async fn slow_op(tx: &Tx) -> Result<(), Error> {
 async fn a_slow_operation_logs_a_warning() {
     let t = TestDb::sqlite("slow", 2).await;
     let (captured, _guard) = capture::start();
-    safe_db::set_slow_operation_threshold(Duration::from_millis(100));
+    safe_db::set_slow_threshold(Duration::from_millis(100));
     slow_op(&t.db).await.unwrap();
     inner_op(&t.db, 6).await.unwrap();
-    safe_db::set_slow_operation_threshold(Duration::from_secs(2));
+    safe_db::set_slow_threshold(Duration::from_secs(2));
     let warnings: Vec<_> = captured
         .events()
         .into_iter()

@@ -59,15 +59,20 @@ async fn counters_count_each_outcome_once() {
         .await
     });
     assert!(cancelled_mid_way.await.is_err());
+    // A transaction that cannot begin (its pool is closed) rolls nothing back.
+    let closed = t.pool(1).await;
+    closed.clone().close().await.unwrap();
+    op(&closed, 9, "commit").await.unwrap_err();
     let after = Stats::snapshot();
 
-    assert_eq!(after.started - before.started, 8);
+    assert_eq!(after.started - before.started, 9);
     assert_eq!(
         after.committed - before.committed,
         4,
         "1, 2 and 3 nested, 7"
     );
     assert_eq!(after.rolled_back - before.rolled_back, 1);
+    assert_eq!(after.not_begun - before.not_begun, 1);
     assert_eq!(after.timed_out - before.timed_out, 1);
     assert_eq!(after.panicked - before.panicked, 1);
     assert_eq!(after.cancelled - before.cancelled, 1);

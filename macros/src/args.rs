@@ -1,35 +1,26 @@
 //! The attribute's arguments, parsed and validated into [`Args`].
 
-use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Token};
 
 const OPTIONS: &str = "`isolation`, `read_only`, `timeout`, `retries`";
-const ISOLATIONS: [&str; 4] = [
-    "read_uncommitted",
-    "read_committed",
-    "repeatable_read",
-    "serializable",
+/// The isolation levels: the name the attribute takes, and the runtime's `Isolation`
+/// variant it becomes (the runtime's `Isolation::name` spells the same names).
+const ISOLATIONS: [(&str, &str); 4] = [
+    ("read_uncommitted", "ReadUncommitted"),
+    ("read_committed", "ReadCommitted"),
+    ("repeatable_read", "RepeatableRead"),
+    ("serializable", "Serializable"),
 ];
 
-/// Isolation level names, as the runtime's `Isolation` variants.
+/// An isolation level, as the name of the runtime's `Isolation` variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Isolation {
-    ReadUncommitted,
-    ReadCommitted,
-    RepeatableRead,
-    Serializable,
-}
+pub(crate) struct Isolation(&'static str);
 
 impl Isolation {
     pub(crate) fn variant(self) -> &'static str {
-        match self {
-            Isolation::ReadUncommitted => "ReadUncommitted",
-            Isolation::ReadCommitted => "ReadCommitted",
-            Isolation::RepeatableRead => "RepeatableRead",
-            Isolation::Serializable => "Serializable",
-        }
+        self.0
     }
 }
 
@@ -40,8 +31,8 @@ pub(crate) struct Args {
     pub(crate) read_only: bool,
     /// The timeout in milliseconds.
     pub(crate) timeout_ms: Option<u64>,
-    /// `retries = N`, with the span of the key (for errors about arguments).
-    pub(crate) retries: Option<(u32, Span)>,
+    /// `retries = N`.
+    pub(crate) retries: Option<u32>,
 }
 
 impl Parse for Args {
@@ -110,7 +101,7 @@ impl Args {
             }
             "retries" => {
                 let lit = int_value(key, value)?;
-                self.retries = Some((parse_retries(&lit)?, key.span()));
+                self.retries = Some(parse_retries(&lit)?);
             }
             other => {
                 return Err(syn::Error::new(
@@ -164,16 +155,16 @@ fn int_value(key: &Ident, value: Option<Expr>) -> syn::Result<LitInt> {
 }
 
 pub(crate) fn parse_isolation(lit: &LitStr) -> syn::Result<Isolation> {
-    match lit.value().as_str() {
-        "read_uncommitted" => Ok(Isolation::ReadUncommitted),
-        "read_committed" => Ok(Isolation::ReadCommitted),
-        "repeatable_read" => Ok(Isolation::RepeatableRead),
-        "serializable" => Ok(Isolation::Serializable),
-        other => Err(syn::Error::new(
+    let name = lit.value();
+    match ISOLATIONS.iter().find(|(known, _)| *known == name) {
+        Some((_, variant)) => Ok(Isolation(variant)),
+        None => Err(syn::Error::new(
             lit.span(),
             format!(
-                "unknown isolation level \"{other}\"; expected one of {}",
-                ISOLATIONS.map(|i| format!("\"{i}\"")).join(", ")
+                "unknown isolation level \"{name}\"; expected one of {}",
+                ISOLATIONS
+                    .map(|(known, _)| format!("\"{known}\""))
+                    .join(", ")
             ),
         )),
     }
@@ -256,15 +247,15 @@ mod tests {
             retries = 3,
         ))
         .unwrap();
-        assert_eq!(args.isolation, Some(Isolation::Serializable));
+        assert_eq!(args.isolation.map(Isolation::variant), Some("Serializable"));
         assert!(args.read_only);
         assert_eq!(args.timeout_ms, Some(250));
-        assert_eq!(args.retries.map(|r| r.0), Some(3));
+        assert_eq!(args.retries, Some(3));
     }
 
     #[test]
     fn durations() {
-        let ms = |s: &str| parse_duration_ms(&LitStr::new(s, Span::call_site()));
+        let ms = |s: &str| parse_duration_ms(&LitStr::new(s, proc_macro2::Span::call_site()));
         assert_eq!(ms("250ms").unwrap(), 250);
         assert_eq!(ms("2s").unwrap(), 2_000);
         assert_eq!(ms("1m").unwrap(), 60_000);

@@ -22,7 +22,7 @@ fn options(args: &Args) -> TokenStream {
     if let Some(ms) = args.timeout_ms {
         options.extend(quote!(.timeout(::core::time::Duration::from_millis(#ms))));
     }
-    if let Some((retries, _)) = args.retries {
+    if let Some(retries) = args.retries {
         options.extend(quote!(.retries(#retries)));
     }
     options
@@ -109,10 +109,14 @@ pub(crate) fn expand(args: &Args, checked: Checked) -> TokenStream {
         let _ = ::safe_db::__private::assert_result::<#ret>;
     };
     let managed = quote_spanned! {tx_ty.span()=>
-        let #tx_pat: #tx_ty = ::safe_db::__private::Managed::from_tx(#handle);
+        let #tx_pat: #tx_ty = ::safe_db::__private::TxParam::from_tx(#handle);
     };
     let body = &item.block;
-    let mode = if retry { quote!(retry) } else { quote!(once) };
+    let mode = if retry {
+        quote!(retrying)
+    } else {
+        quote!(single)
+    };
     let options = options(args);
     let fake = Ident::new("declared", Span::mixed_site());
     let allow = allowed_lints();
@@ -144,9 +148,20 @@ mod tests {
     use super::*;
     use syn::parse_quote;
 
+    /// The expansion without whitespace, so that assertions do not depend on how
+    /// `quote` spaces its tokens.
     fn expand_str(args: Args, item: syn::ItemFn) -> String {
         let checked = crate::check::check(item, &args).expect("valid");
-        expand(&args, checked).to_string()
+        squash(&expand(&args, checked).to_string())
+    }
+
+    fn squash(code: &str) -> String {
+        code.split_whitespace().collect()
+    }
+
+    #[track_caller]
+    fn assert_has(out: &str, needle: &str) {
+        assert!(out.contains(&squash(needle)), "`{needle}` not in {out}");
     }
 
     #[test]
@@ -159,13 +174,10 @@ mod tests {
                 }
             ),
         );
-        assert!(
-            out.contains("tx : & impl :: safe_db :: __private :: Begin"),
-            "{out}"
-        );
-        assert!(out.contains("id : i32"), "{out}");
-        assert!(out.contains(":: safe_db :: __operation ! (once :"), "{out}");
-        assert!(out.contains("Managed :: from_tx"), "{out}");
+        assert_has(&out, "tx: &impl ::safe_db::__private::Begin");
+        assert_has(&out, "id: i32");
+        assert_has(&out, "::safe_db::__operation!(single:");
+        assert_has(&out, "TxParam::from_tx");
         assert!(!out.contains("retry_copy"), "{out}");
     }
 
@@ -185,17 +197,14 @@ mod tests {
                 }
             ),
         );
-        assert!(
-            out.contains(":: safe_db :: __operation ! (retry :"),
-            "{out}"
+        assert_has(&out, "::safe_db::__operation!(retrying:");
+        assert_has(
+            &out,
+            ".isolation(::safe_db::__private::Isolation::Serializable)",
         );
-        assert!(
-            out.contains(". isolation (:: safe_db :: __private :: Isolation :: Serializable)"),
-            "{out}"
-        );
-        assert!(out.contains(". read_only ()"), "{out}");
-        assert!(out.contains("from_millis (2000u64)"), "{out}");
-        assert!(out.contains(". retries (3u32)"), "{out}");
+        assert_has(&out, ".read_only()");
+        assert_has(&out, "from_millis(2000u64)");
+        assert_has(&out, ".retries(3u32)");
     }
 
     #[test]
@@ -210,14 +219,11 @@ mod tests {
             ),
         );
         // The outer parameter loses `mut`; the per-attempt copy keeps it.
-        assert!(out.contains("name : String"), "{out}");
-        assert!(
-            out.contains("let mut name = :: safe_db :: __private :: retry_copy (& name)"),
-            "{out}"
+        assert_has(&out, "name: String");
+        assert_has(
+            &out,
+            "let mut name = ::safe_db::__private::retry_copy(&name)",
         );
-        assert!(
-            out.contains("let (a , b) = :: safe_db :: __private :: retry_copy (& arg2)"),
-            "{out}"
-        );
+        assert_has(&out, "let (a, b) = ::safe_db::__private::retry_copy(&arg2)");
     }
 }

@@ -11,18 +11,18 @@ pub use core::{convert::From, result::Result};
     label = "expected `&safe_db::Tx` (or `&sea_orm::DatabaseTransaction`), found `{Self}`",
     note = "write the function as `async fn name(tx: &Tx, …)`; callers then pass a connection or a `Tx` in its place"
 )]
-pub trait Managed<'t> {
+pub trait TxParam<'t> {
     fn from_tx(tx: &'t Tx) -> Self;
 }
 
-impl<'t> Managed<'t> for &'t Tx {
+impl<'t> TxParam<'t> for &'t Tx {
     #[inline]
     fn from_tx(tx: &'t Tx) -> Self {
         tx
     }
 }
 
-impl<'t> Managed<'t> for &'t sea_orm::DatabaseTransaction {
+impl<'t> TxParam<'t> for &'t sea_orm::DatabaseTransaction {
     #[inline]
     fn from_tx(tx: &'t Tx) -> Self {
         tx.as_database_transaction()
@@ -76,11 +76,12 @@ pub fn retry_copy<T: RetryArg>(value: &T) -> T {
 }
 
 /// The control flow of an operation, written once for the attribute and the closure form.
-/// `once` is for operations without retries: it moves the arguments into the body.
+/// `single:` is for operations without retries (one attempt, which may move the arguments
+/// into the body); `retrying:` loops over attempts.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __operation {
-    (once: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+    (single: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         match operation.begin($conn).await {
             $crate::__private::Result::Ok(tx) => {
@@ -90,14 +91,14 @@ macro_rules! __operation {
                         $body
                     })
                     .await;
-                operation.finish_once(tx, outcome).await
+                operation.conclude(tx, outcome).await
             }
             $crate::__private::Result::Err(err) => {
                 $crate::__private::Result::Err($crate::__private::From::from(err))
             }
         }
     }};
-    (retry: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+    (retrying: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         loop {
             let tx = match operation.begin($conn).await {
@@ -112,7 +113,7 @@ macro_rules! __operation {
                     $body
                 })
                 .await;
-            match operation.finish(tx, outcome).await {
+            match operation.conclude_or_retry(tx, outcome).await {
                 $crate::__private::Next::Done(result) => break result,
                 $crate::__private::Next::Retry => {}
             }

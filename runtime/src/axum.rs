@@ -215,8 +215,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTx {
 
 impl crate::begin::sealed::Sealed for RequestTx {}
 impl Begin for RequestTx {
-    async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
-        self.0.get().await?.__begin(options).await
+    async fn __begin(
+        &self,
+        options: &Options,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Tx, DbErr> {
+        self.0.get().await?.__begin(options, deadline).await
     }
 }
 
@@ -319,10 +323,8 @@ where
             begin: Box::new(move || {
                 let conn = conn.clone();
                 Box::pin(async move {
-                    let mut tx = conn.__begin(&options).await?;
                     // The server stops a statement still running at the deadline.
-                    tx.bound(deadline).await?;
-                    Ok(tx)
+                    conn.__begin(&options, deadline).await
                 })
             }),
             tx: std::sync::OnceLock::new(),
@@ -382,21 +384,19 @@ where
             // Counted and traced as an operation only when the transaction was used.
             let mut operation = Operation::new(&options, "request");
             let Some(called) = called else {
-                let _ = operation
-                    .finish_once::<(), DbErr>(tx, Outcome::TimedOut)
-                    .await;
+                let _ = operation.conclude::<(), DbErr>(tx, Outcome::TimedOut).await;
                 return Ok(timed_out().into_response());
             };
             match called {
                 Err(payload) => {
                     let _ = operation
-                        .finish_once::<(), DbErr>(tx, Outcome::Panicked(payload))
+                        .conclude::<(), DbErr>(tx, Outcome::Panicked(payload))
                         .await;
                     unreachable!("a panic is resumed")
                 }
                 Ok(Err(err)) => {
                     let _ = operation
-                        .finish_once::<(), Error>(
+                        .conclude::<(), Error>(
                             tx,
                             Outcome::Returned(Err(Error::new(
                                 ErrorKind::Database,
@@ -417,7 +417,7 @@ where
                         ))
                     };
                     let failed = outcome.is_err();
-                    match operation.finish_once(tx, Outcome::Returned(outcome)).await {
+                    match operation.conclude(tx, Outcome::Returned(outcome)).await {
                         Ok(()) => Ok(response),
                         Err(_) if failed => Ok(response),
                         // The commit failed: the client must not see a success.

@@ -4,16 +4,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database};
 
 use crate::db_url::DbUrl;
-use crate::{Begin, Error, Options, Tx};
+use crate::{Db, Error};
 
 /// The SQLite file used when `DATABASE_URL` is unset.
 pub const DEFAULT_URL: &str = "sqlite://safe-db.sqlite?mode=rwc";
-
-/// The slow-statement threshold of the seed (its `performance.log` takes queries > 2 s).
-pub const DEFAULT_SLOW_STATEMENT: Duration = Duration::from_secs(2);
 
 /// A configuration value that could not be used. Never contains a password.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +164,8 @@ impl Pool {
 /// | `idle_timeout`    | `DATABASE_IDLE_TIMEOUT`  | `idle_timeout` (seconds)              |
 /// | `echo`            | `SQL_ECHO`, `SQLALCHEMY_ECHO` | statements logged at info level  |
 ///
-/// Statements slower than 2 s are always logged at warn level (the seed's threshold).
+/// Statements slower than the slow threshold (2 s, the seed's; see
+/// [`set_slow_threshold`](crate::set_slow_threshold)) are logged at warn level.
 ///
 /// ```
 /// use safe_db::DbConfig;
@@ -187,7 +185,6 @@ pub struct DbConfig {
     replica_url: Option<DbUrl>,
     pool: Pool,
     echo: bool,
-    slow_statement: Duration,
 }
 
 impl DbConfig {
@@ -249,7 +246,6 @@ impl DbConfig {
             replica_url: None,
             pool,
             echo,
-            slow_statement: DEFAULT_SLOW_STATEMENT,
         })
     }
 
@@ -274,12 +270,6 @@ impl DbConfig {
     /// Logs every statement at info level (the seed's `SQLALCHEMY_ECHO`).
     pub fn echo(mut self, echo: bool) -> Self {
         self.echo = echo;
-        self
-    }
-
-    /// Statements slower than this are logged at warn level (default 2 s).
-    pub fn slow_statement_threshold(mut self, threshold: Duration) -> Self {
-        self.slow_statement = threshold;
         self
     }
 
@@ -318,7 +308,10 @@ impl DbConfig {
             } else {
                 log::LevelFilter::Off
             })
-            .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, self.slow_statement);
+            .sqlx_slow_statements_logging_settings(
+                log::LevelFilter::Warn,
+                crate::observe::slow_threshold(),
+            );
         if let Some(t) = self.pool.pool_timeout {
             options.acquire_timeout(t);
         }
@@ -344,7 +337,7 @@ impl DbConfig {
             Some(url) => Some(Database::connect(self.options_for(url)).await?),
             None => None,
         };
-        Ok(Db { primary, replica })
+        Ok(Db::new(primary, replica))
     }
 }
 
@@ -394,7 +387,6 @@ impl fmt::Debug for DbConfig {
             .field("replica_url", &self.replica_url)
             .field("pool", &self.pool)
             .field("echo", &self.echo)
-            .field("slow_statement", &self.slow_statement)
             .finish()
     }
 }
@@ -419,59 +411,6 @@ fn parse_bool(parameter: &str, value: &str) -> Result<bool, ConfigError> {
             value: value.to_owned(),
             expected: "true or false",
         }),
-    }
-}
-
-/// A connected database: the primary pool, and a read replica's if one is configured.
-///
-/// Operations take `&db` like a `DatabaseConnection`; those marked `read_only` run on the
-/// replica. It dereferences to the primary for plain SeaORM queries.
-#[derive(Clone, Debug)]
-pub struct Db {
-    primary: DatabaseConnection,
-    replica: Option<DatabaseConnection>,
-}
-
-impl Db {
-    /// A handle over an existing primary pool, and an optional replica pool.
-    pub fn new(primary: DatabaseConnection, replica: Option<DatabaseConnection>) -> Self {
-        Db { primary, replica }
-    }
-
-    /// The primary pool.
-    pub fn primary(&self) -> &DatabaseConnection {
-        &self.primary
-    }
-
-    /// The replica pool, if any.
-    pub fn replica(&self) -> Option<&DatabaseConnection> {
-        self.replica.as_ref()
-    }
-
-    /// Closes both pools, waiting for their connections to be returned.
-    pub async fn close(self) -> Result<(), DbErr> {
-        if let Some(replica) = self.replica {
-            replica.close().await?;
-        }
-        self.primary.close().await
-    }
-}
-
-impl std::ops::Deref for Db {
-    type Target = DatabaseConnection;
-
-    fn deref(&self) -> &DatabaseConnection {
-        &self.primary
-    }
-}
-
-impl crate::begin::sealed::Sealed for Db {}
-impl Begin for Db {
-    async fn __begin(&self, options: &Options) -> Result<Tx, DbErr> {
-        match (&self.replica, options.read_only) {
-            (Some(replica), true) => replica.__begin(options).await,
-            _ => self.primary.__begin(options).await,
-        }
     }
 }
 

@@ -28,6 +28,22 @@
 //! Where an attribute does not fit, the closure form runs the same code path:
 //! [`transaction`] and [`Options::run`].
 //!
+//! # Architecture
+//!
+//! One protocol, one policy. The protocol is [`Tx`]'s: it begins a transaction (the
+//! outermost one, shielded from cancellation, or a savepoint in a caller's), tells why a
+//! body's `Ok` cannot be committed, commits (handing back the after-commit callbacks) and
+//! rolls back. A step that must not be cut off (a savepoint's `SAVEPOINT`, `RELEASE`,
+//! `ROLLBACK TO`) *breaks* the transaction's tree if it is: nothing more runs in it and
+//! its outermost level rolls back. The policy is the operation's: the deadline, retries,
+//! panic capture, running callbacks, spans and counters. The attribute, the closure form
+//! and the axum layer all drive that one operation.
+//!
+//! Glossary: an *operation* is one call of an annotated function (or closure), across its
+//! *attempts*; its *transaction* is a `Tx`, *outermost* or *nested* (a savepoint); the
+//! transactions nested in one outermost transaction form its *tree*; *callbacks* are what
+//! [`Tx::on_commit`] registers.
+//!
 //! [SeaORM]: https://www.sea-ql.org/SeaORM/
 
 extern crate self as safe_db;
@@ -47,11 +63,12 @@ mod tx;
 use sea_orm::DbErr;
 
 pub use begin::Begin;
-pub use config::{ConfigError, DEFAULT_SLOW_STATEMENT, DEFAULT_URL, Db, DbConfig};
+pub use begin::Db;
+pub use config::{ConfigError, DEFAULT_URL, DbConfig};
 pub use error::{Error, ErrorKind};
-pub use observe::{PoolStats, Stats, set_slow_operation_threshold};
+pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};
 pub use options::{Isolation, Options};
-pub use tx::{HookOutput, Tx};
+pub use tx::{CallbackOutput, Tx};
 
 /// Runs an `async fn` in a transaction that commits on `Ok` and rolls back otherwise.
 ///
@@ -221,7 +238,7 @@ impl Options {
         F: AsyncFnMut(&Tx) -> Result<T, E>,
         E: From<DbErr>,
     {
-        crate::__operation!(retry: conn, self, "transaction", |tx| body(tx).await)
+        crate::__operation!(retrying: conn, self, "transaction", |tx| body(tx).await)
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub(crate) enum End {
     Committed,
     RolledBack,
+    /// The transaction could not begin (unreachable server, exhausted pool, …).
+    NotBegun,
     TimedOut,
     Panicked,
     Cancelled,
@@ -19,6 +21,7 @@ impl End {
         match self {
             End::Committed => "committed",
             End::RolledBack => "rolled_back",
+            End::NotBegun => "not_begun",
             End::TimedOut => "timed_out",
             End::Panicked => "panicked",
             End::Cancelled => "cancelled",
@@ -29,18 +32,22 @@ impl End {
 static STARTED: AtomicU64 = AtomicU64::new(0);
 static COMMITTED: AtomicU64 = AtomicU64::new(0);
 static ROLLED_BACK: AtomicU64 = AtomicU64::new(0);
+static NOT_BEGUN: AtomicU64 = AtomicU64::new(0);
 static RETRIED: AtomicU64 = AtomicU64::new(0);
 static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
 static PANICKED: AtomicU64 = AtomicU64::new(0);
 static CANCELLED: AtomicU64 = AtomicU64::new(0);
 static ACTIVE: AtomicU64 = AtomicU64::new(0);
 static CALLBACK_FAILURES: AtomicU64 = AtomicU64::new(0);
-static SLOW_MS: AtomicU64 = AtomicU64::new(2_000);
+static SLOW_MS: AtomicU64 = AtomicU64::new(DEFAULT_SLOW_THRESHOLD.as_millis() as u64);
+
+/// The slow threshold of the seed (its `performance.log` takes queries over 2 s).
+pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(2);
 
 /// Process-wide operation counters, for services with no metrics exporter.
 ///
 /// Every operation counts once in `started` and, when it ends, once in one of
-/// `committed`, `rolled_back`, `timed_out`, `panicked` or `cancelled`; `retried` counts
+/// `committed`, `rolled_back`, `not_begun`, `timed_out`, `panicked` or `cancelled`; `retried` counts
 /// re-runs, `active` the operations under way now.
 ///
 /// ```
@@ -56,6 +63,9 @@ pub struct Stats {
     pub committed: u64,
     /// Operations that rolled back after an error (or a failed commit).
     pub rolled_back: u64,
+    /// Operations whose transaction could not begin (unreachable server, exhausted
+    /// pool, a conflict at `BEGIN` after the retries): nothing to roll back.
+    pub not_begun: u64,
     /// Attempts re-run after a conflict.
     pub retried: u64,
     /// Operations that overran their `timeout`.
@@ -77,6 +87,7 @@ impl Stats {
             started: STARTED.load(Ordering::Relaxed),
             committed: COMMITTED.load(Ordering::Relaxed),
             rolled_back: ROLLED_BACK.load(Ordering::Relaxed),
+            not_begun: NOT_BEGUN.load(Ordering::Relaxed),
             retried: RETRIED.load(Ordering::Relaxed),
             timed_out: TIMED_OUT.load(Ordering::Relaxed),
             panicked: PANICKED.load(Ordering::Relaxed),
@@ -87,15 +98,17 @@ impl Stats {
     }
 }
 
-/// Operations slower than this log a warning (default 2 s, the seed's threshold).
-pub fn set_slow_operation_threshold(threshold: Duration) {
+/// Operations, and statements on pools connected by [`DbConfig`](crate::DbConfig) after
+/// this call, that take longer than `threshold` log a warning (default
+/// [`DEFAULT_SLOW_THRESHOLD`]). One threshold, process-wide.
+pub fn set_slow_threshold(threshold: Duration) {
     SLOW_MS.store(
         threshold.as_millis().min(u128::from(u64::MAX)) as u64,
         Ordering::Relaxed,
     );
 }
 
-fn slow_threshold() -> Duration {
+pub(crate) fn slow_threshold() -> Duration {
     Duration::from_millis(SLOW_MS.load(Ordering::Relaxed))
 }
 
@@ -132,6 +145,7 @@ pub(crate) fn ended(name: &'static str, end: End, elapsed: Duration, span: &trac
     let counter = match end {
         End::Committed => &COMMITTED,
         End::RolledBack => &ROLLED_BACK,
+        End::NotBegun => &NOT_BEGUN,
         End::TimedOut => &TIMED_OUT,
         End::Panicked => &PANICKED,
         End::Cancelled => &CANCELLED,

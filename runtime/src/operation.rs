@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr};
+use sea_orm::{DbErr, RuntimeErr};
 use tokio::time::Instant;
 
 use tracing::Instrument;
@@ -45,14 +45,12 @@ pub struct Operation {
     ended: bool,
 }
 
-// Measured in benches/contention.rs (16 serializable writers on 4 PostgreSQL rows):
+// Measured in benches/benches/contention.rs (16 serializable writers on 4 PostgreSQL rows):
 // first retries sooner than ~10 ms only collide again, and long caps idle the losers.
 const BACKOFF_BASE: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_millis(40);
 /// The resolution of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
-/// How long a rollback after a timeout may take before the connection is given up.
-const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 
 impl Operation {
     pub fn new(options: &Options, name: &'static str) -> Self {
@@ -80,7 +78,7 @@ impl Operation {
         }
     }
 
-    fn end(&mut self, end: End) {
+    fn record_end(&mut self, end: End) {
         self.ended = true;
         observe::ended(self.name, end, self.started.elapsed(), &self.span);
     }
@@ -113,7 +111,10 @@ impl Operation {
         loop {
             self.attempt += 1;
             record(&self.span, "attempt", self.attempt);
-            match self.within_deadline(self.begin_once(conn)).await {
+            // The server stops a statement that would overrun the deadline, so a timed-out
+            // operation leaves nothing running and its connection is reusable.
+            let begun = conn.__begin(&self.options, self.deadline);
+            match self.within_deadline(begun).await {
                 Ok(tx) => {
                     record(&self.span, "depth", tx.depth());
                     return Ok(tx);
@@ -122,22 +123,14 @@ impl Operation {
                     observe::retried(self.name);
                 }
                 Err(err) => {
-                    self.end(match ErrorKind::of(&err) {
+                    self.record_end(match ErrorKind::of(&err) {
                         ErrorKind::Timeout => End::TimedOut,
-                        _ => End::RolledBack,
+                        _ => End::NotBegun,
                     });
                     return Err(err);
                 }
             }
         }
-    }
-
-    async fn begin_once<C: Begin + ?Sized>(&self, conn: &C) -> Result<Tx, DbErr> {
-        let mut tx = conn.__begin(&self.options).await?;
-        // The server stops a statement that would overrun the deadline, so a timed-out
-        // operation leaves nothing running and its connection is reusable.
-        tx.bound(self.deadline).await?;
-        Ok(tx)
     }
 
     /// Runs one attempt's body under the operation's deadline, catching a panic.
@@ -158,46 +151,48 @@ impl Operation {
         }
     }
 
-    /// Ends an attempt of an operation that does not retry.
-    pub async fn finish_once<T, E: From<DbErr>>(
+    /// Ends the one attempt of an operation without retries: commits or rolls back.
+    pub async fn conclude<T, E: From<DbErr>>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
     ) -> Result<T, E> {
-        match self.settle(tx, outcome, false).await {
+        match self.conclude_attempt(tx, outcome, false).await {
             Next::Done(result) => result,
             Next::Retry => unreachable!("retry without retries"),
         }
     }
 
-    /// Ends an attempt: commit, roll back, or roll back and ask for another attempt.
-    pub async fn finish<T, E: From<DbErr>>(
+    /// Ends an attempt: commits, rolls back, or rolls back and asks for another attempt.
+    pub async fn conclude_or_retry<T, E: From<DbErr>>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
     ) -> Next<T, E> {
-        self.settle(tx, outcome, true).await
+        self.conclude_attempt(tx, outcome, true).await
     }
 
-    async fn settle<T, E: From<DbErr>>(
+    async fn conclude_attempt<T, E: From<DbErr>>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
         may_retry: bool,
     ) -> Next<T, E> {
         let span = self.span.clone();
-        let next = in_span(span, self.settle_attempt(tx, outcome, may_retry)).await;
+        let next = in_span(span, self.decide(tx, outcome, may_retry)).await;
         // A commit, a timeout and a panic record their end where they happen; what is
         // left unrecorded is a rollback.
         match &next {
             Next::Retry => observe::retried(self.name),
-            Next::Done(_) if !self.ended => self.end(End::RolledBack),
+            Next::Done(_) if !self.ended => self.record_end(End::RolledBack),
             Next::Done(_) => {}
         }
         next
     }
 
-    async fn settle_attempt<T, E: From<DbErr>>(
+    /// The policy: what the body's outcome means for the transaction (the protocol's
+    /// steps are `Tx`'s), and whether another attempt follows.
+    async fn decide<T, E: From<DbErr>>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
@@ -207,8 +202,8 @@ impl Operation {
         let may_retry = may_retry && tx.depth() == 0;
         match outcome {
             Outcome::Returned(Ok(value)) => {
-                if let Some(err) = self.cannot_commit(&tx) {
-                    let conflicted = tx.conflicted();
+                if let Some(err) = tx.why_not_commit(self.name) {
+                    let conflicted = tx.lost_conflict();
                     self.rollback(tx).await;
                     return if conflicted && may_retry && self.backoff().await {
                         Next::Retry
@@ -216,45 +211,26 @@ impl Operation {
                         Next::Done(Err(E::from(err)))
                     };
                 }
-                if let Err(err) = tx.restore_statement_timeout().await {
-                    self.rollback(tx).await;
-                    return Next::Done(Err(E::from(err)));
-                }
-                let by_rollback = tx.ends_by_rollback();
-                let (txn, scope) = tx.into_parts();
-                let guard = scope.guard_savepoint_end();
-                // No deadline here: once COMMIT is sent the server carries it out, and
-                // cutting the wait would report as failed a transaction that committed.
-                // (On PostgreSQL the deadline's statement_timeout still bounds it.)
-                let committed = if by_rollback {
-                    txn.rollback().await
-                } else {
-                    txn.commit().await
-                };
-                if let Some(guard) = guard {
-                    scope.savepoint_ended(guard, committed.as_ref().err());
-                }
-                match committed {
-                    Ok(()) => {
+                match tx.commit().await {
+                    Ok(callbacks) => {
                         // Committed, whatever happens to the callbacks (or to this future
                         // while they run).
-                        self.end(End::Committed);
-                        self.run_hooks(scope.committed()).await;
+                        self.record_end(End::Committed);
+                        Callbacks::new(self.name, callbacks).run().await;
                         Next::Done(Ok(value))
                     }
-                    Err(err) => {
-                        if ErrorKind::of(&err).is_retryable() {
-                            scope.note_conflict(&err);
-                            if may_retry && self.backoff().await {
-                                return Next::Retry;
-                            }
-                        }
-                        Next::Done(Err(E::from(err)))
+                    Err(err)
+                        if ErrorKind::of(&err).is_retryable()
+                            && may_retry
+                            && self.backoff().await =>
+                    {
+                        Next::Retry
                     }
+                    Err(err) => Next::Done(Err(E::from(err))),
                 }
             }
             Outcome::Returned(Err(err)) => {
-                let conflicted = tx.conflicted();
+                let conflicted = tx.lost_conflict();
                 self.rollback(tx).await;
                 if conflicted && may_retry && self.backoff().await {
                     Next::Retry
@@ -264,69 +240,27 @@ impl Operation {
             }
             Outcome::Panicked(payload) => {
                 self.rollback(tx).await;
-                self.end(End::Panicked);
+                self.record_end(End::Panicked);
                 std::panic::resume_unwind(payload)
             }
             Outcome::TimedOut => {
                 self.rollback(tx).await;
-                self.end(End::TimedOut);
+                self.record_end(End::TimedOut);
                 Next::Done(Err(E::from(self.timeout_error())))
             }
         }
     }
 
-    /// Why a body's `Ok` must not be committed, if it must not.
-    fn cannot_commit(&self, tx: &Tx) -> Option<DbErr> {
-        if let Some(err) = tx.poisoned() {
-            return Some(err);
-        }
-        if tx.conflicted() {
-            // The conflict itself (a serialization failure, deadlock or busy error), so
-            // that it is classified, and retried, as what it is.
-            return Some(tx.first_conflict().unwrap_or_else(|| {
-                DbErr::Exec(RuntimeErr::Internal(format!(
-                    "safe-db: operation `{}` returned Ok after its transaction lost a \
-                     conflict; nothing was committed",
-                    self.name
-                )))
-            }));
-        }
-        if tx.statement_failed() && tx.get_database_backend() == DbBackend::Postgres {
-            return Some(DbErr::Exec(RuntimeErr::Internal(format!(
-                "safe-db: operation `{}` returned Ok after a statement in its transaction \
-                 failed, and PostgreSQL aborts a transaction on any error; nothing was \
-                 committed (run the statement that may fail in a nested operation)",
-                self.name
-            ))));
-        }
-        None
-    }
-
-    /// Runs after-commit callbacks in order; a failure or panic is reported, not raised.
-    async fn run_hooks(&self, hooks: Vec<crate::tx::Hook>) {
-        Callbacks::new(self.name, hooks).run().await;
-    }
-
+    /// Rolls back; a rollback that fails is logged (the transaction is over either way).
     async fn rollback(&self, tx: Tx) {
         let depth = tx.depth();
-        let (txn, scope) = tx.into_parts();
-        let guard = scope.guard_savepoint_end();
-        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, txn.rollback()).await;
-        // A ROLLBACK TO cut off by the grace period did not complete: the guard poisons.
-        if let (Ok(result), Some(guard)) = (&rolled_back, guard) {
-            scope.savepoint_ended(guard, result.as_ref().err());
-        }
-        match rolled_back {
-            Ok(Ok(())) => {}
-            // The connection is broken or gone; dropping the transaction queues a rollback
-            // and the pool discards a connection that cannot run it.
-            Ok(Err(err)) => tracing::warn!(
+        if let Err(err) = tx.rollback().await {
+            tracing::warn!(
                 operation = self.name,
                 depth,
                 error = %crate::error::redact(&err.to_string()),
                 "rollback failed"
-            ),
-            Err(_) => tracing::warn!(operation = self.name, depth, "rollback timed out"),
+            );
         }
     }
 
@@ -366,28 +300,28 @@ impl Operation {
 /// happened, so each of them runs exactly once: if the caller drops the operation while
 /// they run (or before they start), the rest, the one under way included, go on in a
 /// task of their own.
-pub(crate) struct Callbacks {
+struct Callbacks {
     operation: &'static str,
     /// The callback under way, then the ones after it, with their places in the order.
-    pending: std::collections::VecDeque<(usize, crate::tx::Hook)>,
+    pending: std::collections::VecDeque<(usize, crate::tx::Callback)>,
     /// Already on a task of its own: dropped again, only the runtime's end can have
     /// dropped it.
     detached: bool,
 }
 
 impl Callbacks {
-    pub(crate) fn new(operation: &'static str, hooks: Vec<crate::tx::Hook>) -> Self {
+    fn new(operation: &'static str, callbacks: Vec<crate::tx::Callback>) -> Self {
         Callbacks {
             operation,
-            pending: hooks.into_iter().enumerate().collect(),
+            pending: callbacks.into_iter().enumerate().collect(),
             detached: false,
         }
     }
 
-    pub(crate) async fn run(mut self) {
-        while let Some((index, hook)) = self.pending.front_mut() {
+    async fn run(mut self) {
+        while let Some((index, callback)) = self.pending.front_mut() {
             let index = *index;
-            let outcome = AssertUnwindSafe(hook).catch_unwind().await;
+            let outcome = AssertUnwindSafe(callback).catch_unwind().await;
             self.pending.pop_front();
             report(self.operation, index, outcome);
         }
@@ -504,7 +438,7 @@ impl Drop for Operation {
     fn drop(&mut self) {
         // Dropped before it ended: the caller cancelled it.
         if !self.ended {
-            self.end(End::Cancelled);
+            self.record_end(End::Cancelled);
         }
     }
 }

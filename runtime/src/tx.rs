@@ -1,18 +1,38 @@
-//! The transaction handle an operation's body works with.
+//! The transaction an operation's body works with, and the whole protocol that begins
+//! and ends it: [`Tx::begin`] / [`Tx::begin_nested`], [`Tx::why_not_commit`],
+//! [`Tx::commit`] (which hands back the callbacks to run) and [`Tx::rollback`]. Each
+//! step that must not be cut off is guarded by [`Critical`]. What to do with an attempt
+//! (deadline, retry, panic, observation) is `operation.rs`'s business, not this file's.
+//!
+//! States of a tree of nested transactions (the outermost one and its savepoints):
+//! - *open*: statements run; a failed one is noted (a conflict for the retry; on
+//!   MySQL/MariaDB, whether the server ended the transaction).
+//! - *broken* (`Tree::broken`): a step of the protocol was cut off or failed in a way
+//!   that leaves the server's state unknown, or the server ended the transaction itself.
+//!   No statement is sent any more and nothing commits: the outermost level rolls back.
+//! - *ended*: committed or rolled back; callbacks of the outermost commit are handed to
+//!   the operation, which runs them.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use sea_orm::{
-    AccessMode, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, ExecResult, IsolationLevel,
-    QueryResult, Statement, TransactionError, TransactionOptions, TransactionTrait,
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    ExecResult, IsolationLevel, QueryResult, RuntimeErr, SqliteTransactionMode, Statement,
+    TransactionError, TransactionOptions, TransactionTrait,
 };
 
 use tokio::time::Instant;
 
-use crate::ErrorKind;
+use crate::{ErrorKind, Options};
+
+/// How long a ROLLBACK may take before the connection is given up (and, for a
+/// savepoint, the enclosing transaction is broken).
+const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 
 /// The transaction of a `#[safe_db_operation]` (or of [`transaction`](crate::transaction)).
 ///
@@ -32,7 +52,7 @@ use crate::ErrorKind;
 pub struct Tx {
     txn: DatabaseTransaction,
     depth: u32,
-    /// This transaction's place in its tree: hooks registered here carry this id.
+    /// This transaction's place in its tree: callbacks registered here carry this id.
     id: u32,
     parent: Option<u32>,
     /// Set when a statement at this level failed; on PostgreSQL that aborts the
@@ -73,10 +93,11 @@ fn statement_timeout(deadline: Option<Instant>) -> String {
     }
 }
 
-pub(crate) type Hook = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// An `on_commit` callback, boxed, with its failure as a message.
+pub(crate) type Callback = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// What a tree of nested transactions shares, and what outlives each of them.
-pub(crate) struct Tree {
+struct Tree {
     /// Set when any statement in the tree lost a conflict (serialization failure,
     /// deadlock, busy), so the outermost operation retries even when the body swallowed
     /// or converted that error.
@@ -87,10 +108,10 @@ pub(crate) struct Tree {
     /// After-commit callbacks, each tagged with the transaction that holds it now: a
     /// released savepoint hands its callbacks to its parent, so only those that reach the
     /// outermost transaction run, and a savepoint rolled back or dropped takes its own along.
-    hooks: Mutex<Vec<(u32, Hook)>>,
+    callbacks: Mutex<Vec<(u32, Callback)>>,
     /// False when the outermost transaction was begun by hand, outside safe-db: its
     /// COMMIT cannot be seen, so no callback may run.
-    managed: bool,
+    commit_visible: bool,
     /// Set, with the error every later statement and the commit get, when the transaction
     /// can no longer be trusted: a savepoint's BEGIN failed or was cancelled, or its
     /// RELEASE / ROLLBACK TO was cancelled (SeaORM then queues a rollback at the enclosing
@@ -99,7 +120,7 @@ pub(crate) struct Tree {
     /// transaction back itself (a deadlock, or a lock wait timeout under
     /// `innodb_rollback_on_timeout`). Either way later statements would run in
     /// autocommit: from then on no statement runs and nothing commits.
-    poisoned: std::sync::OnceLock<DbErr>,
+    broken: std::sync::OnceLock<DbErr>,
     /// A MySQL/MariaDB error that may have ended the transaction (a lock wait timeout, a
     /// full lock table, a snapshot conflict), until the server has said whether it did.
     /// Set before asking, so that a question cut off by cancellation is asked again before
@@ -112,69 +133,82 @@ pub(crate) struct Tree {
 }
 
 impl Tree {
-    fn new(managed: bool) -> Arc<Tree> {
+    fn new(commit_visible: bool) -> Arc<Tree> {
         Arc::new(Tree {
             conflict: AtomicBool::new(false),
             first_conflict: std::sync::OnceLock::new(),
             next_id: AtomicU32::new(1),
-            hooks: Mutex::new(Vec::new()),
-            managed,
-            poisoned: std::sync::OnceLock::new(),
+            callbacks: Mutex::new(Vec::new()),
+            commit_visible,
+            broken: std::sync::OnceLock::new(),
             suspect: Mutex::new(None),
             statements: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The error of every statement and of the commit once the tree is poisoned.
-    pub(crate) fn poisoned(&self) -> Option<DbErr> {
-        self.poisoned.get().cloned()
+    fn broken(&self) -> Option<DbErr> {
+        self.broken.get().cloned()
     }
 
-    fn poison(&self, err: DbErr) {
-        let _ = self.poisoned.set(err);
+    /// From now on no statement runs in the tree and nothing commits; the first reason
+    /// given is the one every later statement gets.
+    fn break_with(&self, err: DbErr) {
+        let _ = self.broken.set(err);
+    }
+
+    fn lost_conflict(&self, err: &DbErr) {
+        self.conflict.store(true, Ordering::Relaxed);
+        let _ = self.first_conflict.set(err.clone());
     }
 
     fn suspect(&self) -> std::sync::MutexGuard<'_, Option<DbErr>> {
         self.suspect.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Hook)>> {
+    fn callbacks(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Callback)>> {
         // A panic while the lock is held cannot leave the vector half-edited.
-        self.hooks.lock().unwrap_or_else(|e| e.into_inner())
+        self.callbacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// The part of a transaction that outlives its `DatabaseTransaction`: how it ended
-/// decides what happens to its callbacks.
-pub(crate) struct Scope {
-    tree: Arc<Tree>,
-    id: u32,
-    parent: Option<u32>,
-    /// Held until the savepoint is released or rolled back, then the next sibling goes.
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
+/// Held across one step of the protocol that must not be interrupted: a savepoint's
+/// `SAVEPOINT`, `RELEASE` or `ROLLBACK TO`. Cut off by cancellation (dropped before
+/// [`Critical::done`]), such a step leaves the enclosing transaction in a state nobody
+/// knows, so the tree is broken: nothing more runs in it, and its outermost level rolls
+/// back.
+///
+/// The outermost level's steps need no guard (`Critical::step(None)`): its `BEGIN` runs
+/// to its end on a task of its own ([`Shielded`]), and a `COMMIT` or `ROLLBACK` cut off
+/// leaves sqlx a rollback to queue before the connection is reused.
+///
+/// A guard, not a function taking the step's future: a future passed by value to an
+/// `async fn` is counted twice in the caller's size (rust-lang/rust#62958), and every
+/// level of a chain of nested operations would pay for it.
+#[must_use = "a critical step is guarded until `done` is called"]
+struct Critical(Option<Arc<Tree>>);
 
-/// Poisons its tree when dropped armed: held across a savepoint's BEGIN, RELEASE or
-/// ROLLBACK TO, and disarmed only once that step has completed.
-pub(crate) struct PoisonOnDrop(Option<Arc<Tree>>);
+impl Critical {
+    fn step(tree: Option<&Arc<Tree>>) -> Critical {
+        Critical(tree.cloned())
+    }
 
-impl PoisonOnDrop {
-    pub(crate) fn disarm(mut self) {
+    /// The step completed (with whatever result): the guard is lifted.
+    fn done(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for PoisonOnDrop {
+impl Drop for Critical {
     fn drop(&mut self) {
-        if let Some(tree) = &self.0 {
-            tree.poison(poisoned_error());
+        if let Some(tree) = self.0.take() {
+            tree.break_with(cut_off());
         }
     }
 }
 
-/// The error of every statement and commit in a poisoned tree.
-pub(crate) fn poisoned_error() -> DbErr {
-    DbErr::Exec(sea_orm::RuntimeErr::Internal(
+/// The error of every statement and commit in a tree broken by a step cut off.
+fn cut_off() -> DbErr {
+    DbErr::Exec(RuntimeErr::Internal(
         "safe-db: a nested operation was cancelled or failed while it began or ended its \
          savepoint, which leaves the enclosing transaction in an unknown state; no further \
          statement runs in it and nothing is committed"
@@ -182,102 +216,96 @@ pub(crate) fn poisoned_error() -> DbErr {
     ))
 }
 
-impl Scope {
-    /// A guard for a savepoint's RELEASE or ROLLBACK TO; none for the outermost level.
-    pub(crate) fn guard_savepoint_end(&self) -> Option<PoisonOnDrop> {
-        self.parent
-            .map(|_| PoisonOnDrop(Some(Arc::clone(&self.tree))))
-    }
-
-    /// A savepoint's RELEASE or ROLLBACK TO has returned: with `error`, the enclosing
-    /// transaction's state is unknown (the server may have rolled it back, or the
-    /// savepoint be gone), so the tree is poisoned, unless the error is only that of a
-    /// statement the savepoint's operation abandoned when its deadline passed (the server
-    /// stopped it: MariaDB 1969, MySQL 3024, PostgreSQL 57014), which sqlx reads first.
-    pub(crate) fn savepoint_ended(&self, guard: PoisonOnDrop, error: Option<&DbErr>) {
-        let Some(err) = error else {
-            guard.disarm();
-            return;
-        };
-        if ErrorKind::of(err).is_retryable() {
-            self.note_conflict(err);
-        }
-        let stopped_statement = matches!(crate::error::mysql_number(err), Some(1969 | 3024))
-            || crate::error::sqlstate(err).as_deref() == Some("57014");
-        guard.disarm();
-        if !stopped_statement {
-            self.tree.poison(err.clone());
-        }
-    }
-
-    pub(crate) fn note_conflict(&self, err: &DbErr) {
-        self.tree.conflict.store(true, Ordering::Relaxed);
-        let _ = self.tree.first_conflict.set(err.clone());
-    }
-
-    /// The transaction committed (or its savepoint was released). Returns the callbacks
-    /// to run now: none for a savepoint, whose callbacks wait for its parent.
-    pub(crate) fn committed(self) -> Vec<Hook> {
-        let mut hooks = self.tree.hooks();
-        match self.parent {
-            Some(parent) => {
-                for (owner, _) in hooks.iter_mut() {
-                    if *owner == self.id {
-                        *owner = parent;
-                    }
-                }
-                Vec::new()
-            }
-            None => {
-                let (mine, rest): (Vec<_>, Vec<_>) =
-                    hooks.drain(..).partition(|(owner, _)| *owner == self.id);
-                *hooks = rest;
-                if !self.tree.managed && !mine.is_empty() {
-                    tracing::warn!(
-                        dropped = mine.len(),
-                        "on_commit callbacks dropped: the enclosing transaction was begun by \
-                         hand, so safe-db cannot see it commit"
-                    );
-                    return Vec::new();
-                }
-                mine.into_iter().map(|(_, hook)| hook).collect()
-            }
-        }
+/// A savepoint's `RELEASE` or `ROLLBACK TO` failed with `err`: the enclosing
+/// transaction's state is unknown (the server may have rolled it back, or the savepoint
+/// be gone), so the tree is broken, unless the error is only that of a statement the
+/// savepoint's operation abandoned at its deadline and the server then stopped (MariaDB
+/// 1969, MySQL 3024, PostgreSQL 57014), which sqlx reads first.
+fn savepoint_end_failed(tree: &Tree, err: &DbErr) {
+    let stopped_statement = matches!(crate::error::mysql_number(err), Some(1969 | 3024))
+        || crate::error::sqlstate(err).as_deref() == Some("57014");
+    if !stopped_statement {
+        tree.break_with(err.clone());
     }
 }
 
 /// What an `on_commit` callback may return: nothing, or a `Result` whose error is
 /// reported (it cannot undo the commit).
-pub trait HookOutput: Send + 'static {
+pub trait CallbackOutput: Send + 'static {
     /// The error message to report, if the callback failed.
     fn into_result(self) -> Result<(), String>;
 }
 
-impl HookOutput for () {
+impl CallbackOutput for () {
     fn into_result(self) -> Result<(), String> {
         Ok(())
     }
 }
 
-impl<E: std::fmt::Display + Send + 'static> HookOutput for Result<(), E> {
+impl<E: std::fmt::Display + Send + 'static> CallbackOutput for Result<(), E> {
     fn into_result(self) -> Result<(), String> {
         self.map_err(|e| crate::error::redact(&e.to_string()))
     }
 }
 
+/// The outermost transaction's options as SeaORM takes them.
+fn outermost_options(backend: DbBackend, options: &Options) -> TransactionOptions {
+    let mut out = TransactionOptions::default();
+    if backend == DbBackend::Sqlite {
+        // SQLite has no isolation levels or access modes. A writer takes the write
+        // lock at BEGIN, where a busy database is waited out, instead of failing with
+        // "database is locked" when a read lock cannot be upgraded mid-transaction.
+        out.sqlite_transaction_mode = Some(if options.read_only {
+            SqliteTransactionMode::Deferred
+        } else {
+            SqliteTransactionMode::Immediate
+        });
+    } else {
+        out.isolation_level = options.isolation.map(|i| i.to_sea_orm());
+        out.access_mode = options.read_only.then_some(AccessMode::ReadOnly);
+    }
+    out
+}
+
+type Beginning = Pin<Box<dyn Future<Output = Result<DatabaseTransaction, DbErr>> + Send>>;
+
+/// An outermost BEGIN that runs to its end even if the caller drops it.
+///
+/// Cut off half-way, a BEGIN leaves its connection in a state nobody tracks: sqlx 0.9
+/// counts the transaction only once `BEGIN` has answered, so a connection whose `BEGIN`
+/// was sent goes back to the pool inside a transaction that no one ends (and on MySQL,
+/// where SeaORM sends `SET TRANSACTION …` before `BEGIN`, with a one-shot isolation or
+/// read-only setting waiting for the next, unrelated transaction). Dropped unfinished,
+/// this hands the BEGIN to a task of its own; when it completes there, the transaction
+/// it yields is dropped, which rolls it back before the connection returns to the pool.
+struct Shielded(Option<Beginning>);
+
+impl Future for Shielded {
+    type Output = Result<DatabaseTransaction, DbErr>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let begin = self.0.as_mut().expect("polled after completion");
+        let out = std::task::ready!(begin.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for Shielded {
+    fn drop(&mut self) {
+        if let Some(begin) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                drop(begin.await);
+            });
+        }
+    }
+}
+
+/// The protocol: begin.
 impl Tx {
-    pub(crate) fn outermost(txn: DatabaseTransaction, read_only: bool) -> Self {
-        let mut tx = Tx::root(txn, 0, Tree::new(true));
-        tx.read_only = read_only;
-        tx
-    }
-
-    /// A transaction nested in one that safe-db does not manage.
-    pub(crate) fn unmanaged_savepoint(txn: DatabaseTransaction) -> Self {
-        Tx::root(txn, 1, Tree::new(false))
-    }
-
-    fn root(txn: DatabaseTransaction, depth: u32, tree: Arc<Tree>) -> Self {
+    fn new(txn: DatabaseTransaction, depth: u32, tree: Arc<Tree>) -> Self {
         Tx {
             txn,
             depth,
@@ -295,8 +323,55 @@ impl Tx {
         }
     }
 
-    fn nested(&self, txn: DatabaseTransaction, turn: tokio::sync::OwnedMutexGuard<()>) -> Self {
-        Tx {
+    /// Begins an outermost transaction on `conn` with `options`' isolation and access
+    /// mode, its statements bounded by `deadline`.
+    pub(crate) async fn begin(
+        conn: &DatabaseConnection,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> Result<Tx, DbErr> {
+        let config = outermost_options(conn.get_database_backend(), options);
+        let conn = conn.clone();
+        let begun = Shielded(Some(Box::pin(async move {
+            conn.begin_with_options(config).await
+        })))
+        .await?;
+        let mut tx = Tx::new(begun, 0, Tree::new(true));
+        tx.read_only = options.read_only;
+        tx.bound(deadline).await?;
+        Ok(tx)
+    }
+
+    /// Begins a savepoint in a transaction that safe-db does not manage (begun by hand).
+    pub(crate) async fn begin_in(
+        txn: &DatabaseTransaction,
+        deadline: Option<Instant>,
+    ) -> Result<Tx, DbErr> {
+        let mut tx = Tx::new(txn.begin().await?, 1, Tree::new(false));
+        tx.bound(deadline).await?;
+        Ok(tx)
+    }
+
+    /// Begins a savepoint in this transaction, breaking the tree if that does not
+    /// complete (see [`Critical`]). The isolation is the outermost level's to choose.
+    ///
+    /// A `read_only` savepoint in a transaction that may write is made read-only too: by
+    /// PostgreSQL (`SET LOCAL transaction_read_only`, ended by `ROLLBACK TO`), and by
+    /// safe-db on MySQL/MariaDB, which cannot (writes refused before they are sent).
+    pub(crate) async fn begin_nested(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> Result<Tx, DbErr> {
+        if let Some(err) = self.tree.broken() {
+            return Err(err);
+        }
+        let turn = Arc::clone(&self.children).lock_owned().await;
+        let step = Critical::step(Some(&self.tree));
+        let txn = self.txn.begin().await;
+        step.done();
+        let txn = txn?;
+        let mut tx = Tx {
             txn,
             depth: self.depth + 1,
             id: self.tree.next_id.fetch_add(1, Ordering::Relaxed),
@@ -310,7 +385,24 @@ impl Tx {
             read_only: self.read_only,
             refuse_writes: self.refuse_writes,
             read_only_savepoint: false,
+        };
+        if options.read_only && !self.read_only {
+            tx.read_only = true;
+            match tx.get_database_backend() {
+                DbBackend::Postgres => {
+                    // Dropped before this completes, the savepoint is rolled back as usual.
+                    tx.txn
+                        .execute_unprepared("SET LOCAL transaction_read_only = on")
+                        .await?;
+                    tx.read_only_savepoint = true;
+                }
+                DbBackend::MySql => tx.refuse_writes = true,
+                // SQLite has no read-only transactions (see the README).
+                _ => {}
+            }
         }
+        tx.bound(deadline).await?;
+        Ok(tx)
     }
 
     /// Bounds this transaction's statements by `deadline` too (the earlier one holds).
@@ -318,7 +410,7 @@ impl Tx {
     /// On PostgreSQL, a deadline of this level's own is also given to the server (`SET
     /// LOCAL statement_timeout`), so that it stops a statement still running at the
     /// deadline; a savepoint gives its caller's timeout back before it is released (see
-    /// [`Tx::restore_statement_timeout`]). MariaDB gets the deadline with each statement.
+    /// [`Tx::commit`]). MariaDB gets the deadline with each statement.
     pub(crate) async fn bound(&mut self, deadline: Option<Instant>) -> Result<(), DbErr> {
         let inherited = self.deadline;
         self.deadline = match (inherited, deadline) {
@@ -338,21 +430,160 @@ impl Tx {
         }
         Ok(())
     }
+}
 
-    /// Before a savepoint with a timeout of its own is released: gives the enclosing
-    /// transaction its statement timeout back, since a `SET LOCAL` made in a savepoint
-    /// outlives its `RELEASE` (a `ROLLBACK TO` undoes it by itself).
-    pub(crate) async fn restore_statement_timeout(&self) -> Result<(), DbErr> {
-        match self.restore_timeout {
-            Some(inherited) => self
+/// The protocol: end.
+impl Tx {
+    /// Whether a statement in this transaction's tree lost a conflict (serialization
+    /// failure, deadlock, busy): the outermost operation may retry.
+    pub(crate) fn lost_conflict(&self) -> bool {
+        self.tree.conflict.load(Ordering::Relaxed)
+    }
+
+    /// Why a body's `Ok` must not be committed, if it must not: the tree is broken, a
+    /// statement lost a conflict, or (PostgreSQL) a statement at this level failed, which
+    /// aborts the transaction so that a COMMIT would silently roll back.
+    pub(crate) fn why_not_commit(&self, operation: &str) -> Option<DbErr> {
+        if let Some(err) = self.tree.broken() {
+            return Some(err);
+        }
+        if self.lost_conflict() {
+            // The conflict itself (a serialization failure, deadlock or busy error), so
+            // that it is classified, and retried, as what it is.
+            return Some(self.tree.first_conflict.get().cloned().unwrap_or_else(|| {
+                DbErr::Exec(RuntimeErr::Internal(format!(
+                    "safe-db: operation `{operation}` returned Ok after its transaction lost \
+                     a conflict; nothing was committed"
+                )))
+            }));
+        }
+        if self.statement_failed.load(Ordering::Relaxed)
+            && self.get_database_backend() == DbBackend::Postgres
+        {
+            return Some(DbErr::Exec(RuntimeErr::Internal(format!(
+                "safe-db: operation `{operation}` returned Ok after a statement in its \
+                 transaction failed, and PostgreSQL aborts a transaction on any error; \
+                 nothing was committed (run the statement that may fail in a nested operation)"
+            ))));
+        }
+        None
+    }
+
+    /// Commits (a savepoint: releases), and returns the callbacks to run now: those of
+    /// the outermost transaction, once its COMMIT has succeeded; none for a savepoint,
+    /// whose callbacks pass to its parent. The caller has asked [`Tx::why_not_commit`].
+    ///
+    /// No deadline here: once COMMIT is sent the server carries it out, and cutting the
+    /// wait would report as failed a transaction that committed. (On PostgreSQL the
+    /// deadline's statement_timeout still bounds it.)
+    pub(crate) async fn commit(self) -> Result<Vec<Callback>, DbErr> {
+        // A `SET LOCAL` made in a savepoint outlives its `RELEASE`: give the enclosing
+        // transaction its statement timeout back first (a `ROLLBACK TO` undoes it itself).
+        if let Some(inherited) = self.restore_timeout
+            && !self.read_only_savepoint
+            && let Err(err) = self
                 .txn
                 .execute_unprepared(&statement_timeout(inherited))
                 .await
-                .map(drop),
-            None => Ok(()),
+        {
+            if let Err(rollback) = self.rollback().await {
+                tracing::warn!(error = %crate::error::redact(&rollback.to_string()), "rollback failed");
+            }
+            return Err(err);
+        }
+        let Tx {
+            txn,
+            tree,
+            id,
+            parent,
+            turn,
+            read_only_savepoint,
+            ..
+        } = self;
+        // A read-only savepoint ends with `ROLLBACK TO`: a `RELEASE` would leave the
+        // caller read-only, and it wrote nothing.
+        let step = Critical::step(parent.map(|_| &tree));
+        let ended = if read_only_savepoint {
+            txn.rollback().await
+        } else {
+            txn.commit().await
+        };
+        step.done();
+        if let Err(err) = &ended {
+            if ErrorKind::of(err).is_retryable() {
+                tree.lost_conflict(err);
+            }
+            if parent.is_some() {
+                savepoint_end_failed(&tree, err);
+            }
+        }
+        // The next sibling may begin its savepoint.
+        drop(turn);
+        ended?;
+        let mut callbacks = tree.callbacks();
+        let Some(parent) = parent else {
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                callbacks.drain(..).partition(|(owner, _)| *owner == id);
+            *callbacks = rest;
+            if !tree.commit_visible && !mine.is_empty() {
+                tracing::warn!(
+                    dropped = mine.len(),
+                    "on_commit callbacks dropped: the enclosing transaction was begun by \
+                     hand, so safe-db cannot see it commit"
+                );
+                return Ok(Vec::new());
+            }
+            return Ok(mine.into_iter().map(|(_, callback)| callback).collect());
+        };
+        for (owner, _) in callbacks.iter_mut() {
+            if *owner == id {
+                *owner = parent;
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Rolls back (a savepoint: to its start). Callbacks registered at this level are
+    /// dropped with it. A rollback that does not answer within a grace period is given
+    /// up: the connection is then closed by the pool (and an enclosing transaction is
+    /// broken), since its state is unknown.
+    pub(crate) async fn rollback(self) -> Result<(), DbErr> {
+        let Tx {
+            txn, tree, parent, ..
+        } = self;
+        let nested = parent.map(|_| &tree);
+        let step = Critical::step(nested);
+        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, txn.rollback()).await;
+        if rolled_back.is_ok() {
+            step.done();
+        }
+        // Cut off by the grace period, the step is not done: an enclosing transaction is
+        // broken when `step` is dropped.
+        match rolled_back {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => {
+                if nested.is_some() {
+                    savepoint_end_failed(&tree, &err);
+                }
+                Err(err)
+            }
+            Err(_) => Err(DbErr::Exec(RuntimeErr::Internal(format!(
+                "safe-db: the rollback did not answer within {ROLLBACK_GRACE:?}; the \
+                 connection is given up"
+            )))),
         }
     }
 
+    /// Ends this transaction's tree for whoever still holds it: every later statement,
+    /// nested operation and commit through it fails with `err`.
+    #[cfg(feature = "axum")]
+    pub(crate) fn abandon(&self, err: DbErr) {
+        self.tree.break_with(err);
+    }
+}
+
+/// What the body sees.
+impl Tx {
     /// How deep this transaction is nested: 0 for the outermost, 1 for a savepoint in it, …
     pub fn depth(&self) -> u32 {
         self.depth
@@ -398,106 +629,36 @@ impl Tx {
     pub fn on_commit<F>(&self, callback: F)
     where
         F: Future + Send + 'static,
-        F::Output: HookOutput,
+        F::Output: CallbackOutput,
     {
-        let hook: Hook = Box::pin(async move { callback.await.into_result() });
-        self.tree.hooks().push((self.id, hook));
+        let boxed: Callback = Box::pin(async move { callback.await.into_result() });
+        self.tree.callbacks().push((self.id, boxed));
     }
+}
 
-    pub(crate) fn statement_failed(&self) -> bool {
-        self.statement_failed.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn first_conflict(&self) -> Option<DbErr> {
-        self.tree.first_conflict.get().cloned()
-    }
-
-    pub(crate) fn conflicted(&self) -> bool {
-        self.tree.conflict.load(Ordering::Relaxed)
-    }
-
-    /// The transaction, and what of it outlives the transaction.
-    pub(crate) fn into_parts(self) -> (DatabaseTransaction, Scope) {
-        let scope = Scope {
-            tree: self.tree,
-            id: self.id,
-            parent: self.parent,
-            _turn: self.turn,
-        };
-        (self.txn, scope)
-    }
-
-    /// The error that ends this transaction's tree, if it can no longer commit.
-    pub(crate) fn poisoned(&self) -> Option<DbErr> {
-        self.tree.poisoned()
-    }
-
-    /// Begins a savepoint in this transaction, poisoning the tree if that does not
-    /// complete (see [`Tree`]).
-    ///
-    /// A `read_only` savepoint in a transaction that may write is made read-only too: by
-    /// PostgreSQL (`SET LOCAL transaction_read_only`, ended by `ROLLBACK TO`), and by
-    /// safe-db on MySQL/MariaDB, which cannot (writes refused before they are sent).
-    pub(crate) async fn begin_savepoint(&self, read_only: bool) -> Result<Tx, DbErr> {
-        if let Some(err) = self.poisoned() {
-            return Err(err);
-        }
-        let turn = Arc::clone(&self.children).lock_owned().await;
-        let guard = PoisonOnDrop(Some(Arc::clone(&self.tree)));
-        let txn = self.txn.begin().await?;
-        guard.disarm();
-        let mut tx = self.nested(txn, turn);
-        if read_only && !self.read_only {
-            tx.read_only = true;
-            match tx.get_database_backend() {
-                DbBackend::Postgres => {
-                    // Dropped before this completes, the savepoint is rolled back as usual.
-                    tx.txn
-                        .execute_unprepared("SET LOCAL transaction_read_only = on")
-                        .await?;
-                    tx.read_only_savepoint = true;
-                }
-                DbBackend::MySql => tx.refuse_writes = true,
-                // SQLite has no read-only transactions (see the README).
-                _ => {}
-            }
-        }
-        Ok(tx)
-    }
-
-    /// Ends this transaction's tree for whoever still holds it: every later statement,
-    /// nested operation and commit through it fails with `err`.
-    #[cfg(feature = "axum")]
-    pub(crate) fn abandon(&self, err: DbErr) {
-        self.tree.poison(err);
-    }
-
-    /// Whether this savepoint ends with `ROLLBACK TO` even when its operation succeeds.
-    pub(crate) fn ends_by_rollback(&self) -> bool {
-        self.read_only_savepoint
-    }
-
+/// The statements the body sends: checked, bounded, and their failures noted.
+impl Tx {
     /// Takes the tree's turn for one statement and checks it: refused before it is sent
-    /// when the tree is poisoned or the statement would end the transaction (or write, in
+    /// when the tree is broken or the statement would end the transaction (or write, in
     /// a read-only savepoint on MySQL). Returns the turn, held until the statement's
     /// outcome is noted, and the statement as it must be sent on MariaDB with a deadline.
-    async fn before(
+    async fn admit(
         &self,
         sql: &str,
     ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Option<String>), DbErr> {
         let turn = self.tree.statements.lock().await;
-        self.admit(sql).await?;
+        self.refuse(sql).await?;
         Ok((turn, self.bounded(sql)))
     }
 
-    /// Refuses a statement before it is sent: in a poisoned tree, or one that would end
+    /// Refuses a statement before it is sent: in a broken tree, or one that would end
     /// the transaction (see [`crate::sql::ends_transaction`]).
-    async fn admit(&self, sql: &str) -> Result<(), DbErr> {
+    async fn refuse(&self, sql: &str) -> Result<(), DbErr> {
         let suspect = self.tree.suspect().clone();
         if let Some(err) = suspect {
             self.settle_suspicion(err).await;
         }
-        if let Some(err) = self.tree.poisoned() {
+        if let Some(err) = self.tree.broken() {
             return Err(err);
         }
         let backend = self.txn.get_database_backend();
@@ -547,38 +708,42 @@ impl Tx {
         crate::sql::with_statement_time(sql, deadline.saturating_duration_since(Instant::now()))
     }
 
-    /// Records a failed statement: a conflict for the retry, and on MySQL/MariaDB, where
-    /// the server may have rolled the whole transaction back, poisons the tree if it has.
-    async fn note<T>(&self, result: Result<T, DbErr>) -> Result<T, DbErr> {
+    /// A statement's result, its failure noted first (see [`Tx::note_failure`]).
+    async fn noted<T>(&self, result: Result<T, DbErr>) -> Result<T, DbErr> {
         if let Err(err) = &result {
-            self.statement_failed.store(true, Ordering::Relaxed);
-            if ErrorKind::of(err).is_retryable() {
-                self.tree.conflict.store(true, Ordering::Relaxed);
-                let _ = self.tree.first_conflict.set(err.clone());
-            }
-            if self.txn.get_database_backend() == DbBackend::MySql {
-                match crate::error::mysql_number(err) {
-                    // A deadlock always ends the transaction.
-                    Some(1213) => self.tree.poison(err.clone()),
-                    // These end it only under some settings: ask.
-                    Some(1205 | 1206 | 1020) => {
-                        *self.tree.suspect() = Some(err.clone());
-                        self.settle_suspicion(err.clone()).await;
-                    }
-                    // Every other server error undoes its own statement only.
-                    Some(_) => {}
-                    // A lost connection ends it.
-                    None if ErrorKind::of(err) == ErrorKind::Unavailable => {
-                        self.tree.poison(err.clone())
-                    }
-                    None => {}
-                }
-            }
+            self.note_failure(err).await;
         }
         result
     }
 
-    /// Asks MySQL/MariaDB whether the transaction survived `err`, and poisons the tree
+    /// Records a failed statement: a conflict for the retry, and on MySQL/MariaDB, where
+    /// the server may have rolled the whole transaction back, breaks the tree if it has.
+    async fn note_failure(&self, err: &DbErr) {
+        self.statement_failed.store(true, Ordering::Relaxed);
+        if ErrorKind::of(err).is_retryable() {
+            self.tree.lost_conflict(err);
+        }
+        if self.txn.get_database_backend() == DbBackend::MySql {
+            match crate::error::mysql_number(err) {
+                // A deadlock always ends the transaction.
+                Some(1213) => self.tree.break_with(err.clone()),
+                // These end it only under some settings: ask.
+                Some(1205 | 1206 | 1020) => {
+                    *self.tree.suspect() = Some(err.clone());
+                    self.settle_suspicion(err.clone()).await;
+                }
+                // Every other server error undoes its own statement only.
+                Some(_) => {}
+                // A lost connection ends it.
+                None if ErrorKind::of(err) == ErrorKind::Unavailable => {
+                    self.tree.break_with(err.clone())
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Asks MySQL/MariaDB whether the transaction survived `err`, and breaks the tree
     /// with it if not (or if the answer cannot be had: MySQL, unlike MariaDB, has no
     /// `@@in_transaction`). One round trip, after those errors only.
     async fn settle_suspicion(&self, err: DbErr) {
@@ -594,7 +759,7 @@ impl Tx {
             Ok(Some(Ok(1)))
         );
         if !open {
-            self.tree.poison(err);
+            self.tree.break_with(err);
         }
         *self.tree.suspect() = None;
     }
@@ -616,33 +781,33 @@ impl ConnectionTrait for Tx {
     }
 
     async fn execute_raw(&self, mut stmt: Statement) -> Result<ExecResult, DbErr> {
-        let (_turn, bounded) = self.before(&stmt.sql).await?;
+        let (_turn, bounded) = self.admit(&stmt.sql).await?;
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
-        self.note(self.txn.execute_raw(stmt).await).await
+        self.noted(self.txn.execute_raw(stmt).await).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let (_turn, bounded) = self.before(sql).await?;
+        let (_turn, bounded) = self.admit(sql).await?;
         let sql = bounded.as_deref().unwrap_or(sql);
-        self.note(self.txn.execute_unprepared(sql).await).await
+        self.noted(self.txn.execute_unprepared(sql).await).await
     }
 
     async fn query_one_raw(&self, mut stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        let (_turn, bounded) = self.before(&stmt.sql).await?;
+        let (_turn, bounded) = self.admit(&stmt.sql).await?;
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
-        self.note(self.txn.query_one_raw(stmt).await).await
+        self.noted(self.txn.query_one_raw(stmt).await).await
     }
 
     async fn query_all_raw(&self, mut stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let (_turn, bounded) = self.before(&stmt.sql).await?;
+        let (_turn, bounded) = self.admit(&stmt.sql).await?;
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
-        self.note(self.txn.query_all_raw(stmt).await).await
+        self.noted(self.txn.query_all_raw(stmt).await).await
     }
 
     fn support_returning(&self) -> bool {
