@@ -608,3 +608,49 @@ async fn a_tower_timeout_outside_tx_layer_can_answer_timeout_for_a_commit() {
         t.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn a_request_is_one_operation_whose_span_holds_the_handler_and_its_nested_operations() {
+    let (t, db) = api_db("web_span", &[Backend::Sqlite], 2).await.remove(0);
+    let app = test_app(db);
+    let (captured, guard) = safe_db_suite::capture::start();
+    call(&app, "POST", "/status/201", None).await;
+    call(&app, "POST", "/status/409", None).await;
+    drop(guard);
+    let spans: Vec<_> = captured
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "safe_db.operation")
+        .collect();
+    let named = |name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.fields.get("operation").map(String::as_str) == Some(name))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let requests = named("request");
+    assert_eq!(requests.len(), 2, "{}", captured.all_text());
+    // Begun like any operation (its attempt and depth recorded), ended through the same
+    // commit and rollback, with the real reason for the rollback.
+    assert_eq!(requests[0].fields["outcome"], "committed");
+    assert_eq!(requests[0].fields["attempt"], "1");
+    assert_eq!(requests[0].fields["depth"], "0");
+    assert_eq!(requests[1].fields["outcome"], "rolled_back");
+    assert_eq!(
+        requests[1].fields["reason"],
+        "the response was 409 Conflict"
+    );
+    // The handler runs in the request's span: its nested operations are children.
+    let nested = named("create_agent");
+    assert_eq!(nested.len(), 2, "{}", captured.all_text());
+    assert!(
+        nested
+            .iter()
+            .all(|s| s.parent_operation.as_deref() == Some("request")),
+        "{nested:?}"
+    );
+    let kept: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+    assert_eq!(kept, ["status-201"]);
+    t.cleanup().await;
+}

@@ -138,16 +138,18 @@ impl IntoResponse for Error {
 }
 
 /// The request's transaction, shared by the layer (which ends it) and the extractor
-/// (which begins it on first use).
+/// (which begins it on first use), with the operation that drives it.
 struct Slot {
     begin: Box<dyn Fn() -> BeginFuture + Send + Sync>,
     tx: std::sync::OnceLock<Tx>,
+    /// The request's operation, from the moment its transaction began.
+    operation: std::sync::Mutex<Option<Operation>>,
     /// Held while the transaction begins; `true` once the request is over, after which
     /// nothing begins (a copy of the request's extensions may outlive it).
     gate: tokio::sync::Mutex<bool>,
 }
 
-type BeginFuture = Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send>>;
+type BeginFuture = Pin<Box<dyn Future<Output = (Operation, Result<Tx, DbErr>)> + Send>>;
 
 impl Slot {
     async fn get(&self) -> Result<&Tx, DbErr> {
@@ -159,10 +161,17 @@ impl Slot {
             return Err(request_over());
         }
         if self.tx.get().is_none() {
-            let tx = (self.begin)().await?;
+            // A BEGIN that fails has recorded its end in the operation, dropped here.
+            let (operation, begun) = (self.begin)().await;
+            let tx = begun?;
+            *self.operation() = Some(operation);
             let _ = self.tx.set(tx);
         }
         Ok(self.tx.get().expect("set under the gate"))
+    }
+
+    fn operation(&self) -> std::sync::MutexGuard<'_, Option<Operation>> {
+        self.operation.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The request is over: nothing may begin from now on. Returns whether a
@@ -318,21 +327,38 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let (conn, options, timeout) = (self.conn.clone(), self.options, self.timeout);
-        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+        let arrived = tokio::time::Instant::now();
+        let deadline = timeout.and_then(|t| arrived.checked_add(t));
+        // The request's span, entered while the handler runs: the operations it calls are
+        // its children. It becomes the request's operation's span if the transaction is
+        // used, and records `outcome = "unused"` if not.
+        let span = Operation::request_span(&options);
+        let request_span = span.clone();
         let slot = Arc::new(Slot {
             begin: Box::new(move || {
                 let conn = conn.clone();
+                let span = request_span.clone();
                 Box::pin(async move {
-                    // The server stops a statement still running at the deadline.
-                    conn.__begin(&options, deadline).await
+                    // The same operation as any other, begun when the handler first uses
+                    // the transaction; the server stops a statement still running at the
+                    // request's deadline.
+                    let mut operation = Operation::for_request(&options, arrived, deadline, span);
+                    let begun = operation.begin(&conn).await;
+                    (operation, begun)
                 })
             }),
             tx: std::sync::OnceLock::new(),
+            operation: std::sync::Mutex::new(None),
             gate: tokio::sync::Mutex::new(false),
         });
         request.extensions_mut().insert(Handle(Arc::clone(&slot)));
         Box::pin(async move {
-            let handler = AssertUnwindSafe(inner.call(request)).catch_unwind();
+            let mut handler = Box::pin(AssertUnwindSafe(inner.call(request)).catch_unwind());
+            let in_span = span.clone();
+            let handler = std::future::poll_fn(move |cx| {
+                let _entered = (!in_span.is_disabled()).then(|| in_span.enter());
+                handler.as_mut().poll(cx)
+            });
             // `None`: the handler overran the request's deadline and was dropped.
             let called = match deadline {
                 None => Some(handler.await),
@@ -342,6 +368,7 @@ where
             // sent yet. End the transaction now, so none is held open while a body
             // streams. From here on nothing begins, whoever holds a copy of the slot.
             let begun = slot.close().await;
+            let operation = slot.operation().take();
             let tx = match Arc::try_unwrap(slot) {
                 Ok(slot) => slot.tx.into_inner(),
                 Err(shared) if begun => {
@@ -352,11 +379,14 @@ where
                     if let Some(tx) = shared.tx.get() {
                         tx.abandon(request_over());
                     }
-                    tracing::error!(
-                        "a RequestTx outlived its request (moved into a spawned task?): the \
-                         request fails, and its transaction is rolled back when that copy is \
-                         dropped (until then it holds its connection and locks)"
-                    );
+                    let reason = "a RequestTx outlived its request (moved into a spawned \
+                                  task?): the request fails, and its transaction is rolled \
+                                  back when that copy is dropped (until then it holds its \
+                                  connection and locks)";
+                    if let Some(mut operation) = operation {
+                        operation.abandon(reason);
+                    }
+                    tracing::error!("{reason}");
                     return Ok(
                         Error::new(ErrorKind::Database, "request transaction still in use")
                             .into_response(),
@@ -373,55 +403,46 @@ where
                     format!("the request did not complete within its timeout of {limit:?}"),
                 )
             };
-            let Some(tx) = tx else {
+            let (Some(tx), Some(mut operation)) = (tx, operation) else {
                 // Never used: nothing to end.
+                if !span.is_disabled() {
+                    span.record("outcome", "unused");
+                }
                 return match called {
                     None => Ok(timed_out().into_response()),
                     Some(Ok(result)) => result,
                     Some(Err(payload)) => std::panic::resume_unwind(payload),
                 };
             };
-            // Counted and traced as an operation only when the transaction was used.
-            let mut operation = Operation::new(&options, "request");
-            let Some(called) = called else {
-                let _ = operation.conclude::<(), DbErr>(tx, Outcome::TimedOut).await;
-                return Ok(timed_out().into_response());
-            };
             match called {
-                Err(payload) => {
+                None => {
+                    let _ = operation.conclude::<(), DbErr>(tx, Outcome::TimedOut).await;
+                    Ok(timed_out().into_response())
+                }
+                Some(Err(payload)) => {
                     let _ = operation
                         .conclude::<(), DbErr>(tx, Outcome::Panicked(payload))
                         .await;
                     unreachable!("a panic is resumed")
                 }
-                Ok(Err(err)) => {
-                    let _ = operation
-                        .conclude::<(), Error>(
-                            tx,
-                            Outcome::Returned(Err(Error::new(
-                                ErrorKind::Database,
-                                "service error",
-                            ))),
-                        )
-                        .await;
+                Some(Ok(Err(err))) => {
+                    operation.decline(tx, "the service failed").await;
                     Err(err)
                 }
-                Ok(Ok(response)) => {
+                Some(Ok(Ok(response))) => {
                     let status = response.status();
-                    let outcome = if status.is_success() || status.is_redirection() {
-                        Ok(())
-                    } else {
-                        Err(Error::new(
-                            ErrorKind::Validation,
-                            format!("response {status}"),
-                        ))
-                    };
-                    let failed = outcome.is_err();
-                    match operation.conclude(tx, Outcome::Returned(outcome)).await {
+                    if !(status.is_success() || status.is_redirection()) {
+                        let reason = format!("the response was {status}");
+                        operation.decline(tx, &reason).await;
+                        return Ok(response);
+                    }
+                    match operation
+                        .conclude::<(), DbErr>(tx, Outcome::Returned(Ok(())))
+                        .await
+                    {
                         Ok(()) => Ok(response),
-                        Err(_) if failed => Ok(response),
                         // The commit failed: the client must not see a success.
-                        Err(commit_error) => Ok(commit_error.into_response()),
+                        Err(commit_error) => Ok(Error::from(commit_error).into_response()),
                     }
                 }
             }

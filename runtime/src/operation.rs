@@ -55,7 +55,39 @@ const TIMER_TICK: Duration = Duration::from_millis(1);
 impl Operation {
     pub fn new(options: &Options, name: &'static str) -> Self {
         let started = Instant::now();
-        let span = tracing::info_span!(
+        // A timeout too large to add is no deadline at all.
+        let deadline = options.timeout.and_then(|t| started.checked_add(t));
+        Operation::starting(
+            options,
+            name,
+            started,
+            deadline,
+            Operation::span_for(options, name),
+        )
+    }
+
+    /// The span of a web request's operation, made when the request arrives so that the
+    /// handler, and the operations it calls, run in it.
+    #[cfg(feature = "axum")]
+    pub(crate) fn request_span(options: &Options) -> tracing::Span {
+        Operation::span_for(options, "request")
+    }
+
+    /// The operation of a web request's transaction, begun when the handler first uses
+    /// it: timed from the request's arrival, under the request's deadline, in the span
+    /// made then.
+    #[cfg(feature = "axum")]
+    pub(crate) fn for_request(
+        options: &Options,
+        arrived: Instant,
+        deadline: Option<Instant>,
+        span: tracing::Span,
+    ) -> Self {
+        Operation::starting(options, "request", arrived, deadline, span)
+    }
+
+    fn span_for(options: &Options, name: &'static str) -> tracing::Span {
+        tracing::info_span!(
             "safe_db.operation",
             operation = name,
             isolation = options.isolation.map(|i| i.name()),
@@ -63,19 +95,46 @@ impl Operation {
             depth = tracing::field::Empty,
             attempt = tracing::field::Empty,
             outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
-        );
+        )
+    }
+
+    fn starting(
+        options: &Options,
+        name: &'static str,
+        started: Instant,
+        deadline: Option<Instant>,
+        span: tracing::Span,
+    ) -> Self {
         observe::started(name);
         Operation {
             name,
             options: *options,
-            // A timeout too large to add is no deadline at all.
-            deadline: options.timeout.and_then(|t| started.checked_add(t)),
+            deadline,
             attempt: 0,
             started,
             span,
             ended: false,
         }
+    }
+
+    /// Rolls back a transaction whose body did not fail but must not commit, for
+    /// `reason` (a request answered with an error status), recorded in the span.
+    #[cfg(feature = "axum")]
+    pub(crate) async fn decline(&mut self, tx: Tx, reason: &str) {
+        record(&self.span, "reason", reason);
+        let span = self.span.clone();
+        in_span(span, self.rollback(tx)).await;
+        self.record_end(End::RolledBack);
+    }
+
+    /// The transaction cannot be ended here (someone else still holds it, and it rolls
+    /// back when they let go): recorded as rolled back, for `reason`.
+    #[cfg(feature = "axum")]
+    pub(crate) fn abandon(&mut self, reason: &str) {
+        record(&self.span, "reason", reason);
+        self.record_end(End::RolledBack);
     }
 
     fn record_end(&mut self, end: End) {
