@@ -4,10 +4,27 @@
 //! that is rolled back and a nested failure that the caller survives.
 
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_suite::agent;
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryOrder, Set,
 };
+
+/// The seed's agent registry, as a SeaORM entity.
+mod agent {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "agents")]
+    pub(crate) struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub(crate) id: i32,
+        pub(crate) name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
 
 /// Pattern 3 of the seed (`@safe_db_operation`): the body runs in a transaction.
 #[safe_db_operation]

@@ -2,7 +2,7 @@
 //! in any log.
 
 use safe_db::{DbConfig, Error, Tx, safe_db_operation};
-use safe_db_suite::{Backend, capture, exec, ids, replace_database, server_url};
+use safe_db_test_support::{Backend, capture, exec, ids, replace_database, server_url};
 use sea_orm::Database;
 
 const PASSWORD: &str = "never-print-this-pw";

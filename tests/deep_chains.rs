@@ -3,7 +3,7 @@
 //! chain runs on a 512 KiB thread in a debug build, and every level's work commits.
 
 use safe_db::{Error, Tx, safe_db_operation};
-use safe_db_suite::TestDb;
+use safe_db_test_support::TestDb;
 use sea_orm::ConnectionTrait;
 
 async fn insert(tx: &Tx, id: i32) -> Result<(), Error> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use safe_db::{Error, ErrorKind, Options, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, exec};
+use safe_db_test_support::{Backend, TestDb, exec};
 use sea_orm::ConnectionTrait;
 use tokio::sync::Barrier;
 
@@ -119,7 +119,7 @@ async fn a_write_in_a_read_only_transaction_is_read_only_everywhere() {
             // read-only does, with SQLITE_READONLY.
             Backend::Sqlite => {
                 let url = t.url.replace("mode=rwc", "mode=ro");
-                sea_orm::Database::connect(safe_db_suite::pool_options(&url, 1))
+                sea_orm::Database::connect(safe_db_test_support::pool_options(&url, 1))
                     .await
                     .unwrap()
             }
@@ -185,7 +185,7 @@ async fn a_lock_wait_that_runs_out_is_a_timeout_on_the_servers() {
             t.backend
         );
         assert_eq!(
-            safe_db_suite::ids(&t.db, "SELECT n FROM counters").await,
+            safe_db_test_support::ids(&t.db, "SELECT n FROM counters").await,
             vec![1]
         );
         t.cleanup().await;
@@ -216,7 +216,7 @@ async fn a_lost_serialization_race_is_a_serialization_failure_on_the_servers() {
         let result: Result<(), Error> = Options::new()
             .isolation(safe_db::Isolation::RepeatableRead)
             .run(&*db, async |tx: &Tx| {
-                safe_db_suite::ids(tx, "SELECT n FROM counters").await;
+                safe_db_test_support::ids(tx, "SELECT n FROM counters").await;
                 read.wait().await;
                 written.wait().await;
                 run(tx, "UPDATE counters SET n = n + 1 WHERE id = 1").await
@@ -231,7 +231,7 @@ async fn a_lost_serialization_race_is_a_serialization_failure_on_the_servers() {
             t.backend
         );
         assert_eq!(
-            safe_db_suite::ids(&t.db, "SELECT n FROM counters").await,
+            safe_db_test_support::ids(&t.db, "SELECT n FROM counters").await,
             vec![10]
         );
         t.cleanup().await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, ids, pool_options};
+use safe_db_test_support::{Backend, TestDb, ids, pool_options};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 /// Kills a server session from outside, as an operator or a failover would.
@@ -380,7 +380,7 @@ async fn soak_randomly_mixed_outcomes_on_postgres() {
 #[tokio::test]
 async fn hostile_passwords_appear_in_no_error_and_no_log() {
     // Passwords as secret stores hand them out: raw `/`, `?`, `#`, `@`, `:`, `%`.
-    let (captured, _guard) = safe_db_suite::capture::start();
+    let (captured, _guard) = safe_db_test_support::capture::start();
     for (url, secrets) in [
         (
             "postgres://app:pa/ss9@127.0.0.1:1/test",

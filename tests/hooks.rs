@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, ids};
+use safe_db_test_support::{Backend, TestDb, ids};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 
 /// What the callbacks saw, in the order they ran.

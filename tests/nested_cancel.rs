@@ -3,7 +3,7 @@
 //! connection must come back to the pool clean.
 
 use safe_db::{Error, Tx, safe_db_operation};
-use safe_db_suite::TestDb;
+use safe_db_test_support::TestDb;
 use sea_orm::ConnectionTrait;
 
 async fn insert(tx: &Tx, id: i32) -> Result<(), Error> {
@@ -23,7 +23,7 @@ async fn inner(tx: &Tx, id: i32) -> Result<(), Error> {
 #[safe_db_operation]
 async fn outer(tx: &Tx, base: i32, polls: u32) -> Result<bool, Error> {
     insert(tx, base).await?;
-    let finished = safe_db_suite::poll_then_drop(inner(tx, base + 10), polls).await;
+    let finished = safe_db_test_support::poll_then_drop(inner(tx, base + 10), polls).await;
     insert(tx, base + 1).await?;
     Ok(matches!(finished, Some(Ok(()))))
 }
@@ -63,9 +63,11 @@ async fn a_cancelled_nested_operation_never_half_commits_its_caller() {
             safe_db::transaction(&db, async |tx: &Tx| insert(tx, after).await)
                 .await
                 .unwrap_or_else(|e| panic!("{:?} polls {polls}: {e}", t.backend));
-            let committed =
-                safe_db_suite::ids(&t.db, &format!("SELECT id FROM agents WHERE id = {after}"))
-                    .await;
+            let committed = safe_db_test_support::ids(
+                &t.db,
+                &format!("SELECT id FROM agents WHERE id = {after}"),
+            )
+            .await;
             assert_eq!(committed, vec![after], "{:?} polls {polls}", t.backend);
         }
         t.cleanup().await;

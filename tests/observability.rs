@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use safe_db::{Error, PoolStats, Tx, safe_db_operation};
-use safe_db_suite::{TestDb, capture};
+use safe_db_test_support::{TestDb, capture};
 use sea_orm::ConnectionTrait;
 
 #[safe_db_operation]

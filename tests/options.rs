@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use safe_db::{Error, ErrorKind, Isolation, Options, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, exec, ids};
+use safe_db_test_support::{Backend, TestDb, exec, ids};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tokio::sync::Barrier;
 

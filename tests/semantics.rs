@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, agent, exec};
+use safe_db_test_support::{Backend, TestDb, agent, exec};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait, Set};
 
 #[safe_db_operation]
@@ -125,7 +125,7 @@ async fn cancellation_at_any_point_commits_nothing_and_leaks_nothing() {
             let first = 1000 + (round as i32) * 10;
             let fut = insert_many(&db, first, 5);
             let polls = round % 30;
-            let outcome = safe_db_suite::poll_then_drop(fut, polls).await;
+            let outcome = safe_db_test_support::poll_then_drop(fut, polls).await;
             let rows: Vec<i32> = t
                 .agent_ids()
                 .await
@@ -288,7 +288,7 @@ async fn timeout_interrupts_a_long_statement_on_postgres() {
         // The pool's one connection is reusable at once, and nothing is running on it.
         create_agent(&t.db, 2, "after").await.unwrap();
         assert_eq!(t.agent_ids().await, vec![2]);
-        let running = safe_db_suite::ids(
+        let running = safe_db_test_support::ids(
             &t.db,
             "SELECT count(*)::int FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'",
         )
@@ -367,7 +367,7 @@ async fn methods_trait_impls_generics_and_spawned_futures() {
 
 #[safe_db_operation]
 async fn read_then_write(tx: &Tx, task: i32) -> Result<(), Error> {
-    let rows = safe_db_suite::ids(tx, "SELECT n FROM counters WHERE id = 1").await;
+    let rows = safe_db_test_support::ids(tx, "SELECT n FROM counters WHERE id = 1").await;
     let n = rows[0];
     tokio::task::yield_now().await;
     tx.execute_unprepared(&format!("UPDATE counters SET n = {} WHERE id = 1", n + 1))
@@ -396,7 +396,7 @@ async fn concurrent_read_then_write_on_one_sqlite_file_never_fails_with_database
         task.await.unwrap().unwrap();
     }
     assert_eq!(
-        safe_db_suite::ids(&t.db, "SELECT n FROM counters WHERE id = 1").await,
+        safe_db_test_support::ids(&t.db, "SELECT n FROM counters WHERE id = 1").await,
         vec![80],
         "every read-then-write was serialized by the write lock taken at BEGIN"
     );
@@ -457,7 +457,7 @@ async fn concurrent_nested_operations_on_one_tx_take_turns() {
                 "{:?} round {round}",
                 t.backend
             );
-            safe_db_suite::exec(&t.db, "DELETE FROM agents").await;
+            safe_db_test_support::exec(&t.db, "DELETE FROM agents").await;
         }
         t.cleanup().await;
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use safe_db::{Error, ErrorKind, Options, Tx, safe_db_operation};
-use safe_db_suite::{Backend, TestDb, exec, ids};
+use safe_db_test_support::{Backend, TestDb, exec, ids};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use tokio::sync::Barrier;
 
@@ -389,7 +389,7 @@ async fn uses_a_temporary_table(tx: &Tx) -> Result<Vec<i32>, Error> {
     )
     .await?;
     run(tx, "DROP TEMPORARY TABLE scratch").await?;
-    Ok(safe_db_suite::ids(tx, "SELECT id FROM agents ORDER BY id").await)
+    Ok(safe_db_test_support::ids(tx, "SELECT id FROM agents ORDER BY id").await)
 }
 
 #[tokio::test]

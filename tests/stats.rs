@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use safe_db::{Error, Stats, Tx, safe_db_operation};
-use safe_db_suite::TestDb;
+use safe_db_test_support::TestDb;
 use sea_orm::ConnectionTrait;
 
 #[safe_db_operation(timeout = "50ms")]

@@ -64,7 +64,7 @@ use sea_orm::DbErr;
 
 pub use begin::Begin;
 pub use begin::Db;
-pub use config::{ConfigError, DEFAULT_URL, DbConfig};
+pub use config::{ConfigError, DEFAULT_URL, DbConfig, guard_pool_release};
 pub use error::{Error, ErrorKind};
 pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};
 pub use options::{Isolation, Options};

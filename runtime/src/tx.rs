@@ -486,7 +486,9 @@ impl Tx {
                 .execute_unprepared(&statement_timeout(inherited))
                 .await
         {
-            if let Err(rollback) = self.rollback().await {
+            // Boxed: this rare path would otherwise add a whole rollback to the size of
+            // every commit's future.
+            if let Err(rollback) = Box::pin(self.rollback()).await {
                 tracing::warn!(error = %crate::error::redact(&rollback.to_string()), "rollback failed");
             }
             return Err(err);

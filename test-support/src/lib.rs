@@ -1,5 +1,6 @@
-//! Test support for safe-db's integration tests and examples: one namespace per test on
-//! each configured database, the agent registry schema of the seed, and read-backs.
+//! Test support for safe-db's own tests (not published): one namespace per test on each
+//! configured database, the agent registry schema of the seed, read-backs, and a
+//! `tracing` layer that captures what it sees.
 //!
 //! SQLite (a file in a temporary directory) always runs. PostgreSQL and MariaDB/MySQL run
 //! when `SAFE_DB_TEST_POSTGRES_URL` / `SAFE_DB_TEST_MYSQL_URL` are set; otherwise their
@@ -7,8 +8,6 @@
 //! unreachable server fails the test.
 
 use std::time::Duration;
-
-pub mod agents_api;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
@@ -100,6 +99,8 @@ pub fn pool_options(url: &str, max_connections: u32) -> ConnectOptions {
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
+    // As DbConfig's pools: a connection left in an unknown state is closed, not reused.
+    safe_db::guard_pool_release(&mut options);
     options
 }
 
@@ -117,9 +118,20 @@ impl TestDb {
 
     /// Like [`TestDb::all`], for the listed backends only (a behaviour only some have).
     pub async fn on(backends: &[Backend], test: &str, max_connections: u32) -> Vec<TestDb> {
+        let out = TestDb::empty_on(backends, test, max_connections).await;
+        for t in &out {
+            t.create_schema()
+                .await
+                .unwrap_or_else(|e| panic!("{:?}: schema: {e}", t.backend));
+        }
+        out
+    }
+
+    /// Fresh, empty namespaces on the listed backends, for a schema of the test's own.
+    pub async fn empty_on(backends: &[Backend], test: &str, max_connections: u32) -> Vec<TestDb> {
         let mut out = Vec::new();
         if backends.contains(&Backend::Sqlite) {
-            out.push(TestDb::sqlite(test, max_connections).await);
+            out.push(TestDb::empty_sqlite(test, max_connections).await);
         }
         for (backend, url) in servers() {
             if !backends.contains(&backend) {
@@ -135,6 +147,12 @@ impl TestDb {
 
     /// A fresh SQLite file database with the agent schema.
     pub async fn sqlite(test: &str, max_connections: u32) -> TestDb {
+        let out = TestDb::empty_sqlite(test, max_connections).await;
+        out.create_schema().await.expect("schema");
+        out
+    }
+
+    async fn empty_sqlite(test: &str, max_connections: u32) -> TestDb {
         let dir = tempfile::tempdir().expect("temporary directory");
         let url = format!(
             "sqlite://{}?mode=rwc",
@@ -143,16 +161,14 @@ impl TestDb {
         let db = Database::connect(pool_options(&url, max_connections))
             .await
             .expect("open SQLite");
-        let out = TestDb {
+        TestDb {
             backend: Backend::Sqlite,
             db,
             url,
             namespace: test.to_owned(),
             admin_url: None,
             _dir: Some(dir),
-        };
-        out.create_schema().await.expect("schema");
-        out
+        }
     }
 
     async fn server(
@@ -188,16 +204,14 @@ impl TestDb {
             options.set_schema_search_path(namespace.clone());
         }
         let db = Database::connect(options).await?;
-        let out = TestDb {
+        Ok(TestDb {
             backend,
             db,
             url,
             namespace,
             admin_url: Some(base.to_owned()),
             _dir: None,
-        };
-        out.create_schema().await?;
-        Ok(out)
+        })
     }
 
     /// Another pool on the same namespace.

@@ -1,11 +1,10 @@
-//! The seed's agent registry as an HTTP API: `cargo run --example agents_api`.
+//! The seed's agent registry as an HTTP API: `cargo run -p agents-api`.
 //!
 //! Serves on 127.0.0.1:3000 (`PORT` to change) over the embedded SQLite file, or over
 //! `DATABASE_URL` (PostgreSQL, MySQL) with the pool settings of `DbConfig::from_env`.
-//! The routes and service functions are in `src/agents_api.rs`.
+//! The routes and service functions are in `src/lib.rs`.
 
 use safe_db::DbConfig;
-use safe_db_suite::agents_api;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

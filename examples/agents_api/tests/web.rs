@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agents_api::{self, create_agent, routes, with_transactions};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -11,17 +12,14 @@ use axum::routing::post;
 use http_body_util::BodyExt;
 use safe_db::axum::{RequestTx, TxLayer};
 use safe_db::{Db, Error};
-use safe_db_suite::agents_api::{self, create_agent, routes, with_transactions};
-use safe_db_suite::{Backend, TestDb};
+use safe_db_test_support::{Backend, TestDb};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 /// A namespace with the API's schema (ids assigned by the database).
 async fn api_db(test: &str, backends: &[Backend], pool: u32) -> Vec<(TestDb, Db)> {
     let mut out = Vec::new();
-    for t in TestDb::on(backends, test, pool).await {
-        safe_db_suite::exec(&t.db, "DROP TABLE notes").await;
-        safe_db_suite::exec(&t.db, "DROP TABLE agents").await;
+    for t in TestDb::empty_on(backends, test, pool).await {
         agents_api::migrate(&t.db).await.unwrap();
         let db = Db::new(t.pool(pool).await, None);
         out.push((t, db));
@@ -356,7 +354,7 @@ async fn over_a_real_socket_with_a_client_that_goes_away_and_a_streaming_body() 
             // Rolled back, not merely invisible: no session is left inside a transaction
             // that wrote to this test's table (other tests' sessions share the database,
             // so count the locks on this schema's `agents`, not every idle session).
-            let in_tx = safe_db_suite::ids(
+            let in_tx = safe_db_test_support::ids(
                 &t.db,
                 "SELECT count(*)::int FROM pg_locks l \
                  JOIN pg_class c ON c.oid = l.relation \
@@ -613,7 +611,7 @@ async fn a_tower_timeout_outside_tx_layer_can_answer_timeout_for_a_commit() {
 async fn a_request_is_one_operation_whose_span_holds_the_handler_and_its_nested_operations() {
     let (t, db) = api_db("web_span", &[Backend::Sqlite], 2).await.remove(0);
     let app = test_app(db);
-    let (captured, guard) = safe_db_suite::capture::start();
+    let (captured, guard) = safe_db_test_support::capture::start();
     call(&app, "POST", "/status/201", None).await;
     call(&app, "POST", "/status/409", None).await;
     drop(guard);
