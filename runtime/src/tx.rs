@@ -411,7 +411,7 @@ impl Tx {
     /// LOCAL statement_timeout`), so that it stops a statement still running at the
     /// deadline; a savepoint gives its caller's timeout back before it is released (see
     /// [`Tx::commit`]). MariaDB gets the deadline with each statement.
-    pub(crate) async fn bound(&mut self, deadline: Option<Instant>) -> Result<(), DbErr> {
+    async fn bound(&mut self, deadline: Option<Instant>) -> Result<(), DbErr> {
         let inherited = self.deadline;
         self.deadline = match (inherited, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
