@@ -73,3 +73,44 @@ async fn a_cancelled_nested_operation_never_half_commits_its_caller() {
         t.cleanup().await;
     }
 }
+
+#[safe_db_operation]
+async fn child_write(tx: &Tx, id: i32) -> Result<(), Error> {
+    tx.execute_unprepared(&format!(
+        "INSERT INTO agents (id, name) VALUES ({id}, 'child')"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A body that swallows a failed statement (PostgreSQL then aborts the transaction), calls
+/// a nested operation anyway (its SAVEPOINT fails), and goes on writing.
+#[safe_db_operation]
+async fn goes_on_after_a_failed_savepoint(tx: &Tx) -> Result<(), Error> {
+    let _ = tx
+        .execute_unprepared("INSERT INTO agents (id, name) VALUES (1, NULL)")
+        .await;
+    let _ = child_write(tx, 2).await;
+    tx.execute_unprepared("INSERT INTO agents (id, name) VALUES (3, 'after')")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_savepoint_that_fails_to_begin_leaves_nothing_committed() {
+    for t in TestDb::on(
+        &[safe_db_test_support::Backend::Postgres],
+        "failed_savepoint",
+        1,
+    )
+    .await
+    {
+        // SeaORM counts the savepoint as open before it has run: dropping it after its
+        // failure queues a rollback at the enclosing level. The tree is broken, so the
+        // later statement is refused instead of running in autocommit.
+        let result = goes_on_after_a_failed_savepoint(&t.db).await;
+        assert!(result.is_err(), "{result:?}");
+        assert_eq!(t.agent_ids().await, Vec::<i32>::new());
+        t.cleanup().await;
+    }
+}

@@ -653,3 +653,94 @@ async fn a_nested_timeout_ends_with_its_operation() {
         t.cleanup().await;
     }
 }
+
+/// Writes, then sleeps with no safe-db timeout: the server is told nothing of any deadline.
+#[safe_db_operation]
+async fn writes_then_sleeps(tx: &Tx, id: i32, secs: u32) -> Result<(), Error> {
+    plain_write(tx, id).await?;
+    let sql = match tx.get_database_backend() {
+        DbBackend::Postgres => format!("SELECT pg_sleep({secs})"),
+        _ => format!("SELECT SLEEP({secs})"),
+    };
+    run(tx, &sql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_abandoned_by_its_caller_does_not_hold_up_the_next_one() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "abandoned", 1).await {
+        // A pool of one, guarded as DbConfig's pools are, with PostgreSQL told to check
+        // that a running statement's client is still there (the setting the README
+        // recommends), without TLS.
+        let mut options = t.options(1);
+        if t.backend == Backend::Postgres {
+            // Without TLS: closing a TLS connection, sqlx (rustls) waits for the server's
+            // next message, which comes when the statement ends (see the README).
+            options.map_sqlx_postgres_opts(|o| {
+                o.options([("client_connection_check_interval", "1000")])
+                    .ssl_mode(sea_orm::sqlx::postgres::PgSslMode::Disable)
+            });
+        }
+        let db = sea_orm::Database::connect(options).await.unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(300), writes_then_sleeps(&db, 1, 4)).await;
+        assert!(gave_up.is_err(), "{:?}", t.backend);
+        let gave_up_at = Instant::now();
+        // Without the guard the next caller waited for the 4 s statement (3.7 s measured).
+        // What the server and the pool look like 1 s in, for a failure's message.
+        let snapshot = {
+            let url = t.url.clone();
+            let backend = t.backend;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let other = sea_orm::Database::connect(url).await.ok()?;
+                let sql = match backend {
+                    Backend::Postgres => {
+                        "SELECT concat(pid, ' ', state, ' ', query) FROM pg_stat_activity \
+                         WHERE datname = current_database()"
+                    }
+                    _ => {
+                        "SELECT CONCAT(ID, ' ', COMMAND, ' ', IFNULL(INFO, '')) \
+                         FROM information_schema.PROCESSLIST"
+                    }
+                };
+                let rows = other
+                    .query_all_raw(Statement::from_string(other.get_database_backend(), sql))
+                    .await
+                    .ok()?;
+                Some(
+                    rows.iter()
+                        .filter_map(|r| r.try_get_by_index::<String>(0).ok())
+                        .collect::<Vec<_>>(),
+                )
+            })
+        };
+        plain_write(&db, 2).await.unwrap();
+        let waited = gave_up_at.elapsed();
+        if waited >= Duration::from_millis(1500) {
+            panic!(
+                "{:?}: the next caller waited {waited:?}; sessions 1 s in: {:?}",
+                t.backend,
+                snapshot.await
+            );
+        }
+        snapshot.abort();
+        assert_eq!(t.agent_ids().await, vec![2], "{:?}", t.backend);
+        // The abandoned statement: PostgreSQL stops it once its connection is closed and
+        // the check notices; MariaDB runs it to its end.
+        let mut running = sleepers(&t).await;
+        while running > 0 && gave_up_at.elapsed() < Duration::from_millis(2500) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            running = sleepers(&t).await;
+        }
+        println!(
+            "{:?}: abandoned statement still running after {:?}: {}",
+            t.backend,
+            gave_up_at.elapsed(),
+            running > 0
+        );
+        if t.backend == Backend::Postgres {
+            assert_eq!(running, 0, "pg_sleep still running after 2.5 s");
+        }
+        t.cleanup().await;
+    }
+}

@@ -35,7 +35,15 @@ fn is_connection_type(ty: &Type) -> bool {
         path.segments.iter().any(|segment| {
             matches!(
                 segment.ident.to_string().as_str(),
-                "DatabaseConnection" | "DbConn" | "ConnectionTrait" | "TransactionTrait"
+                "DatabaseConnection"
+                    | "DbConn"
+                    | "ConnectionTrait"
+                    | "TransactionTrait"
+                    | "DatabaseTransaction"
+                    // safe-db's own handles: each begins or holds another transaction.
+                    | "Db"
+                    | "RequestTx"
+                    | "Begin"
             ) || match &segment.arguments {
                 syn::PathArguments::AngleBracketed(args) => args.args.iter().any(
                     |arg| matches!(arg, syn::GenericArgument::Type(t) if is_connection_type(t)),
@@ -100,9 +108,9 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
             FnArg::Typed(pat_type) if Some(i) != tx_index && is_connection_type(&pat_type.ty) => {
                 errors.push(syn::Error::new_spanned(
                     pat_type,
-                    "a `#[safe_db_operation]` must not take a connection besides its \
-                     transaction: queries on it would run outside the transaction. \
-                     Use the `tx` parameter for every query",
+                    "a `#[safe_db_operation]` must not take a connection or another \
+                     transaction besides its own: queries on it would run outside the \
+                     transaction. Use the `tx` parameter for every query",
                 ));
             }
             FnArg::Receiver(receiver) if args.retries.is_some() && receiver.reference.is_none() => {
@@ -110,6 +118,16 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
                     receiver,
                     "an operation with `retries` runs its body once per attempt, so it \
                      cannot take `self` by value: take `&self`",
+                ));
+            }
+            FnArg::Receiver(receiver)
+                if args.retries.is_some() && receiver.mutability.is_some() =>
+            {
+                errors.push(syn::Error::new_spanned(
+                    receiver,
+                    "an operation with `retries` runs its body once per attempt, and what an \
+                     attempt that rolls back changed in `&mut self` would stay changed in the \
+                     next: take `&self`, or return the new state in the `Ok` value",
                 ));
             }
             _ => {}

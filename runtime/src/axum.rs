@@ -140,10 +140,15 @@ impl IntoResponse for Error {
 /// The request's transaction, shared by the layer (which ends it) and the extractor
 /// (which begins it on first use), with the operation that drives it.
 struct Slot {
-    begin: Box<dyn Fn() -> BeginFuture + Send + Sync>,
+    /// Begins the request's operation; `true` on the first try, which takes the span
+    /// made when the request arrived (a later try, after one failed or was cut off, is an
+    /// operation with a span of its own).
+    begin: Box<dyn Fn(bool) -> BeginFuture + Send + Sync>,
     tx: std::sync::OnceLock<Tx>,
     /// The request's operation, from the moment its transaction began.
     operation: std::sync::Mutex<Option<Operation>>,
+    /// Whether a BEGIN was tried (the first try's operation gets the request's span).
+    tried: std::sync::atomic::AtomicBool,
     /// Held while the transaction begins; `true` once the request is over, after which
     /// nothing begins (a copy of the request's extensions may outlive it).
     gate: tokio::sync::Mutex<bool>,
@@ -162,7 +167,8 @@ impl Slot {
         }
         if self.tx.get().is_none() {
             // A BEGIN that fails has recorded its end in the operation, dropped here.
-            let (operation, begun) = (self.begin)().await;
+            let first = !self.tried.swap(true, std::sync::atomic::Ordering::Relaxed);
+            let (operation, begun) = (self.begin)(first).await;
             let tx = begun?;
             *self.operation() = Some(operation);
             let _ = self.tx.set(tx);
@@ -265,8 +271,8 @@ where
     ///
     /// Prefer this to a tower timeout layer. Placed outside `TxLayer`, such a layer can
     /// answer with a timeout for a request that committed (its COMMIT or callbacks were
-    /// still running); placed inside, it is safe, but the rollback waits for the statement
-    /// it abandoned, which the server does not know to stop.
+    /// still running); placed inside, it is safe and answers in time, but the statement it
+    /// abandoned runs on in the server, which was not told to stop it.
     pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -335,9 +341,13 @@ where
         let span = Operation::request_span(&options);
         let request_span = span.clone();
         let slot = Arc::new(Slot {
-            begin: Box::new(move || {
+            begin: Box::new(move |first| {
                 let conn = conn.clone();
-                let span = request_span.clone();
+                let span = if first {
+                    request_span.clone()
+                } else {
+                    Operation::request_span(&options)
+                };
                 Box::pin(async move {
                     // The same operation as any other, begun when the handler first uses
                     // the transaction; the server stops a statement still running at the
@@ -349,6 +359,7 @@ where
             }),
             tx: std::sync::OnceLock::new(),
             operation: std::sync::Mutex::new(None),
+            tried: std::sync::atomic::AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
         });
         request.extensions_mut().insert(Handle(Arc::clone(&slot)));
@@ -368,6 +379,7 @@ where
             // sent yet. End the transaction now, so none is held open while a body
             // streams. From here on nothing begins, whoever holds a copy of the slot.
             let begun = slot.close().await;
+            let tried = slot.tried.load(std::sync::atomic::Ordering::Relaxed);
             let operation = slot.operation().take();
             let tx = match Arc::try_unwrap(slot) {
                 Ok(slot) => slot.tx.into_inner(),
@@ -404,8 +416,8 @@ where
                 )
             };
             let (Some(tx), Some(mut operation)) = (tx, operation) else {
-                // Never used: nothing to end.
-                if !span.is_disabled() {
+                // Never used: nothing to end. (A BEGIN that failed recorded its own end.)
+                if !tried && !span.is_disabled() {
                     span.record("outcome", "unused");
                 }
                 return match called {

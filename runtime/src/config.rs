@@ -287,7 +287,9 @@ impl DbConfig {
     ///
     /// The password is not in their URL: it is set through
     /// `map_sqlx_postgres_opts` / `map_sqlx_mysql_opts`, which SeaORM keeps one of per
-    /// driver. Calling either again on these options replaces it, and the password with it.
+    /// driver. Calling either again on these options replaces it, and the password with it;
+    /// likewise `map_sqlx_postgres_pool_opts` / `map_sqlx_mysql_pool_opts` replace the
+    /// release guard ([`guard_pool_release`](crate::guard_pool_release)).
     pub fn connect_options(&self) -> ConnectOptions {
         self.options_for(&self.url)
     }
@@ -312,7 +314,7 @@ impl DbConfig {
                 log::LevelFilter::Warn,
                 crate::observe::slow_threshold(),
             );
-        guard_pool_release(&mut options);
+        crate::pool::guard_pool_release(&mut options);
         if let Some(t) = self.pool.pool_timeout {
             options.acquire_timeout(t);
         }
@@ -412,43 +414,6 @@ fn parse_bool(parameter: &str, value: &str) -> Result<bool, ConfigError> {
             value: value.to_owned(),
             expected: "true or false",
         }),
-    }
-}
-
-/// How long a connection given back to the pool may take to finish what its last user
-/// left on it before it is closed instead of reused.
-const RELEASE_GRACE: Duration = Duration::from_secs(5);
-
-/// Makes the pool close a connection, instead of reusing it, when what its last user left
-/// on it does not finish within 5 s (PostgreSQL and MySQL/MariaDB; [`DbConfig`] does this
-/// for its pools, call it on `ConnectOptions` you build yourself).
-///
-/// sqlx checks a connection given back to the pool by reading what is still owed to it
-/// (the answer to a statement its user abandoned, a queued rollback), with no time limit.
-/// A caller cut off at the wrong moment (MySQL: during a statement's prepare) leaves it
-/// expecting an answer the server never sends: the check waits for ever, and the pool
-/// slot with it, while the server sits idle. With this guard the wait is bounded, and a
-/// connection in an unknown state is closed. It costs nothing when nothing is owed.
-pub fn guard_pool_release(options: &mut ConnectOptions) -> &mut ConnectOptions {
-    #[cfg(feature = "mysql")]
-    options.map_sqlx_mysql_pool_opts(|pool| pool.after_release(|conn, _| Box::pin(settled(conn))));
-    #[cfg(feature = "postgres")]
-    options
-        .map_sqlx_postgres_pool_opts(|pool| pool.after_release(|conn, _| Box::pin(settled(conn))));
-    options
-}
-
-/// Whether `conn` finished what it owed within [`RELEASE_GRACE`]; an error closes it.
-#[cfg(any(feature = "mysql", feature = "postgres"))]
-async fn settled<C: sea_orm::sqlx::Connection>(conn: &mut C) -> Result<bool, sea_orm::sqlx::Error> {
-    // `flush` reads what is owed and sends nothing when nothing is (sqlx's own ping on
-    // release follows it).
-    match tokio::time::timeout(RELEASE_GRACE, conn.flush()).await {
-        Ok(done) => done.map(|()| true),
-        Err(_) => Err(sea_orm::sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "safe-db: a connection given back to the pool did not settle; closed",
-        ))),
     }
 }
 

@@ -57,6 +57,7 @@ mod error;
 mod observe;
 mod operation;
 mod options;
+mod pool;
 mod sql;
 mod tx;
 
@@ -64,10 +65,11 @@ use sea_orm::DbErr;
 
 pub use begin::Begin;
 pub use begin::Db;
-pub use config::{ConfigError, DEFAULT_URL, DbConfig, guard_pool_release};
+pub use config::{ConfigError, DEFAULT_URL, DbConfig};
 pub use error::{Error, ErrorKind};
 pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};
 pub use options::{Isolation, Options};
+pub use pool::guard_pool_release;
 pub use tx::{CallbackOutput, Tx};
 
 /// Runs an `async fn` in a transaction that commits on `Ok` and rolls back otherwise.
@@ -170,10 +172,12 @@ pub use tx::{CallbackOutput, Tx};
 ///
 /// Misuse is rejected with an error on the offending tokens: a function that is not
 /// `async`, a missing or misplaced transaction parameter, a transaction taken by value or
-/// as `&mut`, a parameter typed as a connection (queries on it would run outside the
+/// as `&mut`, a parameter typed as a connection or another transaction (`Db`,
+/// `RequestTx`, `DatabaseTransaction`, `impl Begin`, …: queries on it would run outside the
 /// transaction), a return type that is not a `Result` or whose error cannot hold a
 /// `DbErr`, unknown, malformed or repeated options, `retries` with an argument that is
-/// not `Clone`, and a caller passing something that is not a connection or a `Tx`.
+/// not `Clone` or with `&mut self`, and a caller passing something that is not a
+/// connection or a `Tx`.
 ///
 /// ```compile_fail
 /// # use safe_db::{safe_db_operation, Tx};

@@ -126,6 +126,10 @@ struct Tree {
     /// Set before asking, so that a question cut off by cancellation is asked again before
     /// the next statement.
     suspect: Mutex<Option<DbErr>>,
+    /// Set when a statement was sent and its caller stopped waiting for the answer (the
+    /// operation was dropped, or its body at the deadline): the connection is busy until
+    /// the server ends that statement.
+    abandoned: AtomicBool,
     /// One statement at a time in the tree: the checks, the time budget, the send and the
     /// reading of its outcome are one step, so that no statement slips in after the
     /// server has ended the transaction (`join!` on one `Tx`).
@@ -142,6 +146,7 @@ impl Tree {
             commit_visible,
             broken: std::sync::OnceLock::new(),
             suspect: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
             statements: tokio::sync::Mutex::new(()),
         })
     }
@@ -172,10 +177,10 @@ impl Tree {
 }
 
 /// Held across one step of the protocol that must not be interrupted: a savepoint's
-/// `SAVEPOINT`, `RELEASE` or `ROLLBACK TO`. Cut off by cancellation (dropped before
-/// [`Critical::done`]), such a step leaves the enclosing transaction in a state nobody
-/// knows, so the tree is broken: nothing more runs in it, and its outermost level rolls
-/// back.
+/// `SAVEPOINT`, `RELEASE` or `ROLLBACK TO`. Dropped before [`Critical::done`] (the step
+/// was cut off by cancellation, or failed where the caller returns with `?`), it leaves
+/// the enclosing transaction in a state nobody knows, so the tree is broken: nothing more
+/// runs in it, and its outermost level rolls back.
 ///
 /// The outermost level's steps need no guard (`Critical::step(None)`): its `BEGIN` runs
 /// to its end on a task of its own ([`Shielded`]), and a `COMMIT` or `ROLLBACK` cut off
@@ -202,6 +207,24 @@ impl Drop for Critical {
     fn drop(&mut self) {
         if let Some(tree) = self.0.take() {
             tree.break_with(cut_off());
+        }
+    }
+}
+
+/// Held while a statement is on the wire: dropped before [`InFlight::landed`], its caller
+/// stopped waiting, and the statement may still be running on the server.
+struct InFlight<'a>(Option<&'a Tree>);
+
+impl InFlight<'_> {
+    fn landed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(tree) = self.0.take() {
+            tree.abandoned.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -367,10 +390,12 @@ impl Tx {
             return Err(err);
         }
         let turn = Arc::clone(&self.children).lock_owned().await;
+        // A SAVEPOINT that fails breaks the tree like one cut off: SeaORM counts the
+        // savepoint as open before it has run, so dropping it queues a rollback at the
+        // enclosing level, which may end the whole transaction.
         let step = Critical::step(Some(&self.tree));
-        let txn = self.txn.begin().await;
+        let txn = self.txn.begin().await?;
         step.done();
-        let txn = txn?;
         let mut tx = Tx {
             txn,
             depth: self.depth + 1,
@@ -546,13 +571,23 @@ impl Tx {
     }
 
     /// Rolls back (a savepoint: to its start). Callbacks registered at this level are
-    /// dropped with it. A rollback that does not answer within a grace period is given
+    /// dropped with it. An outermost transaction with a statement still running that its
+    /// caller abandoned is dropped instead, so as not to wait behind that statement. A rollback that does not answer within a grace period is given
     /// up: the connection is then closed by the pool (and an enclosing transaction is
     /// broken), since its state is unknown.
     pub(crate) async fn rollback(self) -> Result<(), DbErr> {
         let Tx {
             txn, tree, parent, ..
         } = self;
+        if parent.is_none() && tree.abandoned.load(Ordering::Relaxed) {
+            // A statement whose caller stopped waiting may still be running: a ROLLBACK
+            // now would wait behind it. Dropped, the transaction queues its rollback, read
+            // when the connection is given back; a pool guarded by `guard_pool_release`
+            // closes it instead if the statement does not end within its grace, and
+            // PostgreSQL then stops the statement.
+            drop(txn);
+            return Ok(());
+        }
         let nested = parent.map(|_| &tree);
         let step = Critical::step(nested);
         let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, txn.rollback()).await;
@@ -565,6 +600,9 @@ impl Tx {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => {
                 if nested.is_some() {
+                    if ErrorKind::of(&err).is_retryable() {
+                        tree.lost_conflict(&err);
+                    }
                     savepoint_end_failed(&tree, &err);
                 }
                 Err(err)
@@ -787,13 +825,19 @@ impl ConnectionTrait for Tx {
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
-        self.noted(self.txn.execute_raw(stmt).await).await
+        let flight = InFlight(Some(&self.tree));
+        let result = self.txn.execute_raw(stmt).await;
+        flight.landed();
+        self.noted(result).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         let (_turn, bounded) = self.admit(sql).await?;
         let sql = bounded.as_deref().unwrap_or(sql);
-        self.noted(self.txn.execute_unprepared(sql).await).await
+        let flight = InFlight(Some(&self.tree));
+        let result = self.txn.execute_unprepared(sql).await;
+        flight.landed();
+        self.noted(result).await
     }
 
     async fn query_one_raw(&self, mut stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
@@ -801,7 +845,10 @@ impl ConnectionTrait for Tx {
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
-        self.noted(self.txn.query_one_raw(stmt).await).await
+        let flight = InFlight(Some(&self.tree));
+        let result = self.txn.query_one_raw(stmt).await;
+        flight.landed();
+        self.noted(result).await
     }
 
     async fn query_all_raw(&self, mut stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
@@ -809,7 +856,10 @@ impl ConnectionTrait for Tx {
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
-        self.noted(self.txn.query_all_raw(stmt).await).await
+        let flight = InFlight(Some(&self.tree));
+        let result = self.txn.query_all_raw(stmt).await;
+        flight.landed();
+        self.noted(result).await
     }
 
     fn support_returning(&self) -> bool {

@@ -216,11 +216,18 @@ impl TestDb {
 
     /// Another pool on the same namespace.
     pub async fn pool(&self, max_connections: u32) -> DatabaseConnection {
+        Database::connect(self.options(max_connections))
+            .await
+            .expect("second pool")
+    }
+
+    /// The options of [`TestDb::pool`], to change before connecting.
+    pub fn options(&self, max_connections: u32) -> ConnectOptions {
         let mut options = pool_options(&self.url, max_connections);
         if self.backend == Backend::Postgres {
             options.set_schema_search_path(self.namespace.clone());
         }
-        Database::connect(options).await.expect("second pool")
+        options
     }
 
     async fn create_schema(&self) -> Result<(), DbErr> {
