@@ -278,14 +278,17 @@ where
         self
     }
 
-    /// Request transactions with these options' isolation level and access mode. Their
-    /// `timeout` and `retries` do not apply: a request is not re-run, and its deadline is
-    /// [`TxLayer::timeout`].
-    pub fn with_options(mut self, options: Options) -> Self {
-        let mut kept = Options::new();
-        kept.isolation = options.isolation;
-        kept.read_only = options.read_only;
-        self.options = kept;
+    /// Request transactions at this isolation level. (A request is not re-run, so there
+    /// is no `retries`; its deadline is [`TxLayer::timeout`].)
+    pub fn isolation(mut self, isolation: crate::Isolation) -> Self {
+        self.options = self.options.isolation(isolation);
+        self
+    }
+
+    /// Read-only request transactions (on a [`Db`](crate::Db) with a replica, on the
+    /// replica).
+    pub fn read_only(mut self) -> Self {
+        self.options = self.options.read_only();
         self
     }
 }

@@ -653,3 +653,40 @@ async fn a_request_is_one_operation_whose_span_holds_the_handler_and_its_nested_
     assert_eq!(kept, ["status-201"]);
     t.cleanup().await;
 }
+
+/// Reads the request transaction's isolation level, as the server reports it.
+async fn show_isolation(tx: RequestTx) -> Result<String, Error> {
+    let tx = tx.get().await?;
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        tx,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('transaction_isolation') || ' ' || \
+             current_setting('transaction_read_only')",
+        ),
+    )
+    .await?
+    .expect("one row");
+    Ok(row.try_get_by_index::<String>(0).map_err(sea_orm::DbErr::from)?)
+}
+
+#[tokio::test]
+async fn the_layer_sets_isolation_and_read_only_on_the_server() {
+    for (t, db) in api_db("web_layer_options", &[Backend::Postgres], 2).await {
+        let plain = Router::new()
+            .route("/show", post(show_isolation))
+            .layer(TxLayer::new(db.clone()));
+        let (_, body, _) = call(&plain, "POST", "/show", None).await;
+        assert_eq!(body, Value::String("read committed off".into()));
+        let strict = Router::new()
+            .route("/show", post(show_isolation))
+            .layer(
+                TxLayer::new(db)
+                    .isolation(safe_db::Isolation::Serializable)
+                    .read_only(),
+            );
+        let (_, body, _) = call(&strict, "POST", "/show", None).await;
+        assert_eq!(body, Value::String("serializable on".into()));
+        t.cleanup().await;
+    }
+}
