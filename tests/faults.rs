@@ -115,6 +115,7 @@ async fn an_exhausted_pool_fails_fast_and_serves_again() {
             let _ = options.set_schema_search_path(format!("safe_db_{}", "exhausted"));
         }
         let pool = Arc::new(Database::connect(options).await.unwrap());
+        let failures_before = safe_db::Stats::snapshot().acquire_failures;
         let started = Instant::now();
         let tasks: Vec<_> = (1..=10)
             .map(|id| {
@@ -147,6 +148,13 @@ async fn an_exhausted_pool_fails_fast_and_serves_again() {
             t.backend
         );
         assert_eq!(t.agent_ids().await.len(), 2);
+        // Counted: the seed's "connection timeouts" (other tests of this binary may add).
+        let failures = safe_db::Stats::snapshot().acquire_failures - failures_before;
+        assert!(
+            failures >= 8,
+            "{:?}: {failures} acquire failures",
+            t.backend
+        );
         // The pool serves again.
         hold(&*pool, 100, Duration::ZERO).await.unwrap();
         assert_eq!(t.agent_ids().await.len(), 3);

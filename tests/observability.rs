@@ -122,6 +122,29 @@ fn operations_report_through_the_metrics_facade() {
             let cancelled = tokio::time::timeout(Duration::from_millis(20), slow_op(&t.db)).await;
             assert!(cancelled.is_err());
             PoolStats::of(&t.db).unwrap().record("primary");
+            // An exhausted pool: a pool of one held by a slow operation, and another
+            // operation that waits for it until the acquire timeout.
+            let mut options = safe_db_test_support::pool_options(&t.url, 1);
+            options.acquire_timeout(Duration::from_millis(200));
+            let one = sea_orm::Database::connect(options).await.unwrap();
+            let (held, starved) = tokio::join!(
+                tokio::time::timeout(
+                    Duration::from_millis(600),
+                    safe_db::transaction(&one, async |_: &Tx| {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        Ok::<_, Error>(())
+                    })
+                ),
+                async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    inner_op(&one, 9).await
+                }
+            );
+            assert!(held.is_err(), "cut off while holding the connection");
+            assert_eq!(
+                starved.unwrap_err().kind(),
+                safe_db::ErrorKind::PoolExhausted
+            );
             assert_eq!(t.agent_ids().await, vec![1]);
             t.cleanup().await;
         })
@@ -129,7 +152,7 @@ fn operations_report_through_the_metrics_facade() {
 
     let mut counters = std::collections::BTreeMap::new();
     let mut gauges = std::collections::BTreeMap::new();
-    let mut histograms = 0;
+    let mut histograms = std::collections::BTreeMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let labels: Vec<String> = key
             .key()
@@ -144,12 +167,14 @@ fn operations_report_through_the_metrics_facade() {
             DebugValue::Gauge(g) => {
                 gauges.insert(name, g.into_inner());
             }
-            DebugValue::Histogram(h) => histograms += h.len(),
+            DebugValue::Histogram(h) => {
+                histograms.insert(name, h.len());
+            }
         }
     }
     assert_eq!(
         counters["safe_db_operations_started_total{operation=inner_op}"],
-        3
+        4
     );
     assert_eq!(
         counters["safe_db_operations_started_total{operation=failing_op}"],
@@ -167,7 +192,34 @@ fn operations_report_through_the_metrics_facade() {
         counters["safe_db_operations_ended_total{operation=slow_op,outcome=cancelled}"],
         1
     );
-    assert_eq!(histograms, 5, "one duration per ended operation");
+    assert_eq!(
+        counters["safe_db_operations_ended_total{operation=transaction,outcome=cancelled}"],
+        1
+    );
+    assert_eq!(
+        counters["safe_db_operations_ended_total{operation=inner_op,outcome=not_begun}"],
+        1
+    );
+    // The seed's "connection timeouts": the starved operation.
+    assert_eq!(
+        counters["safe_db_pool_acquire_failures_total{operation=inner_op}"],
+        1
+    );
+    let durations: usize = histograms
+        .iter()
+        .filter(|(name, _)| name.starts_with("safe_db_operation_duration_seconds"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(durations, 7, "one duration per ended operation");
+    // How long each outermost operation that began waited for its connection (and
+    // BEGIN); the starved one never began.
+    for op in ["inner_op", "failing_op", "slow_op", "transaction"] {
+        assert_eq!(
+            histograms[&format!("safe_db_connection_wait_seconds{{operation={op}}}")],
+            1,
+            "{op}"
+        );
+    }
     assert_eq!(gauges["safe_db_operations_active{}"], 0.0);
     assert!(gauges["safe_db_pool_max{pool=primary}"] >= 3.0);
     assert!(gauges.contains_key("safe_db_pool_utilisation{pool=primary}"));

@@ -35,10 +35,21 @@ pub trait Begin: Sync + sealed::Sealed {
         options: &Options,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send;
+
+    /// Whether a transaction begun here is an outermost one, on a connection of its own
+    /// taken from a pool.
+    #[doc(hidden)]
+    fn __from_pool(&self) -> bool {
+        false
+    }
 }
 
 impl sealed::Sealed for DatabaseConnection {}
 impl Begin for DatabaseConnection {
+    fn __from_pool(&self) -> bool {
+        true
+    }
+
     fn __begin(
         &self,
         options: &Options,
@@ -93,6 +104,10 @@ impl std::ops::Deref for Db {
 
 impl sealed::Sealed for Db {}
 impl Begin for Db {
+    fn __from_pool(&self) -> bool {
+        true
+    }
+
     /// `read_only` operations run on the replica, if there is one.
     fn __begin(
         &self,
@@ -132,6 +147,10 @@ impl Begin for DatabaseTransaction {
 
 impl<T: Begin + ?Sized> sealed::Sealed for &T {}
 impl<T: Begin + ?Sized> Begin for &T {
+    fn __from_pool(&self) -> bool {
+        (**self).__from_pool()
+    }
+
     fn __begin(
         &self,
         options: &Options,
@@ -143,6 +162,10 @@ impl<T: Begin + ?Sized> Begin for &T {
 
 impl<T: Begin + ?Sized + Send> sealed::Sealed for Arc<T> {}
 impl<T: Begin + ?Sized + Send> Begin for Arc<T> {
+    fn __from_pool(&self) -> bool {
+        (**self).__from_pool()
+    }
+
     fn __begin(
         &self,
         options: &Options,

@@ -39,6 +39,7 @@ static PANICKED: AtomicU64 = AtomicU64::new(0);
 static CANCELLED: AtomicU64 = AtomicU64::new(0);
 static ACTIVE: AtomicU64 = AtomicU64::new(0);
 static CALLBACK_FAILURES: AtomicU64 = AtomicU64::new(0);
+static ACQUIRE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static SLOW_MS: AtomicU64 = AtomicU64::new(DEFAULT_SLOW_THRESHOLD.as_millis() as u64);
 
 /// The slow threshold of the seed (its `performance.log` takes queries over 2 s).
@@ -78,6 +79,10 @@ pub struct Stats {
     pub active: u64,
     /// `on_commit` callbacks that failed or panicked.
     pub callback_failures: u64,
+    /// Operations that could not get a connection: the pool was exhausted until its
+    /// acquire timeout, or a new connection could not be opened (the seed's "connection
+    /// timeouts").
+    pub acquire_failures: u64,
 }
 
 impl Stats {
@@ -94,6 +99,7 @@ impl Stats {
             cancelled: CANCELLED.load(Ordering::Relaxed),
             active: ACTIVE.load(Ordering::Relaxed),
             callback_failures: CALLBACK_FAILURES.load(Ordering::Relaxed),
+            acquire_failures: ACQUIRE_FAILURES.load(Ordering::Relaxed),
         }
     }
 }
@@ -128,6 +134,25 @@ pub(crate) fn retried(name: &'static str) {
     RETRIED.fetch_add(1, Ordering::Relaxed);
     #[cfg(feature = "metrics")]
     metrics::counter!("safe_db_operations_retried_total", "operation" => name).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
+}
+
+/// An outermost transaction began after `waited` (getting a connection from the pool,
+/// opening one if need be, and its `BEGIN`).
+pub(crate) fn connection_waited(name: &'static str, waited: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("safe_db_connection_wait_seconds", "operation" => name)
+        .record(waited.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, waited);
+}
+
+/// An operation could not get a connection.
+pub(crate) fn acquire_failed(name: &'static str) {
+    ACQUIRE_FAILURES.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!("safe_db_pool_acquire_failures_total", "operation" => name).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = name;
 }

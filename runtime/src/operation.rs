@@ -173,9 +173,23 @@ impl Operation {
             // The server stops a statement that would overrun the deadline, so a timed-out
             // operation leaves nothing running and its connection is reusable.
             let begun = conn.__begin(&self.options, self.deadline);
-            match self.within_deadline(begun).await {
+            let asked = Instant::now();
+            let begun = self.within_deadline(begun).await;
+            if let Err(err) = &begun
+                && conn.__from_pool()
+                && matches!(
+                    ErrorKind::of(err),
+                    ErrorKind::PoolExhausted | ErrorKind::Unavailable
+                )
+            {
+                observe::acquire_failed(self.name);
+            }
+            match begun {
                 Ok(tx) => {
                     record(&self.span, "depth", tx.depth());
+                    if tx.depth() == 0 {
+                        observe::connection_waited(self.name, asked.elapsed());
+                    }
                     return Ok(tx);
                 }
                 Err(err) if ErrorKind::of(&err).is_retryable() && self.backoff().await => {

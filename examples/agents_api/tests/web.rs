@@ -667,7 +667,9 @@ async fn show_isolation(tx: RequestTx) -> Result<String, Error> {
     )
     .await?
     .expect("one row");
-    Ok(row.try_get_by_index::<String>(0).map_err(sea_orm::DbErr::from)?)
+    Ok(row
+        .try_get_by_index::<String>(0)
+        .map_err(sea_orm::DbErr::from)?)
 }
 
 #[tokio::test]
@@ -678,13 +680,11 @@ async fn the_layer_sets_isolation_and_read_only_on_the_server() {
             .layer(TxLayer::new(db.clone()));
         let (_, body, _) = call(&plain, "POST", "/show", None).await;
         assert_eq!(body, Value::String("read committed off".into()));
-        let strict = Router::new()
-            .route("/show", post(show_isolation))
-            .layer(
-                TxLayer::new(db)
-                    .isolation(safe_db::Isolation::Serializable)
-                    .read_only(),
-            );
+        let strict = Router::new().route("/show", post(show_isolation)).layer(
+            TxLayer::new(db)
+                .isolation(safe_db::Isolation::Serializable)
+                .read_only(),
+        );
         let (_, body, _) = call(&strict, "POST", "/show", None).await;
         assert_eq!(body, Value::String("serializable on".into()));
         t.cleanup().await;
