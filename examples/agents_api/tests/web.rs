@@ -667,9 +667,7 @@ async fn show_isolation(tx: RequestTx) -> Result<String, Error> {
     )
     .await?
     .expect("one row");
-    Ok(row
-        .try_get_by_index::<String>(0)
-        .map_err(sea_orm::DbErr::from)?)
+    Ok(row.try_get_by_index::<String>(0)?)
 }
 
 #[tokio::test]
