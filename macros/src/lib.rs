@@ -11,9 +11,7 @@ mod expand;
 use proc_macro::TokenStream;
 use quote::ToTokens;
 
-/// Runs an `async fn` in a transaction that commits on `Ok` and rolls back otherwise.
-///
-/// See `safe_db::safe_db_operation` for the documentation.
+/// (Implemented by the `safe-db-macros` crate; use it as `safe_db::safe_db_operation`.)
 #[proc_macro_attribute]
 pub fn safe_db_operation(attr: TokenStream, item: TokenStream) -> TokenStream {
     operation(attr.into(), item.into()).into()

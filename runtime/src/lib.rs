@@ -28,6 +28,17 @@
 //! Where an attribute does not fit, the closure form runs the same code path:
 //! [`transaction`] and [`Options::run`].
 //!
+//! # Features
+//!
+//! - `sqlite` (default): SQLite through sqlx, embedded.
+//! - `postgres`: PostgreSQL through sqlx.
+//! - `mysql`: MySQL and MariaDB through sqlx.
+//! - `rustls`: TLS for PostgreSQL and MySQL connections.
+//! - `metrics`: counters, gauges and histograms through the `metrics` facade.
+//! - `axum`: request-scoped transactions and problem+json error responses ([`axum`]).
+//!
+//! With `default-features = false`, enable the databases you use: sqlx enables none.
+//!
 //! # Architecture
 //!
 //! One protocol, one policy. The protocol is [`Tx`]'s: it begins a transaction (the
@@ -46,9 +57,12 @@
 //!
 //! [SeaORM]: https://www.sea-ql.org/SeaORM/
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 extern crate self as safe_db;
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod begin;
 mod config;

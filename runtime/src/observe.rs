@@ -264,6 +264,7 @@ impl PoolStats {
 
     /// Sets the `safe_db_pool_*` gauges, labelled `pool = name` (feature `metrics`).
     #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn record(&self, name: &'static str) {
         metrics::gauge!("safe_db_pool_size", "pool" => name).set(f64::from(self.size));
         metrics::gauge!("safe_db_pool_idle", "pool" => name).set(f64::from(self.idle));

@@ -2,13 +2,12 @@
 //! knows (a statement its caller abandoned still running, answers still owed) is closed
 //! instead of reused.
 
-use std::time::Duration;
-
 use sea_orm::ConnectOptions;
 
 /// How long a connection given back to the pool may take to finish what its last user
 /// left on it before it is closed instead of reused.
-pub(crate) const RELEASE_GRACE: Duration = Duration::from_millis(500);
+#[cfg(any(feature = "mysql", feature = "postgres"))]
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Makes the pool close a connection, instead of reusing it, when what its last user left
 /// on it does not finish within 500 ms (PostgreSQL and MySQL/MariaDB).
