@@ -137,6 +137,104 @@ impl IntoResponse for Error {
     }
 }
 
+/// Makes every error response a problem response: an error response (4xx or 5xx) with a
+/// plain-text body, which is what axum's extractors answer to malformed JSON, a missing
+/// field, a wrong content type, a bad path parameter or query string, becomes an RFC 9457
+/// `application/problem+json` response with the same status, the text as its `detail`.
+/// Responses that are already JSON (safe-db's own errors among them), and successes, pass
+/// through untouched.
+///
+/// ```no_run
+/// # use axum::{Router, routing::post};
+/// # async fn create() {}
+/// # fn app(db: sea_orm::DatabaseConnection) -> Router {
+/// use safe_db::axum::{ProblemLayer, TxLayer};
+/// Router::new()
+///     .route("/agents", post(create))
+///     .layer(TxLayer::new(db))
+///     .layer(ProblemLayer)
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProblemLayer;
+
+impl<S> tower_layer::Layer<S> for ProblemLayer {
+    type Service = ProblemService<S>;
+
+    fn layer(&self, inner: S) -> ProblemService<S> {
+        ProblemService { inner }
+    }
+}
+
+/// The service of [`ProblemLayer`].
+#[derive(Clone, Debug)]
+pub struct ProblemService<S> {
+    inner: S,
+}
+
+/// The most of a plain-text error body kept as a problem's `detail`.
+const DETAIL_LIMIT: usize = 4096;
+
+impl<S, B> tower_service::Service<Request<B>> for ProblemService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let called = self.inner.call(request);
+        Box::pin(async move {
+            let response = called.await?;
+            let status = response.status();
+            let plain_text = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/plain"));
+            if !(status.is_client_error() || status.is_server_error()) || !plain_text {
+                return Ok(response);
+            }
+            let (mut parts, body) = response.into_parts();
+            use http_body_util::BodyExt;
+            let text = match http_body_util::Limited::new(body, DETAIL_LIMIT)
+                .collect()
+                .await
+            {
+                Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+                Err(_) => String::new(),
+            };
+            let detail = if text.trim().is_empty() {
+                status.canonical_reason().unwrap_or("Error").to_owned()
+            } else {
+                text
+            };
+            let problem = serde_json::json!({
+                "type": "about:blank",
+                "title": status.canonical_reason().unwrap_or("Error"),
+                "status": status.as_u16(),
+                "detail": detail,
+            })
+            .to_string();
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Ok(Response::from_parts(
+                parts,
+                axum_core::body::Body::from(problem),
+            ))
+        })
+    }
+}
+
 /// The request's transaction, shared by the layer (which ends it) and the extractor
 /// (which begins it on first use), with the operation that drives it.
 struct Slot {

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use safe_db::axum::{RequestTx, TxLayer};
+use safe_db::axum::{ProblemLayer, RequestTx, TxLayer};
 use safe_db::{Db, Error, Tx, safe_db_operation};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryOrder, Set,
@@ -216,7 +216,11 @@ pub fn app(db: Db) -> Router {
     with_transactions(routes(), db)
 }
 
-/// `routes` with request transactions on `db` and `db` as their state.
+/// `routes` with request transactions on `db` and `db` as their state, every error
+/// answered as a problem response (axum's extractor rejections included).
 pub fn with_transactions(routes: Router<Db>, db: Db) -> Router {
-    routes.layer(TxLayer::new(db.clone())).with_state(db)
+    routes
+        .layer(TxLayer::new(db.clone()))
+        .layer(ProblemLayer)
+        .with_state(db)
 }

@@ -688,3 +688,76 @@ async fn the_layer_sets_isolation_and_read_only_on_the_server() {
         t.cleanup().await;
     }
 }
+
+/// Sends `request` over a real socket and returns the status line, the content type and
+/// the body.
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> (String, String, Value) {
+    let answer = raw_http(addr, request).await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let body = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+    (status, content_type, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_a_problem_response_over_a_real_socket() {
+    for (t, db) in api_db("web_rejections", &[Backend::Sqlite], 2).await {
+        let addr = serve(agents_api::app(db)).await;
+        let json = |method: &str, path: &str, body: &str| {
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let cases = [
+            (
+                "malformed JSON",
+                json("POST", "/agents", "{\"name\": "),
+                "400",
+            ),
+            ("a missing field", json("POST", "/agents", "{}"), "422"),
+            (
+                "no JSON content type",
+                "POST /agents HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\
+                 \r\n\r\n{}"
+                    .to_owned(),
+                "415",
+            ),
+            ("a bad path parameter", get("/agents/abc"), "400"),
+            ("a bad query string", get("/agents?page=minus-one"), "400"),
+            (
+                "an unknown agent (safe-db's own)",
+                get("/agents/999"),
+                "404",
+            ),
+        ];
+        for (what, request, code) in cases {
+            let (status, content_type, body) = exchange(addr, &request).await;
+            assert!(status.contains(code), "{what}: {status}");
+            assert_eq!(content_type, "application/problem+json", "{what}");
+            assert_eq!(
+                body["status"],
+                code.parse::<u16>().unwrap(),
+                "{what}: {body}"
+            );
+            assert!(
+                body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{what}: {body}"
+            );
+        }
+        // Nothing was written by any of them.
+        assert!(names(&t).await.is_empty());
+        t.cleanup().await;
+    }
+}
