@@ -1,6 +1,7 @@
 //! Validation of the annotated function: every misuse becomes a `syn::Error` on the
 //! user's own tokens, and a valid function becomes a [`Checked`] for the expansion.
 
+use quote::ToTokens;
 use syn::{FnArg, ItemFn, PatType, ReturnType, Type, TypePath};
 
 use crate::args::Args;
@@ -73,6 +74,56 @@ fn is_connection_type(ty: &Type) -> bool {
     }
 }
 
+/// A return type that cannot be a `Result` whatever the user's aliases: a tuple, a
+/// reference, a trait object, … or a well-known type that is not one. (Anything else, an
+/// alias of the user's for instance, is checked by the compiler, on the same tokens.)
+fn plainly_not_a_result(ty: &Type) -> bool {
+    match ty {
+        Type::Tuple(_)
+        | Type::Reference(_)
+        | Type::Array(_)
+        | Type::Slice(_)
+        | Type::Ptr(_)
+        | Type::ImplTrait(_)
+        | Type::TraitObject(_)
+        | Type::BareFn(_)
+        | Type::Never(_) => true,
+        Type::Paren(p) => plainly_not_a_result(&p.elem),
+        Type::Group(g) => plainly_not_a_result(&g.elem),
+        Type::Path(TypePath { qself: None, path }) => path.segments.last().is_some_and(|last| {
+            matches!(
+                last.ident.to_string().as_str(),
+                "Option"
+                    | "String"
+                    | "str"
+                    | "Vec"
+                    | "Box"
+                    | "HashMap"
+                    | "BTreeMap"
+                    | "HashSet"
+                    | "BTreeSet"
+                    | "bool"
+                    | "char"
+                    | "u8"
+                    | "u16"
+                    | "u32"
+                    | "u64"
+                    | "u128"
+                    | "usize"
+                    | "i8"
+                    | "i16"
+                    | "i32"
+                    | "i64"
+                    | "i128"
+                    | "isize"
+                    | "f32"
+                    | "f64"
+            )
+        }),
+        _ => false,
+    }
+}
+
 pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
     let mut errors: Vec<syn::Error> = Vec::new();
     let sig = &item.sig;
@@ -134,6 +185,19 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
         }
     }
 
+    if let ReturnType::Type(_, ty) = &sig.output
+        && plainly_not_a_result(ty)
+    {
+        errors.push(syn::Error::new_spanned(
+            ty,
+            format!(
+                "a `#[safe_db_operation]` must return `Result<T, E>` (with `E: \
+                 From<sea_orm::DbErr>`), not `{}`: the transaction commits on `Ok` and rolls \
+                 back on `Err`",
+                ty.to_token_stream().to_string().replace(" ", "")
+            ),
+        ));
+    }
     if let ReturnType::Default = sig.output {
         errors.push(syn::Error::new(
             sig.paren_token.span.close(),

@@ -105,8 +105,10 @@ pub(crate) fn expand(args: &Args, checked: Checked) -> TokenStream {
         unreachable!("checked: the function returns a Result")
     };
     let ret = (**ret).clone();
-    let ret_check = quote_spanned! {ret.span()=>
-        let _ = ::safe_db::__private::assert_result::<#ret>;
+    // The one place the declared return type must be a `Result` whose error holds a
+    // `DbErr`, spanned on it: a mistake there is one error, on the user's tokens.
+    let into = quote_spanned! {ret.span()=>
+        ::safe_db::__private::db_err_into::<#ret>
     };
     let managed = quote_spanned! {tx_ty.span()=>
         let #tx_pat: #tx_ty = ::safe_db::__private::TxParam::from_tx(#handle);
@@ -131,8 +133,7 @@ pub(crate) fn expand(args: &Args, checked: Checked) -> TokenStream {
     };
 
     let block = quote! {{
-        #ret_check
-        ::safe_db::__operation!(#mode: #conn, #options, #name, |#handle| {
+        ::safe_db::__operation!(#mode: #conn, #options, #name, #into, |#handle| {
             #managed
             #(#copies)*
             #declared

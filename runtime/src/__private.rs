@@ -3,7 +3,7 @@
 
 pub use crate::operation::{Next, Operation, Outcome, Run};
 pub use crate::{Begin, Isolation, Options, Tx};
-pub use core::{convert::From, result::Result};
+pub use core::result::Result;
 
 /// The types the transaction parameter may be declared with.
 #[diagnostic::on_unimplemented(
@@ -49,15 +49,25 @@ impl<T, E> OperationResult for core::result::Result<T, E> {
     label = "`{Self}` does not implement `From<sea_orm::DbErr>`",
     note = "BEGIN, COMMIT and every query can fail with a `sea_orm::DbErr`: implement `From<sea_orm::DbErr>` for `{Self}`, or use `safe_db::Error` or `sea_orm::DbErr` as the error type"
 )]
-pub trait FromDbErr {}
+pub trait FromDbErr {
+    fn from_db_err(err: sea_orm::DbErr) -> Self;
+}
 
-impl<E: From<sea_orm::DbErr>> FromDbErr for E {}
+impl<E: From<sea_orm::DbErr>> FromDbErr for E {
+    #[inline]
+    fn from_db_err(err: sea_orm::DbErr) -> Self {
+        E::from(err)
+    }
+}
 
-/// Compile-time check of the declared return type; never called.
-pub const fn assert_result<R: OperationResult>()
+/// Makes the declared error type from a database error. The expansion names it once,
+/// instantiated with the declared return type and spanned on it: a return type that is
+/// not a `Result`, or whose error cannot hold a `DbErr`, is reported there, once.
+pub fn db_err_into<R: OperationResult>(err: sea_orm::DbErr) -> R::Error
 where
     R::Error: FromDbErr,
 {
+    R::Error::from_db_err(err)
 }
 
 /// Arguments of an operation that retries: each attempt gets its own copy.
@@ -81,7 +91,8 @@ pub fn retry_copy<T: RetryArg>(value: &T) -> T {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __operation {
-    (single: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+    (single: $conn:expr, $options:expr, $name:expr, $into:expr, |$tx:ident| $body:expr) => {{
+        let into = $into;
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         match operation.begin($conn).await {
             $crate::__private::Result::Ok(tx) => {
@@ -91,20 +102,19 @@ macro_rules! __operation {
                         $body
                     })
                     .await;
-                operation.conclude(tx, outcome).await
+                operation.conclude(tx, outcome, into).await
             }
-            $crate::__private::Result::Err(err) => {
-                $crate::__private::Result::Err($crate::__private::From::from(err))
-            }
+            $crate::__private::Result::Err(err) => $crate::__private::Result::Err(into(err)),
         }
     }};
-    (retrying: $conn:expr, $options:expr, $name:expr, |$tx:ident| $body:expr) => {{
+    (retrying: $conn:expr, $options:expr, $name:expr, $into:expr, |$tx:ident| $body:expr) => {{
+        let into = $into;
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         loop {
             let tx = match operation.begin($conn).await {
                 $crate::__private::Result::Ok(tx) => tx,
                 $crate::__private::Result::Err(err) => {
-                    break $crate::__private::Result::Err($crate::__private::From::from(err));
+                    break $crate::__private::Result::Err(into(err));
                 }
             };
             let outcome = operation
@@ -113,7 +123,7 @@ macro_rules! __operation {
                     $body
                 })
                 .await;
-            match operation.conclude_or_retry(tx, outcome).await {
+            match operation.conclude_or_retry(tx, outcome, into).await {
                 $crate::__private::Next::Done(result) => break result,
                 $crate::__private::Next::Retry => {}
             }

@@ -529,12 +529,18 @@ where
             };
             match called {
                 None => {
-                    let _ = operation.conclude::<(), DbErr>(tx, Outcome::TimedOut).await;
+                    let _ = operation
+                        .conclude::<(), DbErr>(tx, Outcome::TimedOut, std::convert::identity)
+                        .await;
                     Ok(timed_out().into_response())
                 }
                 Some(Err(payload)) => {
                     let _ = operation
-                        .conclude::<(), DbErr>(tx, Outcome::Panicked(payload))
+                        .conclude::<(), DbErr>(
+                            tx,
+                            Outcome::Panicked(payload),
+                            std::convert::identity,
+                        )
                         .await;
                     unreachable!("a panic is resumed")
                 }
@@ -550,7 +556,11 @@ where
                         return Ok(response);
                     }
                     match operation
-                        .conclude::<(), DbErr>(tx, Outcome::Returned(Ok(())))
+                        .conclude::<(), DbErr>(
+                            tx,
+                            Outcome::Returned(Ok(())),
+                            std::convert::identity,
+                        )
                         .await
                     {
                         Ok(()) => Ok(response),

@@ -256,7 +256,7 @@ impl Options {
         F: AsyncFnMut(&Tx) -> Result<T, E>,
         E: From<DbErr>,
     {
-        crate::__operation!(retrying: conn, self, "transaction", |tx| body(tx).await)
+        crate::__operation!(retrying: conn, self, "transaction", E::from, |tx| body(tx).await)
     }
 }
 

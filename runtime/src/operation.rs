@@ -225,34 +225,40 @@ impl Operation {
     }
 
     /// Ends the one attempt of an operation without retries: commits or rolls back.
-    pub async fn conclude<T, E: From<DbErr>>(
+    /// `into` makes the operation's error from a database error (the expansion passes one
+    /// instantiated with the user's return type, so that an error type without
+    /// `From<DbErr>` is reported once, there).
+    pub async fn conclude<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
+        into: fn(DbErr) -> E,
     ) -> Result<T, E> {
-        match self.conclude_attempt(tx, outcome, false).await {
+        match self.conclude_attempt(tx, outcome, false, into).await {
             Next::Done(result) => result,
             Next::Retry => unreachable!("retry without retries"),
         }
     }
 
     /// Ends an attempt: commits, rolls back, or rolls back and asks for another attempt.
-    pub async fn conclude_or_retry<T, E: From<DbErr>>(
+    pub async fn conclude_or_retry<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
+        into: fn(DbErr) -> E,
     ) -> Next<T, E> {
-        self.conclude_attempt(tx, outcome, true).await
+        self.conclude_attempt(tx, outcome, true, into).await
     }
 
-    async fn conclude_attempt<T, E: From<DbErr>>(
+    async fn conclude_attempt<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
         may_retry: bool,
+        into: fn(DbErr) -> E,
     ) -> Next<T, E> {
         let span = self.span.clone();
-        let next = in_span(span, self.decide(tx, outcome, may_retry)).await;
+        let next = in_span(span, self.decide(tx, outcome, may_retry, into)).await;
         // A commit, a timeout and a panic record their end where they happen; what is
         // left unrecorded is a rollback.
         match &next {
@@ -265,11 +271,12 @@ impl Operation {
 
     /// The policy: what the body's outcome means for the transaction (the protocol's
     /// steps are `Tx`'s), and whether another attempt follows.
-    async fn decide<T, E: From<DbErr>>(
+    async fn decide<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
         may_retry: bool,
+        into: fn(DbErr) -> E,
     ) -> Next<T, E> {
         // A nested operation shares its caller's transaction: only the outermost retries.
         let may_retry = may_retry && tx.depth() == 0;
@@ -281,7 +288,7 @@ impl Operation {
                     return if conflicted && may_retry && self.backoff().await {
                         Next::Retry
                     } else {
-                        Next::Done(Err(E::from(err)))
+                        Next::Done(Err(into(err)))
                     };
                 }
                 match tx.commit().await {
@@ -299,7 +306,7 @@ impl Operation {
                     {
                         Next::Retry
                     }
-                    Err(err) => Next::Done(Err(E::from(err))),
+                    Err(err) => Next::Done(Err(into(err))),
                 }
             }
             Outcome::Returned(Err(err)) => {
@@ -319,7 +326,7 @@ impl Operation {
             Outcome::TimedOut => {
                 self.rollback(tx).await;
                 self.record_end(End::TimedOut);
-                Next::Done(Err(E::from(self.timeout_error())))
+                Next::Done(Err(into(self.timeout_error())))
             }
         }
     }
