@@ -224,3 +224,31 @@ fn operations_report_through_the_metrics_facade() {
     assert!(gauges["safe_db_pool_max{pool=primary}"] >= 3.0);
     assert!(gauges.contains_key("safe_db_pool_utilisation{pool=primary}"));
 }
+
+#[tokio::test]
+async fn a_self_deadlock_on_the_pool_says_so() {
+    let t = TestDb::sqlite("self_deadlock", 1).await;
+    let mut options = safe_db_test_support::pool_options(&t.url, 1);
+    options.acquire_timeout(Duration::from_millis(200));
+    let db = sea_orm::Database::connect(options).await.unwrap();
+    let (captured, guard) = capture::start();
+    // The outer transaction holds the pool's only connection; the inner operation is
+    // handed the pool instead of the outer `tx`.
+    let result = safe_db::transaction(&db, async |_: &Tx| {
+        safe_db::transaction(&db, async |_: &Tx| Ok::<_, Error>(())).await
+    })
+    .await;
+    drop(guard);
+    assert_eq!(
+        result.unwrap_err().kind(),
+        safe_db::ErrorKind::PoolExhausted
+    );
+    let said = captured.events().into_iter().any(|e| {
+        e.level == "ERROR"
+            && e.fields
+                .get("message")
+                .is_some_and(|m| m.contains("self-deadlock"))
+    });
+    assert!(said, "{}", captured.all_text());
+    t.cleanup().await;
+}

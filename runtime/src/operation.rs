@@ -43,6 +43,8 @@ pub struct Operation {
     started: Instant,
     span: tracing::Span,
     ended: bool,
+    /// Whether this attempt's transaction is an outermost one, holding a pool connection.
+    outermost: bool,
 }
 
 // Measured in benches/benches/contention.rs (16 serializable writers on 4 PostgreSQL rows):
@@ -116,6 +118,7 @@ impl Operation {
             started,
             span,
             ended: false,
+            outermost: false,
         }
     }
 
@@ -183,11 +186,27 @@ impl Operation {
                 )
             {
                 observe::acquire_failed(self.name);
+                if let Some(holder) = HOLDING.get()
+                    && ErrorKind::of(err) == ErrorKind::PoolExhausted
+                {
+                    // Not an outage: most likely a self-deadlock.
+                    tracing::error!(
+                        operation = self.name,
+                        holder,
+                        "the pool is exhausted while this task is inside operation `{holder}`, \
+                         whose transaction holds a connection: if both use the same pool, \
+                         `{holder}` waits for this operation, which waits for a connection only \
+                         `{holder}` can give back (a self-deadlock, not an outage). Pass the \
+                         caller's `tx` instead of the connection to run it inside that \
+                         transaction"
+                    );
+                }
             }
             match begun {
                 Ok(tx) => {
                     record(&self.span, "depth", tx.depth());
-                    if tx.depth() == 0 {
+                    self.outermost = tx.depth() == 0;
+                    if self.outermost {
                         observe::connection_waited(self.name, asked.elapsed());
                     }
                     return Ok(tx);
@@ -221,6 +240,7 @@ impl Operation {
             deadline: self.deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             // The body runs in the operation's span: nested operations become its children.
             span: (!self.span.is_disabled()).then(|| self.span.clone()),
+            holding: self.outermost.then_some(self.name),
         }
     }
 
@@ -466,6 +486,16 @@ pub struct Run<F> {
     body: Pin<Box<F>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     span: Option<tracing::Span>,
+    /// The operation's name if its transaction holds a pool connection: what its body
+    /// sees in [`HOLDING`] while it runs.
+    holding: Option<&'static str>,
+}
+
+thread_local! {
+    /// While a body runs (is polled), the innermost enclosing operation whose transaction
+    /// holds a pool connection: an operation in that body that cannot get a connection
+    /// says that it may be waiting for its own caller.
+    static HOLDING: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
 }
 
 impl<T, E, F: Future<Output = Result<T, E>>> Future for Run<F> {
@@ -476,8 +506,14 @@ impl<T, E, F: Future<Output = Result<T, E>>> Future for Run<F> {
         // The body first: one that is ready at the deadline has made it.
         let polled = {
             let _entered = this.span.as_ref().map(tracing::Span::enter);
+            let outer = match this.holding {
+                Some(name) => HOLDING.replace(Some(name)),
+                None => HOLDING.get(),
+            };
             let body = this.body.as_mut();
-            std::panic::catch_unwind(AssertUnwindSafe(|| body.poll(cx)))
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| body.poll(cx)));
+            HOLDING.set(outer);
+            polled
         };
         match polled {
             Err(payload) => return Poll::Ready(Outcome::Panicked(payload)),
