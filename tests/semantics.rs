@@ -462,3 +462,44 @@ async fn concurrent_nested_operations_on_one_tx_take_turns() {
         t.cleanup().await;
     }
 }
+
+#[safe_db_operation]
+async fn insert_then_stream(tx: &Tx) -> Result<Vec<i32>, Error> {
+    use futures_util::StreamExt;
+    use sea_orm::{QueryOrder, StreamTrait};
+    for id in [3, 1, 2] {
+        tx.execute_unprepared(&format!(
+            "INSERT INTO agents (id, name) VALUES ({id}, 'streamed{id}')"
+        ))
+        .await?;
+    }
+    let mut ids = Vec::new();
+    {
+        let mut rows = agent::Entity::find()
+            .order_by_asc(agent::Column::Id)
+            .stream(tx)
+            .await?;
+        while let Some(row) = rows.next().await {
+            ids.push(row?.id);
+        }
+    }
+    // A statement that would end the transaction is refused on a stream as elsewhere.
+    let refused = tx
+        .stream_raw(sea_orm::Statement::from_string(
+            ConnectionTrait::get_database_backend(tx),
+            "ROLLBACK",
+        ))
+        .await;
+    assert!(refused.is_err());
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn a_tx_streams_rows_with_the_checks_of_every_statement() {
+    for t in TestDb::all("stream", 2).await {
+        let ids = insert_then_stream(&t.db).await.unwrap();
+        assert_eq!(ids, vec![1, 2, 3], "{:?}", t.backend);
+        assert_eq!(t.agent_ids().await, vec![1, 2, 3], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}

@@ -35,6 +35,7 @@
 //! - `mysql`: MySQL and MariaDB through sqlx.
 //! - `rustls`: TLS for PostgreSQL and MySQL connections.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade.
+//! - `stream`: `Entity::find().stream(tx)` (SeaORM's `StreamTrait` for [`Tx`]).
 //! - `axum`: request-scoped transactions and problem+json error responses ([`axum`]).
 //!
 //! With `default-features = false`, enable the databases you use: sqlx enables none.
@@ -73,6 +74,8 @@ mod operation;
 mod options;
 mod pool;
 mod sql;
+#[cfg(feature = "stream")]
+mod stream;
 mod tx;
 
 use sea_orm::DbErr;
@@ -84,6 +87,9 @@ pub use error::{Error, ErrorKind};
 pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};
 pub use options::{Isolation, Options};
 pub use pool::guard_pool_release;
+#[cfg(feature = "stream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
+pub use stream::TxStream;
 pub use tx::{CallbackOutput, Tx};
 
 /// Runs an `async fn` in a transaction that commits on `Ok` and rolls back otherwise.

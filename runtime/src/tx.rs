@@ -213,10 +213,10 @@ impl Drop for Critical {
 
 /// Held while a statement is on the wire: dropped before [`InFlight::landed`], its caller
 /// stopped waiting, and the statement may still be running on the server.
-struct InFlight<'a>(Option<&'a Tree>);
+pub(crate) struct InFlight<'a>(Option<&'a Tree>);
 
 impl InFlight<'_> {
-    fn landed(mut self) {
+    pub(crate) fn landed(mut self) {
         self.0 = None;
     }
 }
@@ -759,6 +759,15 @@ impl Tx {
     /// Records a failed statement: a conflict for the retry, and on MySQL/MariaDB, where
     /// the server may have rolled the whole transaction back, breaks the tree if it has.
     async fn note_failure(&self, err: &DbErr) {
+        if self.note_failure_now(err) {
+            self.settle_suspicion(err.clone()).await;
+        }
+    }
+
+    /// What of [`Tx::note_failure`] needs no round trip. Returns whether the server must
+    /// be asked if the transaction survived (the question is also left in `suspect`, so
+    /// that the next statement asks it if this caller does not).
+    pub(crate) fn note_failure_now(&self, err: &DbErr) -> bool {
         self.statement_failed.store(true, Ordering::Relaxed);
         if ErrorKind::of(err).is_retryable() {
             self.tree.lost_conflict(err);
@@ -770,7 +779,7 @@ impl Tx {
                 // These end it only under some settings: ask.
                 Some(1205 | 1206 | 1020) => {
                     *self.tree.suspect() = Some(err.clone());
-                    self.settle_suspicion(err.clone()).await;
+                    return true;
                 }
                 // Every other server error undoes its own statement only.
                 Some(_) => {}
@@ -779,6 +788,35 @@ impl Tx {
                     self.tree.break_with(err.clone())
                 }
                 None => {}
+            }
+        }
+        false
+    }
+
+    /// Opens a stream of a statement's rows (feature `stream`): the statement is checked
+    /// like any other, and holds the tree's statement turn until the stream ends or is
+    /// dropped.
+    #[cfg(feature = "stream")]
+    pub(crate) async fn open_stream(
+        &self,
+        mut stmt: Statement,
+    ) -> Result<crate::stream::TxStream<'_>, DbErr> {
+        let (turn, bounded) = self.admit(&stmt.sql).await?;
+        if let Some(sql) = bounded {
+            stmt.sql = sql;
+        }
+        let flight = InFlight(Some(&self.tree));
+        match sea_orm::StreamTrait::stream_raw(&self.txn, stmt).await {
+            Ok(inner) => Ok(crate::stream::TxStream {
+                inner,
+                tx: self,
+                _turn: turn,
+                flight: Some(flight),
+            }),
+            Err(err) => {
+                flight.landed();
+                self.note_failure(&err).await;
+                Err(err)
             }
         }
     }
