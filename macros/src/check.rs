@@ -33,24 +33,32 @@ fn is_transaction_type(ty: &Type) -> bool {
 /// or is an `impl`/`dyn` of `ConnectionTrait` or `TransactionTrait`.
 fn is_connection_type(ty: &Type) -> bool {
     fn path_mentions(path: &syn::Path) -> bool {
+        // safe-db's `Db`, written `Db` or `safe_db::Db`: another crate's `Db` (sled's) is
+        // not a connection of ours.
+        let ours = path.segments.len() == 1
+            || path
+                .segments
+                .first()
+                .is_some_and(|first| first.ident == "safe_db");
         path.segments.iter().any(|segment| {
+            let name = segment.ident.to_string();
             matches!(
-                segment.ident.to_string().as_str(),
+                name.as_str(),
                 "DatabaseConnection"
                     | "DbConn"
                     | "ConnectionTrait"
                     | "TransactionTrait"
                     | "DatabaseTransaction"
                     // safe-db's own handles: each begins or holds another transaction.
-                    | "Db"
                     | "RequestTx"
                     | "Begin"
-            ) || match &segment.arguments {
-                syn::PathArguments::AngleBracketed(args) => args.args.iter().any(
-                    |arg| matches!(arg, syn::GenericArgument::Type(t) if is_connection_type(t)),
-                ),
-                _ => false,
-            }
+            ) || (ours && name == "Db")
+                || match &segment.arguments {
+                    syn::PathArguments::AngleBracketed(args) => args.args.iter().any(
+                        |arg| matches!(arg, syn::GenericArgument::Type(t) if is_connection_type(t)),
+                    ),
+                    _ => false,
+                }
         })
     }
     let bounds_mention =
@@ -70,6 +78,19 @@ fn is_connection_type(ty: &Type) -> bool {
         Type::Tuple(t) => t.elems.iter().any(is_connection_type),
         Type::ImplTrait(i) => bounds_mention(&i.bounds),
         Type::TraitObject(o) => bounds_mention(&o.bounds),
+        _ => false,
+    }
+}
+
+/// Whether the receiver is a reference (`&self`, `self: &Self`, …).
+fn by_reference(receiver: &syn::Receiver) -> bool {
+    receiver.reference.is_some() || matches!(&*receiver.ty, Type::Reference(_))
+}
+
+/// Whether the receiver is a mutable reference (`&mut self`, `self: &mut Self`).
+fn by_mut_reference(receiver: &syn::Receiver) -> bool {
+    match &*receiver.ty {
+        Type::Reference(r) => r.mutability.is_some(),
         _ => false,
     }
 }
@@ -164,16 +185,15 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
                      transaction. Use the `tx` parameter for every query",
                 ));
             }
-            FnArg::Receiver(receiver) if args.retries.is_some() && receiver.reference.is_none() => {
+            // `&self`, `&mut self`, or typed: `self: &Self`, `self: &mut Self`.
+            FnArg::Receiver(receiver) if args.retries.is_some() && !by_reference(receiver) => {
                 errors.push(syn::Error::new_spanned(
                     receiver,
                     "an operation with `retries` runs its body once per attempt, so it \
                      cannot take `self` by value: take `&self`",
                 ));
             }
-            FnArg::Receiver(receiver)
-                if args.retries.is_some() && receiver.mutability.is_some() =>
-            {
+            FnArg::Receiver(receiver) if args.retries.is_some() && by_mut_reference(receiver) => {
                 errors.push(syn::Error::new_spanned(
                     receiver,
                     "an operation with `retries` runs its body once per attempt, and what an \

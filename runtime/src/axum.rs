@@ -137,12 +137,13 @@ impl IntoResponse for Error {
     }
 }
 
-/// Makes every error response a problem response: an error response (4xx or 5xx) with a
-/// plain-text body, which is what axum's extractors answer to malformed JSON, a missing
-/// field, a wrong content type, a bad path parameter or query string, becomes an RFC 9457
-/// `application/problem+json` response with the same status, the text as its `detail`.
-/// Responses that are already JSON (safe-db's own errors among them), and successes, pass
-/// through untouched.
+/// Makes error responses problem responses: an error response (4xx or 5xx) with a
+/// plain-text body or none, which is what axum's extractors answer to malformed JSON, a
+/// missing field, a wrong content type, a bad path parameter or query string, and what its
+/// router answers to an unknown path or method, becomes an RFC 9457
+/// `application/problem+json` response with the same status, the text (its first 4 KiB)
+/// as its `detail`. Responses of any other type (safe-db's own problems among them),
+/// compressed ones, and successes pass through untouched.
 ///
 /// ```no_run
 /// # use axum::{Router, routing::post};
@@ -175,6 +176,30 @@ pub struct ProblemService<S> {
 /// The most of a plain-text error body kept as a problem's `detail`.
 const DETAIL_LIMIT: usize = 4096;
 
+/// The text of a body's first `limit` bytes; the rest is not read.
+async fn first_bytes(body: axum_core::body::Body, limit: usize) -> String {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut bytes = Vec::new();
+    while bytes.len() <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    let cut = bytes.len() > limit;
+    bytes.truncate(limit);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        text.push('…');
+    }
+    text
+}
+
 impl<S, B> tower_service::Service<Request<B>> for ProblemService<S>
 where
     S: tower_service::Service<Request<B>, Response = Response>,
@@ -193,23 +218,17 @@ where
         Box::pin(async move {
             let response = called.await?;
             let status = response.status();
-            let plain_text = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/plain"));
-            if !(status.is_client_error() || status.is_server_error()) || !plain_text {
+            // Plain text, or no content type at all (axum's own 404 and 405).
+            let plain_text = match response.headers().get(header::CONTENT_TYPE) {
+                None => true,
+                Some(v) => v.to_str().is_ok_and(|v| v.starts_with("text/plain")),
+            };
+            let encoded = response.headers().contains_key(header::CONTENT_ENCODING);
+            if !(status.is_client_error() || status.is_server_error()) || !plain_text || encoded {
                 return Ok(response);
             }
             let (mut parts, body) = response.into_parts();
-            use http_body_util::BodyExt;
-            let text = match http_body_util::Limited::new(body, DETAIL_LIMIT)
-                .collect()
-                .await
-            {
-                Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-                Err(_) => String::new(),
-            };
+            let text = first_bytes(body, DETAIL_LIMIT).await;
             let detail = if text.trim().is_empty() {
                 status.canonical_reason().unwrap_or("Error").to_owned()
             } else {
@@ -467,9 +486,15 @@ where
         Box::pin(async move {
             let mut handler = Box::pin(AssertUnwindSafe(inner.call(request)).catch_unwind());
             let in_span = span.clone();
+            let begun = Arc::downgrade(&slot);
             let handler = std::future::poll_fn(move |cx| {
                 let _entered = (!in_span.is_disabled()).then(|| in_span.enter());
-                handler.as_mut().poll(cx)
+                // Once the request's transaction holds a connection, an operation in the
+                // handler that cannot get one says it may be waiting for the request.
+                let holds = begun.upgrade().is_some_and(|slot| slot.tx.get().is_some());
+                crate::operation::holding_while(holds.then_some("request"), || {
+                    handler.as_mut().poll(cx)
+                })
             });
             // `None`: the handler overran the request's deadline and was dropped.
             let called = match deadline {

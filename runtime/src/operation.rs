@@ -180,6 +180,22 @@ impl Operation {
             let begun = self.within_deadline(begun).await;
             if let Err(err) = &begun
                 && conn.__from_pool()
+                && ErrorKind::of(err) == ErrorKind::Timeout
+                && let Some(holder) = HOLDING.get()
+            {
+                // The operation's own timeout ran out first: maybe waiting for a connection.
+                tracing::error!(
+                    operation = self.name,
+                    holder,
+                    "the transaction could not begin within the operation's timeout while \
+                     this task is inside operation `{holder}`, whose transaction holds a \
+                     connection: if both use the same pool and it has no connection left, \
+                     this is a self-deadlock. Pass the caller's `tx` instead of the \
+                     connection to run it inside that transaction"
+                );
+            }
+            if let Err(err) = &begun
+                && conn.__from_pool()
                 && matches!(
                     ErrorKind::of(err),
                     ErrorKind::PoolExhausted | ErrorKind::Unavailable
@@ -302,7 +318,7 @@ impl Operation {
         let may_retry = may_retry && tx.depth() == 0;
         match outcome {
             Outcome::Returned(Ok(value)) => {
-                if let Some(err) = tx.why_not_commit(self.name) {
+                if let Some(err) = tx.why_not_commit(self.name).await {
                     let conflicted = tx.lost_conflict();
                     self.rollback(tx).await;
                     return if conflicted && may_retry && self.backoff().await {
@@ -491,6 +507,18 @@ pub struct Run<F> {
     holding: Option<&'static str>,
 }
 
+/// Runs `poll` (a body's, a handler's) with `holder`, if any, as the operation whose
+/// transaction holds a pool connection for it (see [`HOLDING`]).
+pub(crate) fn holding_while<R>(holder: Option<&'static str>, poll: impl FnOnce() -> R) -> R {
+    let outer = match holder {
+        Some(name) => HOLDING.replace(Some(name)),
+        None => HOLDING.get(),
+    };
+    let out = poll();
+    HOLDING.set(outer);
+    out
+}
+
 thread_local! {
     /// While a body runs (is polled), the innermost enclosing operation whose transaction
     /// holds a pool connection: an operation in that body that cannot get a connection
@@ -506,14 +534,10 @@ impl<T, E, F: Future<Output = Result<T, E>>> Future for Run<F> {
         // The body first: one that is ready at the deadline has made it.
         let polled = {
             let _entered = this.span.as_ref().map(tracing::Span::enter);
-            let outer = match this.holding {
-                Some(name) => HOLDING.replace(Some(name)),
-                None => HOLDING.get(),
-            };
             let body = this.body.as_mut();
-            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| body.poll(cx)));
-            HOLDING.set(outer);
-            polled
+            holding_while(this.holding, || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| body.poll(cx)))
+            })
         };
         match polled {
             Err(payload) => return Poll::Ready(Outcome::Panicked(payload)),

@@ -41,16 +41,27 @@ pub fn guard_pool_release(options: &mut ConnectOptions) -> &mut ConnectOptions {
     options
 }
 
-/// Whether `conn` finished what it owed within [`RELEASE_GRACE`]; an error closes it.
+/// Whether `conn` finished what it owed within [`RELEASE_GRACE`]. Still busy, it is
+/// closed gracefully (`Ok(false)`): a hard close of a TLS connection waits for the server's
+/// next message, which an idle server never sends. A connection that fails otherwise than
+/// with a database error is broken, and closed hard (`Err`).
 #[cfg(any(feature = "mysql", feature = "postgres"))]
 async fn settled<C: sea_orm::sqlx::Connection>(conn: &mut C) -> Result<bool, sea_orm::sqlx::Error> {
-    // `flush` reads what is owed and sends nothing when nothing is (sqlx's own check on
-    // release follows it).
-    match tokio::time::timeout(RELEASE_GRACE, conn.flush()).await {
-        Ok(done) => done.map(|()| true),
-        Err(_) => Err(sea_orm::sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "safe-db: a connection given back to the pool did not settle; closed",
-        ))),
+    let settle = async {
+        loop {
+            // `flush` reads what is owed and sends nothing when nothing is (sqlx's own
+            // check on release follows it).
+            match conn.flush().await {
+                Ok(()) => return Ok(true),
+                // The answer of a statement its caller abandoned (stopped by the server at
+                // its deadline, or failed): read; what follows it is read next.
+                Err(sea_orm::sqlx::Error::Database(_)) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+    };
+    match tokio::time::timeout(RELEASE_GRACE, settle).await {
+        Ok(settled) => settled,
+        Err(_) => Ok(false),
     }
 }

@@ -27,9 +27,12 @@ impl StreamTrait for Tx {
 }
 
 /// The rows of a statement streamed through a [`Tx`]. Until it ends or is dropped, no
-/// other statement runs in the transaction (they wait their turn); a row that fails is
-/// noted like a failed statement (PostgreSQL then refuses the commit, a conflict is
-/// retried).
+/// other statement runs in the transaction: they wait their turn, so a statement sent
+/// from inside the loop that reads the stream waits for ever (as with SeaORM's own
+/// transaction streams, which hold the connection). Read the rows first, or use a
+/// second operation. A row that fails is noted like a failed statement (PostgreSQL then
+/// refuses the commit, a conflict is retried, and on MySQL/MariaDB the server is asked
+/// before the commit whether it ended the transaction).
 pub struct TxStream<'a> {
     pub(crate) inner: sea_orm::TransactionStream<'a>,
     pub(crate) tx: &'a Tx,

@@ -216,8 +216,12 @@ impl Drop for Critical {
 pub(crate) struct InFlight<'a>(Option<&'a Tree>);
 
 impl InFlight<'_> {
+    /// The statement's answer came: whatever an earlier statement's caller abandoned was
+    /// read before it, so nothing is owed on the connection any more.
     pub(crate) fn landed(mut self) {
-        self.0 = None;
+        if let Some(tree) = self.0.take() {
+            tree.abandoned.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -467,8 +471,14 @@ impl Tx {
 
     /// Why a body's `Ok` must not be committed, if it must not: the tree is broken, a
     /// statement lost a conflict, or (PostgreSQL) a statement at this level failed, which
-    /// aborts the transaction so that a COMMIT would silently roll back.
-    pub(crate) fn why_not_commit(&self, operation: &str) -> Option<DbErr> {
+    /// aborts the transaction so that a COMMIT would silently roll back. A MySQL/MariaDB
+    /// error that may have ended the transaction and has not been asked about yet (a
+    /// streamed row's) is asked about first: one round trip, after those errors only.
+    pub(crate) async fn why_not_commit(&self, operation: &str) -> Option<DbErr> {
+        let suspect = self.tree.suspect().clone();
+        if let Some(err) = suspect {
+            self.settle_suspicion(err).await;
+        }
         if let Some(err) = self.tree.broken() {
             return Some(err);
         }
@@ -536,6 +546,8 @@ impl Tx {
             txn.commit().await
         };
         step.done();
+        // Its answer came: nothing abandoned is owed on the connection any more.
+        tree.abandoned.store(false, Ordering::Relaxed);
         if let Err(err) = &ended {
             if ErrorKind::of(err).is_retryable() {
                 tree.lost_conflict(err);
@@ -571,15 +583,28 @@ impl Tx {
     }
 
     /// Rolls back (a savepoint: to its start). Callbacks registered at this level are
-    /// dropped with it. An outermost transaction with a statement still running that its
-    /// caller abandoned is dropped instead, so as not to wait behind that statement. A rollback that does not answer within a grace period is given
-    /// up: the connection is then closed by the pool (and an enclosing transaction is
-    /// broken), since its state is unknown.
+    /// dropped with it. An outermost transaction (PostgreSQL, MySQL/MariaDB, no deadline)
+    /// with a statement still running that its caller abandoned is dropped instead, its
+    /// rollback queued, so as not to wait behind that statement. A rollback that does not answer
+    /// within a grace period is given up: the connection is then closed by the pool (and
+    /// an enclosing transaction is broken), since its state is unknown.
     pub(crate) async fn rollback(self) -> Result<(), DbErr> {
         let Tx {
-            txn, tree, parent, ..
+            txn,
+            tree,
+            parent,
+            deadline,
+            ..
         } = self;
-        if parent.is_none() && tree.abandoned.load(Ordering::Relaxed) {
+        // Not on SQLite: its worker runs the statement to its end holding the write
+        // lock, which the next writer would then wait for instead of this rollback.
+        // Not with a deadline either: the server stops the statement there, so the wait
+        // is short, and the rollback's answer is read here rather than by the pool.
+        if parent.is_none()
+            && deadline.is_none()
+            && tree.abandoned.load(Ordering::Relaxed)
+            && txn.get_database_backend() != DbBackend::Sqlite
+        {
             // A statement whose caller stopped waiting may still be running: a ROLLBACK
             // now would wait behind it. Dropped, the transaction queues its rollback, read
             // when the connection is given back; a pool guarded by `guard_pool_release`
@@ -593,6 +618,7 @@ impl Tx {
         let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, txn.rollback()).await;
         if rolled_back.is_ok() {
             step.done();
+            tree.abandoned.store(false, Ordering::Relaxed);
         }
         // Cut off by the grace period, the step is not done: an enclosing transaction is
         // broken when `step` is dropped.

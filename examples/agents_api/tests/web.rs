@@ -741,6 +741,7 @@ async fn every_rejection_is_a_problem_response_over_a_real_socket() {
                 get("/agents/999"),
                 "404",
             ),
+            ("an unknown path (axum's router)", get("/nowhere"), "404"),
         ];
         for (what, request, code) in cases {
             let (status, content_type, body) = exchange(addr, &request).await;

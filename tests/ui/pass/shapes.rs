@@ -72,6 +72,23 @@ impl Service {
     pub async fn retried_method(&self, tx: &Tx, id: i32) -> Result<String, DbErr> {
         self.method(tx).await.map(|n| format!("{n}{id}"))
     }
+
+    // A typed receiver by reference is a reference too.
+    #[safe_db_operation(retries = 2)]
+    pub async fn retried_typed_receiver(self: &Self, tx: &Tx) -> Result<String, DbErr> {
+        self.method(tx).await
+    }
+}
+
+// Another crate's `Db` is not safe-db's: no connection.
+mod sled {
+    pub struct Db;
+}
+
+#[safe_db_operation]
+async fn with_someone_elses_db(tx: &Tx, cache: &sled::Db) -> Result<(), DbErr> {
+    let _ = (tx, cache);
+    Ok(())
 }
 
 trait Registry {
