@@ -181,7 +181,8 @@ async fn killer(t_url: String, backend: Backend, stop: Arc<AtomicBool>, kills: A
 
 /// Runs `clients` transfer tasks and two readers for `per_client` transfers each.
 async fn run_bank(
-    t: &TestDb,
+    backend: Backend,
+    url: &str,
     db: &DatabaseConnection,
     clients: u64,
     per_client: u64,
@@ -191,10 +192,10 @@ async fn run_bank(
     let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicU64::new(0));
-    let killer = (faults && t.backend != Backend::Sqlite).then(|| {
+    let killer = (faults && backend != Backend::Sqlite).then(|| {
         tokio::spawn(killer(
-            t.url.clone(),
-            t.backend,
+            url.to_owned(),
+            backend,
             Arc::clone(&stop),
             Arc::clone(&kills),
         ))
@@ -273,8 +274,7 @@ async fn run_bank(
     if let Some(killer) = killer {
         killer.await.unwrap();
         println!(
-            "{:?}: {} sessions killed",
-            t.backend,
+            "{backend:?}: {} sessions killed",
             kills.load(Ordering::Relaxed)
         );
     }
@@ -377,7 +377,7 @@ async fn the_bank_balances_under_faults_and_the_negative_control_does_not() {
     for t in TestDb::all("bank", 8).await {
         setup(&t.db).await;
         let db = t.pool(8).await;
-        let seen = run_bank(&t, &db, 8, per_client, false, true).await;
+        let seen = run_bank(t.backend, &t.url, &db, 8, per_client, false, true).await;
         let broken = what_broke(&t.db, &seen).await;
         let unknown = 8 * per_client as usize - seen.committed.len() - seen.failed.len();
         println!(
@@ -399,7 +399,7 @@ async fn the_bank_balances_under_faults_and_the_negative_control_does_not() {
         // the same checks catch it. (SQLite serializes writers whatever the level.)
         if t.backend != Backend::Sqlite {
             setup(&t.db).await;
-            let seen = run_bank(&t, &db, 8, 40, true, false).await;
+            let seen = run_bank(t.backend, &t.url, &db, 8, 40, true, false).await;
             let broken = what_broke(&t.db, &seen).await;
             println!("{:?} control: {broken:?}", t.backend);
             assert!(
@@ -411,4 +411,76 @@ async fn the_bank_balances_under_faults_and_the_negative_control_does_not() {
         drop(db);
         t.cleanup().await;
     }
+}
+
+/// When the PostgreSQL server started, as text.
+async fn postmaster_started(db: &DatabaseConnection) -> String {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT pg_postmaster_start_time()::TEXT",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<String>(0).unwrap()
+}
+
+/// The same bank on a PostgreSQL cluster of the test's own (`.ci/run` starts it with
+/// `.ci/clusters/throwaway-postgres.sh`), restarted mid-run: in-flight transactions are
+/// aborted and every connection is lost; what was reported committed must survive, and
+/// the pool must serve again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_balances_across_a_server_restart() {
+    let url = std::env::var("SAFE_DB_TEST_RESTART_POSTGRES_URL").ok();
+    let restart = std::env::var("SAFE_DB_TEST_RESTART_POSTGRES").ok();
+    let (Some(url), Some(restart)) = (url, restart) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI is set but SAFE_DB_TEST_RESTART_POSTGRES_URL / SAFE_DB_TEST_RESTART_POSTGRES \
+             are not (.ci/run sets them)"
+        );
+        println!("skipped: SAFE_DB_TEST_RESTART_POSTGRES_URL is not set");
+        return;
+    };
+    let db = sea_orm::Database::connect(safe_db_test_support::pool_options(&url, 8))
+        .await
+        .unwrap();
+    setup(&db).await;
+    let restarts = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&restart)
+                .status()
+        })
+        .await
+        .unwrap()
+        .expect("restart command");
+        assert!(status.success(), "restart failed: {status}");
+        std::time::Instant::now()
+    });
+    let started_before = postmaster_started(&db).await;
+    let seen = run_bank(Backend::Postgres, &url, &db, 8, 150, false, true).await;
+    let run_ended = std::time::Instant::now();
+    let restarted_at = restarts.await.unwrap();
+    // The restart happened, and while the bank was running.
+    assert!(restarted_at < run_ended, "the run ended before the restart");
+    assert_ne!(
+        postmaster_started(&db).await,
+        started_before,
+        "the server did not restart"
+    );
+    let broken = what_broke(&db, &seen).await;
+    let unknown = 8 * 150 - seen.committed.len() - seen.failed.len();
+    println!(
+        "restarted PostgreSQL: {} committed, {} failed, {unknown} unknown, {} reads",
+        seen.committed.len(),
+        seen.failed.len(),
+        seen.reads.len()
+    );
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    assert!(seen.committed.len() > 8 * 150 / 2, "too few committed");
+    db.close().await.unwrap();
 }
