@@ -413,37 +413,47 @@ async fn the_bank_balances_under_faults_and_the_negative_control_does_not() {
     }
 }
 
-/// When the PostgreSQL server started, as text.
-async fn postmaster_started(db: &DatabaseConnection) -> String {
+/// When the server started, as text.
+async fn server_started(db: &DatabaseConnection) -> String {
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => "SELECT pg_postmaster_start_time()::TEXT",
+        _ => {
+            "SELECT CAST(NOW() - INTERVAL VARIABLE_VALUE SECOND AS CHAR) FROM \
+             information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'"
+        }
+    };
     let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT pg_postmaster_start_time()::TEXT",
-        ))
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
         .await
         .unwrap()
         .unwrap();
     row.try_get_by_index::<String>(0).unwrap()
 }
 
-/// The same bank on a PostgreSQL cluster of the test's own (`.ci/run` starts it with
-/// `.ci/clusters/throwaway-postgres.sh`), restarted mid-run: in-flight transactions are
-/// aborted and every connection is lost; what was reported committed must survive, and
-/// the pool must serve again.
+/// The same bank on a server of the test's own (`.ci/run` starts a PostgreSQL cluster
+/// and a MariaDB server for it with `.ci/clusters/throwaway-*.sh`), restarted mid-run:
+/// in-flight transactions are aborted and every connection is lost; what was reported
+/// committed must survive, and the pool must serve again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bank_balances_across_a_server_restart() {
-    let url = std::env::var("SAFE_DB_TEST_RESTART_POSTGRES_URL").ok();
-    let restart = std::env::var("SAFE_DB_TEST_RESTART_POSTGRES").ok();
-    let (Some(url), Some(restart)) = (url, restart) else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI is set but SAFE_DB_TEST_RESTART_POSTGRES_URL / SAFE_DB_TEST_RESTART_POSTGRES \
-             are not (.ci/run sets them)"
-        );
-        println!("skipped: SAFE_DB_TEST_RESTART_POSTGRES_URL is not set");
-        return;
-    };
-    let db = sea_orm::Database::connect(safe_db_test_support::pool_options(&url, 8))
+    for (backend, name) in [(Backend::Postgres, "POSTGRES"), (Backend::MySql, "MYSQL")] {
+        let url = std::env::var(format!("SAFE_DB_TEST_RESTART_{name}_URL")).ok();
+        let restart = std::env::var(format!("SAFE_DB_TEST_RESTART_{name}")).ok();
+        let (Some(url), Some(restart)) = (url, restart) else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI is set but SAFE_DB_TEST_RESTART_{name}_URL / SAFE_DB_TEST_RESTART_{name} \
+                 are not (.ci/run sets them)"
+            );
+            println!("skipped: SAFE_DB_TEST_RESTART_{name}_URL is not set");
+            continue;
+        };
+        bank_across_a_restart(backend, &url, restart).await;
+    }
+}
+
+async fn bank_across_a_restart(backend: Backend, url: &str, restart: String) {
+    let db = sea_orm::Database::connect(safe_db_test_support::pool_options(url, 8))
         .await
         .unwrap();
     setup(&db).await;
@@ -461,26 +471,32 @@ async fn the_bank_balances_across_a_server_restart() {
         assert!(status.success(), "restart failed: {status}");
         std::time::Instant::now()
     });
-    let started_before = postmaster_started(&db).await;
-    let seen = run_bank(Backend::Postgres, &url, &db, 8, 150, false, true).await;
+    let started_before = server_started(&db).await;
+    let seen = run_bank(backend, url, &db, 8, 150, false, true).await;
     let run_ended = std::time::Instant::now();
     let restarted_at = restarts.await.unwrap();
     // The restart happened, and while the bank was running.
-    assert!(restarted_at < run_ended, "the run ended before the restart");
+    assert!(
+        restarted_at < run_ended,
+        "{backend:?}: the run ended before the restart"
+    );
     assert_ne!(
-        postmaster_started(&db).await,
+        server_started(&db).await,
         started_before,
-        "the server did not restart"
+        "{backend:?}: the server did not restart"
     );
     let broken = what_broke(&db, &seen).await;
     let unknown = 8 * 150 - seen.committed.len() - seen.failed.len();
     println!(
-        "restarted PostgreSQL: {} committed, {} failed, {unknown} unknown, {} reads",
+        "restarted {backend:?}: {} committed, {} failed, {unknown} unknown, {} reads",
         seen.committed.len(),
         seen.failed.len(),
         seen.reads.len()
     );
-    assert!(broken.is_empty(), "{}", broken.join("\n"));
-    assert!(seen.committed.len() > 8 * 150 / 2, "too few committed");
+    assert!(broken.is_empty(), "{backend:?}: {}", broken.join("\n"));
+    assert!(
+        seen.committed.len() > 8 * 150 / 2,
+        "{backend:?}: too few committed"
+    );
     db.close().await.unwrap();
 }

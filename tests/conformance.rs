@@ -133,6 +133,8 @@ struct Script {
     sessions: Vec<Session>,
     pending: Vec<Option<oneshot::Receiver<Answer>>>,
     answers: Vec<Option<Answer>>,
+    /// Per step: whether it had not answered when the script went on.
+    blocked_at_send: Vec<bool>,
 }
 
 impl Script {
@@ -141,6 +143,7 @@ impl Script {
             sessions: (0..sessions).map(|_| Session::begin(db, level)).collect(),
             pending: Vec::new(),
             answers: Vec::new(),
+            blocked_at_send: Vec::new(),
         }
     }
 
@@ -153,6 +156,7 @@ impl Script {
             .send((step, answer))
             .expect("session alive");
         let got = tokio::time::timeout(BLOCKED_AFTER, &mut rx).await.ok();
+        self.blocked_at_send.push(got.is_none());
         self.answers.push(got.map(|a| a.expect("answered")));
         self.pending
             .push(self.answers.last().unwrap().is_none().then_some(rx));
@@ -194,6 +198,11 @@ impl Script {
             Ok(rows) => rows.iter().find(|(i, _)| *i == id).map(|(_, v)| *v),
             Err(_) => None,
         }
+    }
+
+    /// Whether step `n` answered before the script went on (it did not block).
+    fn at_once(&self, n: usize) -> bool {
+        !self.blocked_at_send[n]
     }
 
     fn ok(&self, n: usize) -> bool {
@@ -373,8 +382,52 @@ async fn g2_item(db: &DatabaseConnection, level: Isolation) -> Verdict {
     verdict(s.ok(c1) && s.ok(c2) && original(r1) && original(r2))
 }
 
-const ANOMALIES: [&str; 8] = [
-    "G0", "G1a", "G1b", "G1c", "PMP", "P4", "G-single", "G2-item",
+/// OTV, observed transaction vanishes: a third transaction sees T1's writes and then a
+/// state where they are gone, or sees T2's writes before T2 has committed.
+async fn otv(db: &DatabaseConnection, level: Isolation) -> Verdict {
+    setup(db).await;
+    let mut s = Script::new(db, level, 3);
+    s.sql(1, "UPDATE test SET value = 11 WHERE id = 1").await;
+    s.sql(1, "UPDATE test SET value = 19 WHERE id = 2").await;
+    s.sql(2, "UPDATE test SET value = 12 WHERE id = 1").await;
+    s.commit(1).await;
+    let r1 = s.sql(3, "SELECT id, value FROM test WHERE id = 1").await;
+    s.sql(2, "UPDATE test SET value = 18 WHERE id = 2").await;
+    let r2 = s.sql(3, "SELECT id, value FROM test WHERE id = 2").await;
+    s.commit(2).await;
+    s.sql(3, "SELECT id, value FROM test WHERE id = 2").await;
+    s.commit(3).await;
+    s.finish().await;
+    let (a, b) = (s.read(r1, 1), s.read(r2, 2));
+    let dirty = (s.at_once(r1) && a == Some(12)) || (s.at_once(r2) && b == Some(18));
+    let vanished = a == Some(11) && b == Some(20);
+    verdict(dirty || vanished)
+}
+
+/// G2, anti-dependency cycle over a predicate: two transactions each find no row matching
+/// a predicate, each insert one that matches, and both commit.
+async fn g2(db: &DatabaseConnection, level: Isolation) -> Verdict {
+    setup(db).await;
+    let mut s = Script::new(db, level, 2);
+    let r1 = s
+        .sql(1, "SELECT id, value FROM test WHERE value % 3 = 0")
+        .await;
+    let r2 = s
+        .sql(2, "SELECT id, value FROM test WHERE value % 3 = 0")
+        .await;
+    s.sql(1, "INSERT INTO test (id, value) VALUES (3, 30)")
+        .await;
+    s.sql(2, "INSERT INTO test (id, value) VALUES (4, 42)")
+        .await;
+    let c1 = s.commit(1).await;
+    let c2 = s.commit(2).await;
+    s.finish().await;
+    let empty = |n| matches!(s.answer(n), Ok(rows) if rows.is_empty());
+    verdict(s.ok(c1) && s.ok(c2) && empty(r1) && empty(r2))
+}
+
+const ANOMALIES: [&str; 10] = [
+    "G0", "G1a", "G1b", "G1c", "OTV", "PMP", "P4", "G-single", "G2-item", "G2",
 ];
 
 async fn run(name: &str, db: &DatabaseConnection, level: Isolation) -> Verdict {
@@ -387,6 +440,8 @@ async fn run(name: &str, db: &DatabaseConnection, level: Isolation) -> Verdict {
         "P4" => p4(db, level).await,
         "G-single" => g_single(db, level).await,
         "G2-item" => g2_item(db, level).await,
+        "OTV" => otv(db, level).await,
+        "G2" => g2(db, level).await,
         _ => unreachable!(),
     }
 }
@@ -402,18 +457,18 @@ fn allowed(
         // PostgreSQL: read uncommitted is read committed; repeatable read is snapshot
         // isolation; serializable is SSI.
         (Backend::Postgres, ReadUncommitted | ReadCommitted) => {
-            &["PMP", "P4", "G-single", "G2-item"]
+            &["PMP", "P4", "G-single", "G2-item", "G2"]
         }
-        (Backend::Postgres, RepeatableRead) => &["G2-item"],
+        (Backend::Postgres, RepeatableRead) => &["G2-item", "G2"],
         (Backend::Postgres, Serializable) => &[],
         // MariaDB (InnoDB). With `innodb_snapshot_isolation` on, a repeatable-read write
         // to a row changed since the snapshot fails (1020), which prevents lost updates.
-        (Backend::MySql, ReadUncommitted) => {
-            &["G1a", "G1b", "G1c", "PMP", "P4", "G-single", "G2-item"]
-        }
-        (Backend::MySql, ReadCommitted) => &["PMP", "P4", "G-single", "G2-item"],
-        (Backend::MySql, RepeatableRead) if snapshot_isolation => &["G2-item"],
-        (Backend::MySql, RepeatableRead) => &["P4", "G2-item"],
+        (Backend::MySql, ReadUncommitted) => &[
+            "G1a", "G1b", "G1c", "OTV", "PMP", "P4", "G-single", "G2-item", "G2",
+        ],
+        (Backend::MySql, ReadCommitted) => &["PMP", "P4", "G-single", "G2-item", "G2"],
+        (Backend::MySql, RepeatableRead) if snapshot_isolation => &["G2-item", "G2"],
+        (Backend::MySql, RepeatableRead) => &["P4", "G2-item", "G2"],
         (Backend::MySql, Serializable) => &[],
         // SQLite: every transaction is serializable (writers serialize at BEGIN).
         (Backend::Sqlite, _) => &[],
