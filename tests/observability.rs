@@ -227,28 +227,36 @@ fn operations_report_through_the_metrics_facade() {
 
 #[tokio::test]
 async fn a_self_deadlock_on_the_pool_says_so() {
-    let t = TestDb::sqlite("self_deadlock", 1).await;
-    let mut options = safe_db_test_support::pool_options(&t.url, 1);
-    options.acquire_timeout(Duration::from_millis(200));
-    let db = sea_orm::Database::connect(options).await.unwrap();
-    let (captured, guard) = capture::start();
-    // The outer transaction holds the pool's only connection; the inner operation is
-    // handed the pool instead of the outer `tx`.
-    let result = safe_db::transaction(&db, async |_: &Tx| {
-        safe_db::transaction(&db, async |_: &Tx| Ok::<_, Error>(())).await
-    })
-    .await;
-    drop(guard);
-    assert_eq!(
-        result.unwrap_err().kind(),
-        safe_db::ErrorKind::PoolExhausted
-    );
-    let said = captured.events().into_iter().any(|e| {
-        e.level == "ERROR"
-            && e.fields
-                .get("message")
-                .is_some_and(|m| m.contains("self-deadlock"))
-    });
-    assert!(said, "{}", captured.all_text());
-    t.cleanup().await;
+    for t in TestDb::all("self_deadlock", 1).await {
+        let mut options = t.options(1);
+        options.acquire_timeout(Duration::from_millis(200));
+        let db = sea_orm::Database::connect(options).await.unwrap();
+        let (captured, guard) = capture::start();
+        // The outer transaction writes and holds the pool's only connection; the inner
+        // operation is handed the pool instead of the outer `tx`.
+        let result = safe_db::transaction(&db, async |tx: &Tx| {
+            tx.execute_unprepared("INSERT INTO agents (id, name) VALUES (1, 'outer')")
+                .await?;
+            safe_db::transaction(&db, async |_: &Tx| Ok::<_, Error>(())).await
+        })
+        .await;
+        drop(guard);
+        assert_eq!(
+            result.unwrap_err().kind(),
+            safe_db::ErrorKind::PoolExhausted,
+            "{:?}",
+            t.backend
+        );
+        let said = captured.events().into_iter().any(|e| {
+            e.level == "ERROR"
+                && e.fields
+                    .get("message")
+                    .is_some_and(|m| m.contains("self-deadlock"))
+        });
+        assert!(said, "{:?}: {}", t.backend, captured.all_text());
+        // The outer operation failed with it: its write is rolled back.
+        assert_eq!(t.agent_ids().await, Vec::<i32>::new(), "{:?}", t.backend);
+        db.close().await.unwrap();
+        t.cleanup().await;
+    }
 }

@@ -140,12 +140,10 @@ pub(crate) fn retried(name: &'static str) {
 
 /// An outermost transaction began after `waited` (getting a connection from the pool,
 /// opening one if need be, and its `BEGIN`).
+#[cfg(feature = "metrics")]
 pub(crate) fn connection_waited(name: &'static str, waited: Duration) {
-    #[cfg(feature = "metrics")]
     metrics::histogram!("safe_db_connection_wait_seconds", "operation" => name)
         .record(waited.as_secs_f64());
-    #[cfg(not(feature = "metrics"))]
-    let _ = (name, waited);
 }
 
 /// An operation could not get a connection.

@@ -176,6 +176,8 @@ impl Operation {
             // The server stops a statement that would overrun the deadline, so a timed-out
             // operation leaves nothing running and its connection is reusable.
             let begun = conn.__begin(&self.options, self.deadline);
+            // Read only for the connection-wait histogram (feature `metrics`).
+            #[cfg(feature = "metrics")]
             let asked = Instant::now();
             let begun = self.within_deadline(begun).await;
             if let Err(err) = &begun
@@ -223,6 +225,7 @@ impl Operation {
                     record(&self.span, "depth", tx.depth());
                     self.outermost = tx.depth() == 0;
                     if self.outermost {
+                        #[cfg(feature = "metrics")]
                         observe::connection_waited(self.name, asked.elapsed());
                     }
                     return Ok(tx);
