@@ -1,10 +1,12 @@
 //! The attribute's arguments, parsed and validated into [`Args`].
 
+use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Token};
+use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitInt, LitStr, Token};
 
-const OPTIONS: &str = "`isolation`, `read_only`, `timeout`, `retries`";
+const OPTIONS: &str = "`isolation`, `read_only`, `timeout`, `retries`, `requires_new`, \
+                       `mandatory`, `durable`, `savepoint = false`";
 /// The isolation levels: the name the attribute takes, and the runtime's `Isolation`
 /// variant it becomes (the runtime's `Isolation::name` spells the same names).
 const ISOLATIONS: [(&str, &str); 4] = [
@@ -24,6 +26,20 @@ impl Isolation {
     }
 }
 
+/// How an operation relates to its caller's transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    /// Joins the caller's transaction (in a savepoint) or begins one.
+    #[default]
+    Required,
+    /// Always a transaction of its own, on a connection of its own.
+    RequiresNew,
+    /// Only inside a caller's transaction.
+    Mandatory,
+    /// Only outermost: its `Ok` means committed.
+    Durable,
+}
+
 /// The validated options of one `#[safe_db_operation(...)]`.
 #[derive(Default, Debug)]
 pub(crate) struct Args {
@@ -33,6 +49,11 @@ pub(crate) struct Args {
     pub(crate) timeout_ms: Option<u64>,
     /// `retries = N`.
     pub(crate) retries: Option<u32>,
+    pub(crate) propagation: Propagation,
+    /// `savepoint = false`: joins a caller's transaction without a savepoint.
+    pub(crate) no_savepoint: bool,
+    /// Where each option given was named, for errors about combinations.
+    given: Vec<(&'static str, Span)>,
 }
 
 impl Parse for Args {
@@ -69,6 +90,13 @@ impl Parse for Args {
             }
             input.parse::<Token![,]>()?;
         }
+        // Contradictions only between options that are each valid.
+        if errors.is_none() {
+            errors = args.contradictions().into_iter().reduce(|mut all, e| {
+                all.combine(e);
+                all
+            });
+        }
         match errors {
             Some(err) => Err(err),
             None => Ok(args),
@@ -76,32 +104,151 @@ impl Parse for Args {
     }
 }
 
+/// Pairs of options that cannot go together, and why: the error is reported on the
+/// second of the two as written.
+const CONTRADICTIONS: &[(&str, &str, &str)] = &[
+    (
+        "mandatory",
+        "durable",
+        "a `mandatory` operation runs only inside its caller's transaction, and a `durable` \
+         one only outside any",
+    ),
+    (
+        "mandatory",
+        "requires_new",
+        "a `mandatory` operation runs only inside its caller's transaction, and a \
+         `requires_new` one always in a transaction of its own",
+    ),
+    (
+        "mandatory",
+        "isolation",
+        "a `mandatory` operation runs inside its caller's transaction, whose isolation level \
+         was chosen when it began: set it on the outermost operation",
+    ),
+    (
+        "mandatory",
+        "retries",
+        "a `mandatory` operation runs inside its caller's transaction, which cannot be re-run \
+         from the middle: only the outermost operation retries, so set `retries` there",
+    ),
+    (
+        "durable",
+        "requires_new",
+        "`durable` adds nothing to `requires_new`: a `requires_new` operation always commits \
+         its own transaction before it returns; keep one of the two",
+    ),
+    (
+        "savepoint",
+        "isolation",
+        "with `savepoint = false` the operation joins its caller's transaction, whose \
+         isolation level was chosen when it began: set it on the outermost operation",
+    ),
+    (
+        "savepoint",
+        "retries",
+        "with `savepoint = false` the operation joins its caller's transaction, which cannot \
+         be re-run from the middle: only the outermost operation retries, so set `retries` there",
+    ),
+    (
+        "savepoint",
+        "read_only",
+        "with `savepoint = false` the operation joins its caller's transaction as it is, and \
+         cannot make it read-only: a `read_only` nested operation needs its savepoint",
+    ),
+    (
+        "savepoint",
+        "timeout",
+        "with `savepoint = false` the operation's statements run in its caller's transaction, \
+         under the caller's time limit: a nested operation bounds its own statements in its \
+         savepoint, so set the `timeout` on the caller or keep the savepoint",
+    ),
+    (
+        "savepoint",
+        "requires_new",
+        "a `requires_new` operation always runs in a transaction of its own, never in a \
+         caller's: `savepoint = false` would never apply",
+    ),
+    (
+        "savepoint",
+        "durable",
+        "a `durable` operation is always the outermost one, never in a caller's transaction: \
+         `savepoint = false` would never apply",
+    ),
+];
+
 impl Args {
+    /// The options that were given together but contradict each other.
+    fn contradictions(&self) -> Vec<syn::Error> {
+        let position = |name: &str| self.given.iter().position(|(given, _)| *given == name);
+        let mut out = Vec::new();
+        for (a, b, why) in CONTRADICTIONS {
+            let (Some(i), Some(j)) = (position(a), position(b)) else {
+                continue;
+            };
+            let name = |n: &str| match n {
+                "savepoint" => "savepoint = false".to_owned(),
+                other => other.to_owned(),
+            };
+            let (first, second) = if i < j { (a, b) } else { (b, a) };
+            let span = self.given[i.max(j)].1;
+            out.push(syn::Error::new(
+                span,
+                format!(
+                    "`{}` cannot be combined with `{}`: {why}",
+                    name(second),
+                    name(first)
+                ),
+            ));
+        }
+        out
+    }
+
     fn set(&mut self, key: &Ident, value: Option<Expr>) -> syn::Result<()> {
         // A value passed through a `macro_rules!` fragment (`$iso:literal`, `$t:expr`)
         // arrives wrapped in an invisible group.
         let value = value.map(ungroup);
-        match key.to_string().as_str() {
+        let name = match key.to_string().as_str() {
             "isolation" => {
                 let lit = string_value(key, value, "isolation = \"serializable\"")?;
                 self.isolation = Some(parse_isolation(&lit)?);
+                "isolation"
             }
             "read_only" => {
-                if let Some(value) = value {
-                    return Err(syn::Error::new(
-                        value.span(),
-                        "`read_only` takes no value: write `read_only` alone",
-                    ));
-                }
+                no_value(key, value)?;
                 self.read_only = true;
+                "read_only"
             }
             "timeout" => {
                 let lit = string_value(key, value, "timeout = \"2s\"")?;
                 self.timeout_ms = Some(parse_duration_ms(&lit)?);
+                "timeout"
             }
             "retries" => {
                 let lit = int_value(key, value)?;
                 self.retries = Some(parse_retries(&lit)?);
+                "retries"
+            }
+            // Two of these together are a contradiction, reported with its reason once
+            // every option has been read.
+            "requires_new" => {
+                no_value(key, value)?;
+                self.propagation = Propagation::RequiresNew;
+                "requires_new"
+            }
+            "mandatory" => {
+                no_value(key, value)?;
+                self.propagation = Propagation::Mandatory;
+                "mandatory"
+            }
+            "durable" => {
+                no_value(key, value)?;
+                self.propagation = Propagation::Durable;
+                "durable"
+            }
+            "savepoint" => {
+                parse_savepoint(key, value)?;
+                self.no_savepoint = true;
+                "savepoint"
             }
             other => {
                 return Err(syn::Error::new(
@@ -109,8 +256,49 @@ impl Args {
                     format!("unknown option `{other}`; the options are {OPTIONS}"),
                 ));
             }
-        }
+        };
+        self.given.push((name, key.span()));
         Ok(())
+    }
+}
+
+/// `savepoint = false`, the only value the option takes.
+fn parse_savepoint(key: &Ident, value: Option<Expr>) -> syn::Result<()> {
+    let why = match value {
+        Some(Expr::Lit(ExprLit {
+            lit: Lit::Bool(LitBool { value: false, .. }),
+            ..
+        })) => return Ok(()),
+        Some(Expr::Lit(ExprLit {
+            lit: Lit::Bool(LitBool { value: true, span }),
+            ..
+        })) => {
+            return Err(syn::Error::new(
+                span,
+                "`savepoint = true` is the default: remove it (the option is for \
+                 `savepoint = false`)",
+            ));
+        }
+        Some(other) => (other.span(), "`savepoint` takes `false`"),
+        None => (key.span(), "`savepoint` needs a value"),
+    };
+    Err(syn::Error::new(
+        why.0,
+        format!(
+            "{}: write `savepoint = false` to join a caller's transaction without a savepoint",
+            why.1
+        ),
+    ))
+}
+
+/// A flag option: an error if it was given a value.
+fn no_value(key: &Ident, value: Option<Expr>) -> syn::Result<()> {
+    match value {
+        Some(value) => Err(syn::Error::new(
+            value.span(),
+            format!("`{key}` takes no value: write `{key}` alone"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -283,6 +471,84 @@ mod tests {
         assert!(messages[0].contains("unknown isolation level \"snapshot\""));
         assert!(messages[1].contains("`retries = 0` does nothing"));
         assert!(messages[2].contains("unknown option `bogus`"));
+    }
+
+    #[test]
+    fn propagation_options() {
+        let args = parse(quote::quote!(
+            requires_new,
+            retries = 2,
+            isolation = "serializable"
+        ))
+        .unwrap();
+        assert_eq!(args.propagation, Propagation::RequiresNew);
+        let args = parse(quote::quote!(mandatory, savepoint = false, read_only)).unwrap_err();
+        assert!(
+            args.to_string().contains("cannot make it read-only"),
+            "{args}"
+        );
+        let args = parse(quote::quote!(mandatory, savepoint = false)).unwrap();
+        assert_eq!(args.propagation, Propagation::Mandatory);
+        assert!(args.no_savepoint);
+        let args = parse(quote::quote!(durable, timeout = "1s")).unwrap();
+        assert_eq!(args.propagation, Propagation::Durable);
+    }
+
+    #[test]
+    fn contradictions_name_both_options_and_why() {
+        for (tokens, expected) in [
+            (
+                quote::quote!(mandatory, durable),
+                "`durable` cannot be combined with `mandatory`",
+            ),
+            (
+                quote::quote!(requires_new, mandatory),
+                "`mandatory` cannot be combined with `requires_new`",
+            ),
+            (
+                quote::quote!(isolation = "serializable", mandatory),
+                "isolation level was chosen",
+            ),
+            (
+                quote::quote!(mandatory, retries = 3),
+                "only the outermost operation retries",
+            ),
+            (quote::quote!(durable, requires_new), "adds nothing"),
+            (
+                quote::quote!(savepoint = false, isolation = "serializable"),
+                "`isolation` cannot be combined with `savepoint = false`",
+            ),
+            (
+                quote::quote!(savepoint = false, retries = 1),
+                "cannot be re-run",
+            ),
+            (
+                quote::quote!(savepoint = false, timeout = "1s"),
+                "time limit",
+            ),
+            (
+                quote::quote!(requires_new, savepoint = false),
+                "would never apply",
+            ),
+            (
+                quote::quote!(durable, savepoint = false),
+                "would never apply",
+            ),
+        ] {
+            let err = parse(tokens).unwrap_err();
+            let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+            assert_eq!(messages.len(), 1, "{messages:?}");
+            assert!(
+                messages[0].contains(expected),
+                "{expected:?} not in {messages:?}"
+            );
+        }
+        let err = parse(quote::quote!(savepoint = true)).unwrap_err();
+        assert!(err.to_string().contains("is the default"));
+        let err = parse(quote::quote!(savepoint = "no")).unwrap_err();
+        assert!(err.to_string().contains("takes `false`"));
+        let err = parse(quote::quote!(mandatory = true)).unwrap_err();
+        assert!(err.to_string().contains("takes no value"));
     }
 
     #[test]

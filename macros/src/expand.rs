@@ -6,7 +6,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, Pat, PatIdent, PatType, ReturnType};
 
-use crate::args::Args;
+use crate::args::{Args, Propagation};
 use crate::check::Checked;
 
 /// The options as a constant expression of the runtime's `Options`.
@@ -25,7 +25,29 @@ fn options(args: &Args) -> TokenStream {
     if let Some(retries) = args.retries {
         options.extend(quote!(.retries(#retries)));
     }
+    if args.propagation == Propagation::RequiresNew {
+        options.extend(quote!(.requires_new()));
+    }
+    if args.no_savepoint {
+        options.extend(quote!(.savepoint(false)));
+    }
     options
+}
+
+/// The type callers pass for the transaction: its bound is what the compiler checks at
+/// each call.
+fn caller_bound(args: &Args) -> TokenStream {
+    match (args.propagation, args.no_savepoint) {
+        (Propagation::Durable, _) => quote!(&impl ::safe_db::__private::Connection),
+        (Propagation::Mandatory, false) => quote!(&impl ::safe_db::__private::InTransaction),
+        (Propagation::Mandatory, true) => {
+            quote!(&(impl ::safe_db::__private::InTransaction + ::safe_db::__private::Managed))
+        }
+        (Propagation::RequiresNew, _) | (Propagation::Required, true) => {
+            quote!(&impl ::safe_db::__private::Managed)
+        }
+        (Propagation::Required, false) => quote!(&impl ::safe_db::__private::Begin),
+    }
 }
 
 /// Every lint the generated code could trip in the user's crate, allowed in one place.
@@ -66,8 +88,9 @@ pub(crate) fn expand(args: &Args, checked: Checked) -> TokenStream {
     };
     let conn = Ident::new(&conn_name, Span::mixed_site());
     let handle = Ident::new("tx", Span::mixed_site());
+    let bound = caller_bound(args);
     item.sig.inputs[tx_index] = syn::parse_quote_spanned! {tx_param.span()=>
-        #conn: &impl ::safe_db::__private::Begin
+        #conn: #bound
     };
 
     // With retries every attempt gets its own copy of each argument, made at the start

@@ -1,8 +1,8 @@
 //! Not public API: the items `#[safe_db_operation]` expands to, and the one control
 //! flow of an operation, shared by the attribute and the closure form.
 
-pub use crate::operation::{Next, Operation, Outcome, Run};
-pub use crate::{Begin, Isolation, Options, Tx};
+pub use crate::operation::{Began, Next, Operation, Outcome, Run};
+pub use crate::{Begin, Connection, InTransaction, Isolation, Managed, Options, Tx};
 pub use core::result::Result;
 
 /// The types the transaction parameter may be declared with.
@@ -95,14 +95,14 @@ macro_rules! __operation {
         let into = $into;
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         match operation.begin($conn).await {
-            $crate::__private::Result::Ok(tx) => {
+            $crate::__private::Result::Ok(began) => {
                 let outcome = operation
                     .run(async {
-                        let $tx: &$crate::__private::Tx = &tx;
+                        let $tx: &$crate::__private::Tx = began.tx();
                         $body
                     })
                     .await;
-                operation.conclude(tx, outcome, into).await
+                operation.conclude(began, outcome, into).await
             }
             $crate::__private::Result::Err(err) => $crate::__private::Result::Err(into(err)),
         }
@@ -111,19 +111,19 @@ macro_rules! __operation {
         let into = $into;
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         loop {
-            let tx = match operation.begin($conn).await {
-                $crate::__private::Result::Ok(tx) => tx,
+            let began = match operation.begin($conn).await {
+                $crate::__private::Result::Ok(began) => began,
                 $crate::__private::Result::Err(err) => {
                     break $crate::__private::Result::Err(into(err));
                 }
             };
             let outcome = operation
                 .run(async {
-                    let $tx: &$crate::__private::Tx = &tx;
+                    let $tx: &$crate::__private::Tx = began.tx();
                     $body
                 })
                 .await;
-            match operation.conclude_or_retry(tx, outcome, into).await {
+            match operation.conclude_or_retry(began, outcome, into).await {
                 $crate::__private::Next::Done(result) => break result,
                 $crate::__private::Next::Retry => {}
             }

@@ -43,7 +43,7 @@ use http::request::Parts;
 use http::{HeaderValue, Request, StatusCode, header};
 use sea_orm::DbErr;
 
-use crate::operation::{Operation, Outcome};
+use crate::operation::{Began, Operation, Outcome};
 use crate::{Begin, Error, ErrorKind, Options, Tx};
 
 impl Error {
@@ -261,6 +261,8 @@ struct Slot {
     /// made when the request arrived (a later try, after one failed or was cut off, is an
     /// operation with a span of its own).
     begin: Box<dyn Fn(bool) -> BeginFuture + Send + Sync>,
+    /// Begins a transaction of its own on the layer's connection (`requires_new`).
+    begin_new: Box<dyn Fn(Options, Option<tokio::time::Instant>) -> NewFuture + Send + Sync>,
     tx: std::sync::OnceLock<Tx>,
     /// The request's operation, from the moment its transaction began.
     operation: std::sync::Mutex<Option<Operation>>,
@@ -272,6 +274,7 @@ struct Slot {
 }
 
 type BeginFuture = Pin<Box<dyn Future<Output = (Operation, Result<Tx, DbErr>)> + Send>>;
+type NewFuture = Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send>>;
 
 impl Slot {
     async fn get(&self) -> Result<&Tx, DbErr> {
@@ -354,7 +357,22 @@ impl Begin for RequestTx {
     ) -> Result<Tx, DbErr> {
         self.0.get().await?.__begin(options, deadline).await
     }
+
+    /// On the pool of the layer: the request's transaction does not begin for it.
+    async fn __begin_new(
+        &self,
+        options: &Options,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Tx, DbErr> {
+        (self.0.begin_new)(*options, deadline).await
+    }
+
+    async fn __join(&self) -> Result<Option<&Tx>, DbErr> {
+        self.0.get().await.map(Some)
+    }
 }
+impl crate::InTransaction for RequestTx {}
+impl crate::Managed for RequestTx {}
 
 #[derive(Clone)]
 struct Handle(Arc<Slot>);
@@ -460,7 +478,12 @@ where
         // used, and records `outcome = "unused"` if not.
         let span = Operation::request_span(&options);
         let request_span = span.clone();
+        let own = conn.clone();
         let slot = Arc::new(Slot {
+            begin_new: Box::new(move |options, deadline| {
+                let conn = own.clone();
+                Box::pin(async move { conn.__begin_new(&options, deadline).await })
+            }),
             begin: Box::new(move |first| {
                 let conn = conn.clone();
                 let span = if first {
@@ -473,7 +496,7 @@ where
                     // the transaction; the server stops a statement still running at the
                     // request's deadline.
                     let mut operation = Operation::for_request(&options, arrived, deadline, span);
-                    let begun = operation.begin(&conn).await;
+                    let begun = operation.begin_tx(&conn).await;
                     (operation, begun)
                 })
             }),
@@ -555,14 +578,18 @@ where
             match called {
                 None => {
                     let _ = operation
-                        .conclude::<(), DbErr>(tx, Outcome::TimedOut, std::convert::identity)
+                        .conclude::<(), DbErr>(
+                            Began::Own(tx),
+                            Outcome::TimedOut,
+                            std::convert::identity,
+                        )
                         .await;
                     Ok(timed_out().into_response())
                 }
                 Some(Err(payload)) => {
                     let _ = operation
                         .conclude::<(), DbErr>(
-                            tx,
+                            Began::Own(tx),
                             Outcome::Panicked(payload),
                             std::convert::identity,
                         )
@@ -582,7 +609,7 @@ where
                     }
                     match operation
                         .conclude::<(), DbErr>(
-                            tx,
+                            Began::Own(tx),
                             Outcome::Returned(Ok(())),
                             std::convert::identity,
                         )

@@ -1,6 +1,8 @@
 //! What a caller may pass to an operation: something a transaction can begin on, the
 //! [`Db`] handle among them. Each implementation picks one of the protocol's entry
-//! points in `tx.rs`.
+//! points in `tx.rs`. The narrower traits [`Connection`], [`InTransaction`] and
+//! [`Managed`] are how the compiler checks an operation's propagation (`durable`,
+//! `mandatory`, `requires_new` / `savepoint = false`) at its call sites.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,7 +44,58 @@ pub trait Begin: Sync + sealed::Sealed {
     fn __from_pool(&self) -> bool {
         false
     }
+
+    /// Begins an outermost transaction on a connection of its own from this handle's
+    /// pool (`requires_new`).
+    #[doc(hidden)]
+    fn __begin_new(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        self.__begin(options, deadline)
+    }
+
+    /// The transaction an operation with `savepoint = false` joins, if this is one.
+    #[doc(hidden)]
+    fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
+        std::future::ready(Ok(None))
+    }
 }
+
+/// A connection, on which an operation begins an outermost transaction of its own:
+/// a [`DatabaseConnection`] or a [`Db`]. An operation marked `durable` takes only these,
+/// so that its `Ok` means committed; a function of yours can ask for one the same way
+/// (`db: &impl safe_db::Connection`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is a transaction, and this operation must begin its own: it is `durable`",
+    label = "pass a connection here (`&db`), not a transaction",
+    note = "a `durable` operation is always the outermost one, so that its `Ok` means the data is committed;             inside a transaction it would only be a savepoint that the caller could still roll back.
+            call it after the caller's transaction has ended, or remove `durable` from it"
+)]
+pub trait Connection: Begin {}
+
+/// A transaction an operation runs inside: a caller's [`Tx`], the request's
+/// [`RequestTx`](crate::axum::RequestTx), or a [`DatabaseTransaction`] begun by hand. An
+/// operation marked `mandatory` takes only these; a function of yours can ask for one
+/// the same way (`tx: &impl safe_db::InTransaction`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a transaction, and this operation runs only inside one: it is `mandatory`",
+    label = "pass the caller's transaction here (`tx`), not a connection",
+    note = "a `mandatory` operation never begins a transaction of its own: it is a step of a larger one.
+            call it from an operation's body, with that operation's `tx`"
+)]
+pub trait InTransaction: Begin {}
+
+/// A connection, or a transaction that safe-db manages: everything but a
+/// [`DatabaseTransaction`] begun by hand, whose pool and end safe-db cannot see. An
+/// operation marked `requires_new` or `savepoint = false` takes only these.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is a transaction begun by hand, which a `requires_new` or `savepoint = false` operation cannot be called with",
+    label = "pass a connection (`&db`) or a safe-db transaction (`tx: &Tx`) here",
+    note = "safe-db does not know the pool of a `DatabaseTransaction` begun by hand (which `requires_new`             takes a second connection from), nor sees it commit (which `savepoint = false` must stop)"
+)]
+pub trait Managed: Begin {}
 
 impl sealed::Sealed for DatabaseConnection {}
 impl Begin for DatabaseConnection {
@@ -55,9 +108,11 @@ impl Begin for DatabaseConnection {
         options: &Options,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        Tx::begin(self, options, deadline)
+        Tx::begin(self, None, options, deadline)
     }
 }
+impl Connection for DatabaseConnection {}
+impl Managed for DatabaseConnection {}
 
 /// A connected database: the primary pool, and a read replica's if one is configured.
 ///
@@ -118,9 +173,11 @@ impl Begin for Db {
             (Some(replica), true) => replica,
             _ => self.primary(),
         };
-        Tx::begin(conn, options, deadline)
+        Tx::begin(conn, Some(self), options, deadline)
     }
 }
+impl Connection for Db {}
+impl Managed for Db {}
 
 impl sealed::Sealed for Tx {}
 impl Begin for Tx {
@@ -131,7 +188,21 @@ impl Begin for Tx {
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
         self.begin_nested(options, deadline)
     }
+
+    fn __begin_new(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        self.begin_new(options, deadline)
+    }
+
+    fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
+        std::future::ready(Ok(Some(self)))
+    }
 }
+impl InTransaction for Tx {}
+impl Managed for Tx {}
 
 impl sealed::Sealed for DatabaseTransaction {}
 impl Begin for DatabaseTransaction {
@@ -143,7 +214,16 @@ impl Begin for DatabaseTransaction {
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
         Tx::begin_in(self, deadline)
     }
+
+    fn __begin_new(
+        &self,
+        _: &Options,
+        _: Option<Instant>,
+    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        std::future::ready(Err(crate::tx::pool_unknown()))
+    }
 }
+impl InTransaction for DatabaseTransaction {}
 
 impl<T: Begin + ?Sized> sealed::Sealed for &T {}
 impl<T: Begin + ?Sized> Begin for &T {
@@ -158,7 +238,22 @@ impl<T: Begin + ?Sized> Begin for &T {
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
         (**self).__begin(options, deadline)
     }
+
+    fn __begin_new(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        (**self).__begin_new(options, deadline)
+    }
+
+    fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
+        (**self).__join()
+    }
 }
+impl<T: Connection + ?Sized> Connection for &T {}
+impl<T: InTransaction + ?Sized> InTransaction for &T {}
+impl<T: Managed + ?Sized> Managed for &T {}
 
 impl<T: Begin + ?Sized + Send> sealed::Sealed for Arc<T> {}
 impl<T: Begin + ?Sized + Send> Begin for Arc<T> {
@@ -173,4 +268,19 @@ impl<T: Begin + ?Sized + Send> Begin for Arc<T> {
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
         (**self).__begin(options, deadline)
     }
+
+    fn __begin_new(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        (**self).__begin_new(options, deadline)
+    }
+
+    fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
+        (**self).__join()
+    }
 }
+impl<T: Connection + ?Sized + Send> Connection for Arc<T> {}
+impl<T: InTransaction + ?Sized + Send> InTransaction for Arc<T> {}
+impl<T: Managed + ?Sized + Send> Managed for Arc<T> {}

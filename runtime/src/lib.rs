@@ -80,8 +80,8 @@ mod tx;
 
 use sea_orm::DbErr;
 
-pub use begin::Begin;
 pub use begin::Db;
+pub use begin::{Begin, Connection, InTransaction, Managed};
 pub use config::{ConfigError, DEFAULT_URL, DbConfig};
 pub use error::{Error, ErrorKind};
 pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};

@@ -33,6 +33,43 @@ pub enum Next<T, E> {
     Retry,
 }
 
+/// What an attempt's body runs in: a transaction of its own (outermost, or a savepoint of
+/// the caller's), or the caller's own, joined without a savepoint (`savepoint = false`).
+#[doc(hidden)]
+pub enum Began<'c> {
+    Own(Tx),
+    Joined(Joined<'c>),
+}
+
+impl Began<'_> {
+    /// The transaction the body works with.
+    #[inline]
+    pub fn tx(&self) -> &Tx {
+        match self {
+            Began::Own(tx) => tx,
+            Began::Joined(joined) => joined.tx,
+        }
+    }
+}
+
+/// A caller's transaction joined without a savepoint. Dropped before the operation
+/// concluded with `Ok` (its body failed, panicked, or its future was dropped), it dooms
+/// that transaction: the work done in it cannot be rolled back alone.
+#[doc(hidden)]
+pub struct Joined<'c> {
+    tx: &'c Tx,
+    name: &'static str,
+    succeeded: bool,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            self.tx.doom(self.name);
+        }
+    }
+}
+
 /// One call of an operation, across its attempts.
 #[doc(hidden)]
 pub struct Operation {
@@ -145,6 +182,17 @@ impl Operation {
         observe::ended(self.name, end, self.started.elapsed(), &self.span);
     }
 
+    /// How to get out of a self-deadlock on the pool.
+    fn self_deadlock_advice(&self) -> &'static str {
+        if self.options.requires_new {
+            "A `requires_new` operation needs a connection besides its caller's: make the \
+             pool larger than the number of callers that hold one"
+        } else {
+            "Pass the caller's `tx` instead of the connection to run it inside that \
+             transaction"
+        }
+    }
+
     fn remaining(&self) -> Option<Duration> {
         self.deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
@@ -162,9 +210,43 @@ impl Operation {
         }
     }
 
+    /// Begins what the next attempt's body runs in: a transaction of its own, or, for an
+    /// operation with `savepoint = false` called with a transaction, that transaction.
+    pub async fn begin<'c, C: Begin + ?Sized>(&mut self, conn: &'c C) -> Result<Began<'c>, DbErr> {
+        if !self.options.savepoint && !self.options.requires_new {
+            let joined = match conn.__join().await {
+                Ok(joined) => joined,
+                Err(err) => {
+                    self.record_end(End::NotBegun);
+                    return Err(err);
+                }
+            };
+            // Joined only when the operation asks nothing of a level of its own (a
+            // read-only savepoint, a time bound of its own): otherwise it takes one.
+            if let Some(tx) = joined
+                && self.options.timeout.is_none()
+                && (!self.options.read_only || tx.read_only())
+            {
+                self.attempt = 1;
+                record(&self.span, "attempt", 1);
+                record(&self.span, "depth", tx.depth());
+                if let Some(err) = tx.why_not_join() {
+                    self.record_end(End::NotBegun);
+                    return Err(err);
+                }
+                return Ok(Began::Joined(Joined {
+                    tx,
+                    name: self.name,
+                    succeeded: false,
+                }));
+            }
+        }
+        self.begin_tx(conn).await.map(Began::Own)
+    }
+
     /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
     /// is retried like any other when retries are allowed.
-    pub async fn begin<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
+    pub(crate) async fn begin_tx<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
         let span = self.span.clone();
         in_span(span, self.begin_attempt(conn)).await
     }
@@ -173,15 +255,21 @@ impl Operation {
         loop {
             self.attempt += 1;
             record(&self.span, "attempt", self.attempt);
-            // The server stops a statement that would overrun the deadline, so a timed-out
-            // operation leaves nothing running and its connection is reusable.
-            let begun = conn.__begin(&self.options, self.deadline);
             // Read only for the connection-wait histogram (feature `metrics`).
             #[cfg(feature = "metrics")]
             let asked = Instant::now();
-            let begun = self.within_deadline(begun).await;
+            // The server stops a statement that would overrun the deadline, so a timed-out
+            // operation leaves nothing running and its connection is reusable.
+            let begun = if self.options.requires_new {
+                self.within_deadline(conn.__begin_new(&self.options, self.deadline))
+                    .await
+            } else {
+                self.within_deadline(conn.__begin(&self.options, self.deadline))
+                    .await
+            };
+            let from_pool = self.options.requires_new || conn.__from_pool();
             if let Err(err) = &begun
-                && conn.__from_pool()
+                && from_pool
                 && ErrorKind::of(err) == ErrorKind::Timeout
                 && let Some(holder) = HOLDING.get()
             {
@@ -192,12 +280,12 @@ impl Operation {
                     "the transaction could not begin within the operation's timeout while \
                      this task is inside operation `{holder}`, whose transaction holds a \
                      connection: if both use the same pool and it has no connection left, \
-                     this is a self-deadlock. Pass the caller's `tx` instead of the \
-                     connection to run it inside that transaction"
+                     this is a self-deadlock. {}",
+                    self.self_deadlock_advice()
                 );
             }
             if let Err(err) = &begun
-                && conn.__from_pool()
+                && from_pool
                 && matches!(
                     ErrorKind::of(err),
                     ErrorKind::PoolExhausted | ErrorKind::Unavailable
@@ -214,9 +302,8 @@ impl Operation {
                         "the pool is exhausted while this task is inside operation `{holder}`, \
                          whose transaction holds a connection: if both use the same pool, \
                          `{holder}` waits for this operation, which waits for a connection only \
-                         `{holder}` can give back (a self-deadlock, not an outage). Pass the \
-                         caller's `tx` instead of the connection to run it inside that \
-                         transaction"
+                         `{holder}` can give back (a self-deadlock, not an outage). {}",
+                        self.self_deadlock_advice()
                     );
                 }
             }
@@ -269,10 +356,14 @@ impl Operation {
     /// `From<DbErr>` is reported once, there).
     pub async fn conclude<T, E>(
         &mut self,
-        tx: Tx,
+        began: Began<'_>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
     ) -> Result<T, E> {
+        let tx = match began {
+            Began::Own(tx) => tx,
+            Began::Joined(joined) => return self.conclude_joined(joined, outcome, into),
+        };
         match self.conclude_attempt(tx, outcome, false, into).await {
             Next::Done(result) => result,
             Next::Retry => unreachable!("retry without retries"),
@@ -282,11 +373,52 @@ impl Operation {
     /// Ends an attempt: commits, rolls back, or rolls back and asks for another attempt.
     pub async fn conclude_or_retry<T, E>(
         &mut self,
-        tx: Tx,
+        began: Began<'_>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
     ) -> Next<T, E> {
-        self.conclude_attempt(tx, outcome, true, into).await
+        match began {
+            Began::Own(tx) => self.conclude_attempt(tx, outcome, true, into).await,
+            // The caller's transaction retries as a whole, if at all.
+            Began::Joined(joined) => Next::Done(self.conclude_joined(joined, outcome, into)),
+        }
+    }
+
+    /// Ends an operation that joined its caller's transaction: nothing to commit or roll
+    /// back here. A failure dooms the caller's transaction (see [`Joined`]).
+    fn conclude_joined<T, E>(
+        &mut self,
+        mut joined: Joined<'_>,
+        outcome: Outcome<T, E>,
+        into: fn(DbErr) -> E,
+    ) -> Result<T, E> {
+        match outcome {
+            Outcome::Returned(Ok(value)) => {
+                joined.succeeded = true;
+                self.record_end(End::Committed);
+                Ok(value)
+            }
+            Outcome::Returned(Err(err)) => {
+                drop(joined);
+                record(
+                    &self.span,
+                    "reason",
+                    "failed without a savepoint: the caller's transaction cannot commit",
+                );
+                self.record_end(End::RolledBack);
+                Err(err)
+            }
+            Outcome::Panicked(payload) => {
+                drop(joined);
+                self.record_end(End::Panicked);
+                std::panic::resume_unwind(payload)
+            }
+            Outcome::TimedOut => {
+                drop(joined);
+                self.record_end(End::TimedOut);
+                Err(into(self.timeout_error()))
+            }
+        }
     }
 
     async fn conclude_attempt<T, E>(

@@ -56,7 +56,7 @@ impl Isolation {
 ///     .retries(5);
 /// assert_eq!(TRANSFER.retries, 5);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Options {
     /// Isolation level of the outermost transaction; `None` keeps the server's default.
@@ -71,6 +71,20 @@ pub struct Options {
     /// How many times the whole operation is re-run after a serialization failure,
     /// deadlock or SQLite busy error. Only the outermost operation retries.
     pub retries: u32,
+    /// Always run in a transaction of its own, on a connection of its own from the same
+    /// pool, committed or rolled back independently of any caller, even when called with
+    /// a caller's `&Tx` (Spring's `REQUIRES_NEW`). See [`Options::requires_new`].
+    pub requires_new: bool,
+    /// When called with a caller's transaction, run in a `SAVEPOINT` of its own (`true`,
+    /// the default), or join the caller's transaction without one (`false`, Django's
+    /// `savepoint=False`). See [`Options::savepoint`].
+    pub savepoint: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
 }
 
 impl Options {
@@ -81,6 +95,8 @@ impl Options {
             read_only: false,
             timeout: None,
             retries: 0,
+            requires_new: false,
+            savepoint: true,
         }
     }
 
@@ -105,6 +121,39 @@ impl Options {
     /// Re-runs the operation up to `retries` more times on a retryable failure.
     pub const fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
+        self
+    }
+
+    /// Runs in a transaction of its own, on a second connection from the pool of the
+    /// handle it is called with (a caller's `&Tx` included), committed before it returns
+    /// whatever the caller does afterwards: audit rows and outbox messages that must
+    /// survive the caller's rollback. Its `on_commit` callbacks run after its own commit.
+    ///
+    /// The caller keeps its connection meanwhile: the pool needs one more, and on a pool
+    /// with none left the operation fails with [`ErrorKind::PoolExhausted`](crate::ErrorKind)
+    /// after the pool's acquire timeout, never waits for ever. Rows the caller has locked
+    /// stay locked until the caller ends: writing them here waits for the caller, which
+    /// waits for this (bound it with `timeout`). On SQLite, which has one writer at a time,
+    /// it can write only while its caller holds no lock: inside a `read_only` caller that
+    /// has not read yet (otherwise it waits for its caller, up to the busy timeout).
+    /// It cannot be called inside a transaction begun by hand (a `&DatabaseTransaction`,
+    /// whose pool safe-db does not know).
+    pub const fn requires_new(mut self) -> Self {
+        self.requires_new = true;
+        self
+    }
+
+    /// `false`: called with a caller's transaction, the operation joins it without a
+    /// `SAVEPOINT` of its own (two round trips fewer). Then a failure (an `Err`, a panic,
+    /// or the operation's future dropped) cannot be rolled back on its own: the caller's
+    /// transaction can no longer commit, and its statements are refused, even if the
+    /// caller handles the error. Called with a connection it runs as usual.
+    ///
+    /// In the closure form, the operation still takes a savepoint when it must make the
+    /// caller's transaction read-only or bound its own statements in time (`read_only`,
+    /// `timeout`); the attribute rejects those combinations instead.
+    pub const fn savepoint(mut self, savepoint: bool) -> Self {
+        self.savepoint = savepoint;
         self
     }
 }

@@ -28,7 +28,7 @@ use sea_orm::{
 
 use tokio::time::Instant;
 
-use crate::{ErrorKind, Options};
+use crate::{Begin, Db, ErrorKind, Options};
 
 /// How long a ROLLBACK may take before the connection is given up (and, for a
 /// savepoint, the enclosing transaction is broken).
@@ -78,6 +78,10 @@ pub struct Tx {
     /// transaction_read_only`). A `RELEASE` would leave the caller read-only, so it ends
     /// with `ROLLBACK TO` instead, which undoes that and nothing else: it wrote nothing.
     read_only_savepoint: bool,
+    /// Set, with the operation's name, when an operation that joined this transaction
+    /// without a savepoint (`savepoint = false`) failed: its work cannot be undone alone,
+    /// so no statement runs at this level any more and it cannot commit.
+    doomed: std::sync::OnceLock<&'static str>,
 }
 
 /// `SET LOCAL statement_timeout` for what is left until `deadline`; with none, the
@@ -112,6 +116,9 @@ struct Tree {
     /// False when the outermost transaction was begun by hand, outside safe-db: its
     /// COMMIT cannot be seen, so no callback may run.
     commit_visible: bool,
+    /// The handle the outermost transaction was begun on, where a `requires_new`
+    /// operation in the tree takes its own connection; none when it was begun by hand.
+    home: Option<Db>,
     /// Set, with the error every later statement and the commit get, when the transaction
     /// can no longer be trusted: a savepoint's BEGIN failed or was cancelled, or its
     /// RELEASE / ROLLBACK TO was cancelled (SeaORM then queues a rollback at the enclosing
@@ -137,8 +144,9 @@ struct Tree {
 }
 
 impl Tree {
-    fn new(commit_visible: bool) -> Arc<Tree> {
+    fn new(commit_visible: bool, home: Option<Db>) -> Arc<Tree> {
         Arc::new(Tree {
+            home,
             conflict: AtomicBool::new(false),
             first_conflict: std::sync::OnceLock::new(),
             next_id: AtomicU32::new(1),
@@ -241,6 +249,26 @@ fn cut_off() -> DbErr {
          statement runs in it and nothing is committed"
             .to_owned(),
     ))
+}
+
+/// The error of a `requires_new` operation called inside a transaction begun by hand.
+pub(crate) fn pool_unknown() -> DbErr {
+    DbErr::Exec(RuntimeErr::Internal(
+        "safe-db: a `requires_new` operation was called inside a transaction begun by hand \
+         (a `DatabaseTransaction`), whose pool safe-db does not know; call it with the \
+         connection instead"
+            .to_owned(),
+    ))
+}
+
+/// The error of every statement and commit at a level that a `savepoint = false`
+/// operation failed in.
+fn doomed_error(operation: &str) -> DbErr {
+    DbErr::Exec(RuntimeErr::Internal(format!(
+        "safe-db: operation `{operation}` failed inside this transaction without a savepoint \
+         of its own (`savepoint = false`), so its work cannot be undone alone: no further \
+         statement runs in this transaction and it rolls back; nothing is committed"
+    )))
 }
 
 /// A savepoint's `RELEASE` or `ROLLBACK TO` failed with `err`: the enclosing
@@ -347,23 +375,30 @@ impl Tx {
             read_only: false,
             refuse_writes: false,
             read_only_savepoint: false,
+            doomed: std::sync::OnceLock::new(),
         }
     }
 
     /// Begins an outermost transaction on `conn` with `options`' isolation and access
-    /// mode, its statements bounded by `deadline`.
+    /// mode, its statements bounded by `deadline`. `home` is the [`Db`] that `conn` was
+    /// chosen from, if it was: `requires_new` operations in the transaction begin there.
     pub(crate) async fn begin(
         conn: &DatabaseConnection,
+        home: Option<&Db>,
         options: &Options,
         deadline: Option<Instant>,
     ) -> Result<Tx, DbErr> {
         let config = outermost_options(conn.get_database_backend(), options);
+        let home = match home {
+            Some(db) => db.clone(),
+            None => Db::new(conn.clone(), None),
+        };
         let conn = conn.clone();
         let begun = Shielded(Some(Box::pin(async move {
             conn.begin_with_options(config).await
         })))
         .await?;
-        let mut tx = Tx::new(begun, 0, Tree::new(true));
+        let mut tx = Tx::new(begun, 0, Tree::new(true, Some(home)));
         tx.read_only = options.read_only;
         tx.bound(deadline).await?;
         Ok(tx)
@@ -374,7 +409,7 @@ impl Tx {
         txn: &DatabaseTransaction,
         deadline: Option<Instant>,
     ) -> Result<Tx, DbErr> {
-        let mut tx = Tx::new(txn.begin().await?, 1, Tree::new(false));
+        let mut tx = Tx::new(txn.begin().await?, 1, Tree::new(false, None));
         tx.bound(deadline).await?;
         Ok(tx)
     }
@@ -392,6 +427,9 @@ impl Tx {
     ) -> Result<Tx, DbErr> {
         if let Some(err) = self.tree.broken() {
             return Err(err);
+        }
+        if let Some(name) = self.doomed.get() {
+            return Err(doomed_error(name));
         }
         let turn = Arc::clone(&self.children).lock_owned().await;
         // A SAVEPOINT that fails breaks the tree like one cut off: SeaORM counts the
@@ -414,6 +452,7 @@ impl Tx {
             read_only: self.read_only,
             refuse_writes: self.refuse_writes,
             read_only_savepoint: false,
+            doomed: std::sync::OnceLock::new(),
         };
         if options.read_only && !self.read_only {
             tx.read_only = true;
@@ -432,6 +471,19 @@ impl Tx {
         }
         tx.bound(deadline).await?;
         Ok(tx)
+    }
+
+    /// Begins a transaction of its own, outside this one, on the handle this
+    /// transaction's tree was begun on (`requires_new`).
+    pub(crate) async fn begin_new(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> Result<Tx, DbErr> {
+        match &self.tree.home {
+            Some(home) => home.__begin(options, deadline).await,
+            None => Err(pool_unknown()),
+        }
     }
 
     /// Bounds this transaction's statements by `deadline` too (the earlier one holds).
@@ -491,6 +543,9 @@ impl Tx {
                      a conflict; nothing was committed"
                 )))
             }));
+        }
+        if let Some(name) = self.doomed.get() {
+            return Some(doomed_error(name));
         }
         if self.statement_failed.load(Ordering::Relaxed)
             && self.get_database_backend() == DbBackend::Postgres
@@ -640,6 +695,26 @@ impl Tx {
         }
     }
 
+    /// An operation that joined this transaction without a savepoint failed: nothing
+    /// more runs at this level, and it cannot commit (see [`Tx::why_not_commit`]).
+    pub(crate) fn doom(&self, operation: &'static str) {
+        let _ = self.doomed.set(operation);
+    }
+
+    /// Why an operation cannot join this transaction without a savepoint, if it cannot:
+    /// the tree is broken, or an operation that joined this level before failed.
+    pub(crate) fn why_not_join(&self) -> Option<DbErr> {
+        if let Some(err) = self.tree.broken() {
+            return Some(err);
+        }
+        self.doomed.get().map(|name| doomed_error(name))
+    }
+
+    /// Whether writes are refused at this level.
+    pub(crate) fn read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// Ends this transaction's tree for whoever still holds it: every later statement,
     /// nested operation and commit through it fails with `err`.
     #[cfg(feature = "axum")]
@@ -726,6 +801,9 @@ impl Tx {
         }
         if let Some(err) = self.tree.broken() {
             return Err(err);
+        }
+        if let Some(name) = self.doomed.get() {
+            return Err(doomed_error(name));
         }
         let backend = self.txn.get_database_backend();
         if self.refuse_writes
