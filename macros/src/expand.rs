@@ -35,9 +35,10 @@ fn options(args: &Args) -> TokenStream {
 }
 
 /// The type callers pass for the transaction: its bound is what the compiler checks at
-/// each call.
-fn caller_bound(args: &Args) -> TokenStream {
-    match (args.propagation, args.no_savepoint) {
+/// each call, spanned on the transaction parameter (`span`), where a violation's "required
+/// by this bound" note then points.
+fn caller_bound(args: &Args, span: Span) -> TokenStream {
+    let bound = match (args.propagation, args.no_savepoint) {
         (Propagation::Durable, _) => quote!(&impl ::safe_db::__private::Connection),
         (Propagation::Mandatory, false) => quote!(&impl ::safe_db::__private::InTransaction),
         (Propagation::Mandatory, true) => {
@@ -47,7 +48,26 @@ fn caller_bound(args: &Args) -> TokenStream {
             quote!(&impl ::safe_db::__private::Managed)
         }
         (Propagation::Required, false) => quote!(&impl ::safe_db::__private::Begin),
-    }
+    };
+    respan(bound, span)
+}
+
+/// `tokens`, every one of them spanned at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }
 
 /// Every lint the generated code could trip in the user's crate, allowed in one place.
@@ -88,7 +108,7 @@ pub(crate) fn expand(args: &Args, checked: Checked) -> TokenStream {
     };
     let conn = Ident::new(&conn_name, Span::mixed_site());
     let handle = Ident::new("tx", Span::mixed_site());
-    let bound = caller_bound(args);
+    let bound = caller_bound(args, tx_param.span());
     item.sig.inputs[tx_index] = syn::parse_quote_spanned! {tx_param.span()=>
         #conn: #bound
     };

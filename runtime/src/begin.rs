@@ -70,7 +70,8 @@ pub trait Begin: Sync + sealed::Sealed {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is a transaction, and this operation must begin its own: it is `durable`",
     label = "pass a connection here (`&db`), not a transaction",
-    note = "a `durable` operation is always the outermost one, so that its `Ok` means the data is committed;             inside a transaction it would only be a savepoint that the caller could still roll back.
+    note = "a `durable` operation is always the outermost one, so that its `Ok` means the data is committed; \
+            inside a transaction it would only be a savepoint that the caller could still roll back.\n\
             call it after the caller's transaction has ended, or remove `durable` from it"
 )]
 pub trait Connection: Begin {}
@@ -82,7 +83,7 @@ pub trait Connection: Begin {}
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a transaction, and this operation runs only inside one: it is `mandatory`",
     label = "pass the caller's transaction here (`tx`), not a connection",
-    note = "a `mandatory` operation never begins a transaction of its own: it is a step of a larger one.
+    note = "a `mandatory` operation never begins a transaction of its own: it is a step of a larger one.\n\
             call it from an operation's body, with that operation's `tx`"
 )]
 pub trait InTransaction: Begin {}
@@ -93,7 +94,8 @@ pub trait InTransaction: Begin {}
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is a transaction begun by hand, which a `requires_new` or `savepoint = false` operation cannot be called with",
     label = "pass a connection (`&db`) or a safe-db transaction (`tx: &Tx`) here",
-    note = "safe-db does not know the pool of a `DatabaseTransaction` begun by hand (which `requires_new`             takes a second connection from), nor sees it commit (which `savepoint = false` must stop)"
+    note = "safe-db does not know the pool of a `DatabaseTransaction` begun by hand (which `requires_new` \
+            takes a second connection from), nor sees it commit (which `savepoint = false` must stop)"
 )]
 pub trait Managed: Begin {}
 

@@ -1,0 +1,16 @@
+use safe_db::{Tx, safe_db_operation};
+
+/// Its `Ok` must mean committed.
+#[safe_db_operation(durable)]
+async fn place_order(tx: &Tx, id: i32) -> Result<(), safe_db::Error> {
+    let _ = (tx, id);
+    Ok(())
+}
+
+#[safe_db_operation]
+async fn checkout(tx: &Tx) -> Result<(), safe_db::Error> {
+    // Inside a transaction, `place_order` would be a savepoint the caller can still roll back.
+    place_order(tx, 7).await
+}
+
+fn main() {}
