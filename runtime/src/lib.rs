@@ -138,6 +138,70 @@ pub use tx::{CallbackOutput, Tx};
 /// # }
 /// ```
 ///
+/// # Propagation
+///
+/// - `requires_new`: always a transaction of its own, on a second connection from the same
+///   pool, committed before the operation returns whatever its caller does afterwards (an
+///   audit row that must survive the caller's rollback). Its `on_commit` callbacks run after
+///   its own commit.
+/// - `mandatory`: only inside a caller's transaction; calling it with a connection is a
+///   compile error on that argument.
+/// - `durable`: only outermost, so that its `Ok` means committed; calling it with a `tx` is
+///   a compile error on that argument.
+/// - `savepoint = false`: called with a `tx`, joins that transaction without a savepoint
+///   (two round trips fewer). If it then fails (`Err`, panic, or its future dropped), the
+///   transaction it joined runs no more statements and cannot commit, even if the caller
+///   handles the error.
+///
+/// Contradictory options (`mandatory` with `durable`, `requires_new`, `isolation` or
+/// `retries`; `savepoint = false` with `isolation`, `retries`, `read_only`, `timeout`,
+/// `requires_new` or `durable`; `durable` with `requires_new`) are compile errors on the
+/// attribute, saying why.
+///
+/// ```
+/// use safe_db::{safe_db_operation, Error, Tx};
+/// use sea_orm::ConnectionTrait;
+///
+/// #[safe_db_operation(mandatory, savepoint = false)]
+/// async fn add_line(tx: &Tx, n: i32) -> Result<(), Error> {
+///     tx.execute_unprepared(&format!("INSERT INTO lines (n) VALUES ({n})")).await?;
+///     if n < 0 {
+///         return Err(Error::validation("negative"));
+///     }
+///     Ok(())
+/// }
+///
+/// #[safe_db_operation]
+/// async fn order(tx: &Tx, lines: &[i32]) -> Result<(), Error> {
+///     for &n in lines {
+///         // A failure is swallowed here, but the order still cannot commit.
+///         let _ = add_line(tx, n).await;
+///     }
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE lines (n INTEGER)").await?;
+/// order(&db, &[1, 2]).await?;
+/// assert!(order(&db, &[3, -1]).await.is_err()); // nothing of it committed
+/// # let n = db.query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) FROM lines")).await?.unwrap().try_get_by_index::<i64>(0)?;
+/// # assert_eq!(n, 2);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # use safe_db::{safe_db_operation, Error, Tx};
+/// #[safe_db_operation(mandatory)]
+/// async fn add_line(tx: &Tx, n: i32) -> Result<(), Error> { Ok(()) }
+///
+/// async fn caller(db: &sea_orm::DatabaseConnection) {
+///     add_line(db, 1).await; // error: `DatabaseConnection` is not a transaction, and this operation runs only inside one
+/// }
+/// ```
+///
 /// # Nesting
 ///
 /// Passing `tx` to another operation runs it in a savepoint: its failure rolls back only

@@ -762,3 +762,52 @@ async fn every_rejection_is_a_problem_response_over_a_real_socket() {
         t.cleanup().await;
     }
 }
+
+/// Audited in a transaction of its own: it stays when the request rolls back.
+#[safe_db::safe_db_operation(requires_new)]
+async fn audit(tx: &safe_db::Tx, what: &str) -> Result<(), Error> {
+    create_agent(tx, what).await.map(drop)
+}
+
+/// Joins the request's transaction without a savepoint, writes, then fails.
+#[safe_db::safe_db_operation(savepoint = false)]
+async fn write_then_fail_joined(tx: &safe_db::Tx, name: &str) -> Result<(), Error> {
+    create_agent(tx, name).await?;
+    Err(Error::validation("failed after writing, without a savepoint"))
+}
+
+/// Audits, writes in the request's transaction, then answers 409: only the audit stays.
+async fn audited_conflict(tx: RequestTx) -> Result<StatusCode, Error> {
+    audit(&tx, "audit-row").await?;
+    create_agent(&tx, "request-row").await?;
+    Ok(StatusCode::CONFLICT)
+}
+
+/// Swallows a `savepoint = false` failure and answers 200: the request must not commit.
+async fn swallowed_joined_failure(tx: RequestTx) -> Result<StatusCode, Error> {
+    create_agent(&tx, "request-row").await?;
+    let _ = write_then_fail_joined(&tx, "joined-row").await;
+    Ok(StatusCode::OK)
+}
+
+#[tokio::test]
+async fn propagation_through_the_request_transaction() {
+    for (t, db) in api_db("web_propagation", ALL, 5).await {
+        let app = with_transactions(
+            routes()
+                .route("/audited", post(audited_conflict))
+                .route("/swallowed", post(swallowed_joined_failure)),
+            db,
+        );
+        let (status, _, _) = call(&app, "POST", "/audited", None).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let rows: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(rows, vec!["audit-row"], "{:?}", t.backend);
+
+        let (status, body, _) = call(&app, "POST", "/swallowed", None).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        let rows: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(rows, vec!["audit-row"], "{:?}: nothing of the request", t.backend);
+        t.cleanup().await;
+    }
+}
