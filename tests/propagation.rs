@@ -221,12 +221,15 @@ async fn joined_add_then_fail(tx: &Tx, id: i32) -> Result<(), Error> {
 async fn savepoint_false_joins_the_callers_transaction() {
     for t in TestDb::all("savepoint_false_joins", 5).await {
         let depths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let joined_before = safe_db::Stats::snapshot().joined;
         safe_db::transaction(&t.db, async |tx: &Tx| {
             add_agent(tx, 1).await?;
             joined_add(tx, 2, Arc::clone(&depths)).await
         })
         .await
         .unwrap();
+        // Counted as joined, not as committed: it commits with its caller.
+        assert!(safe_db::Stats::snapshot().joined > joined_before);
         assert_eq!(t.agent_ids().await, vec![1, 2], "{:?}", t.backend);
         // Called with a connection it begins its own transaction, at depth 0 too.
         joined_add(&t.db, 3, Arc::clone(&depths)).await.unwrap();
@@ -436,6 +439,77 @@ async fn the_closure_form_has_the_same_propagation() {
         .unwrap_err();
         assert!(err.to_string().contains("savepoint = false"), "{err}");
         assert!(t.agent_ids().await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+#[safe_db_operation(savepoint = false)]
+async fn joined_add_then_panic(tx: &Tx, id: i32) -> Result<(), Error> {
+    add_agent(tx, id).await?;
+    panic!("the joined body panicked after writing");
+}
+
+/// A panic in a joined operation, caught by its caller, still leaves nothing committed;
+/// and a `requires_new` operation is refused in the doomed transaction too.
+#[tokio::test]
+async fn a_caught_savepoint_false_panic_commits_nothing() {
+    use futures_util::FutureExt;
+    for t in TestDb::all("savepoint_false_panic", 5).await {
+        let audited = Arc::new(std::sync::Mutex::new(None));
+        let err = safe_db::transaction(&t.db, async |tx: &Tx| {
+            add_agent(tx, 1).await?;
+            let caught = std::panic::AssertUnwindSafe(joined_add_then_panic(tx, 2))
+                .catch_unwind()
+                .await;
+            assert!(caught.is_err());
+            *audited.lock().unwrap() = Some(audit(tx, 101).await.map_err(|e| e.to_string()));
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("joined_add_then_panic"), "{err}");
+        let audited = audited.lock().unwrap().clone().unwrap();
+        assert!(
+            audited
+                .as_ref()
+                .is_err_and(|e| e.contains("joined_add_then_panic")),
+            "{:?}: {audited:?}",
+            t.backend
+        );
+        assert!(t.agent_ids().await.is_empty(), "{:?}", t.backend);
+        assert!(ids(&t.db, "SELECT id FROM counters").await.is_empty());
+        t.cleanup().await;
+    }
+}
+
+/// In the closure form, `savepoint(false)` with `read_only` keeps its savepoint: the
+/// write is refused, and the failure rolls back only the operation's own work.
+#[tokio::test]
+async fn closure_form_savepoint_false_with_read_only_keeps_its_savepoint() {
+    for t in TestDb::on(
+        &[Backend::Postgres, Backend::MySql],
+        "savepoint_false_ro",
+        5,
+    )
+    .await
+    {
+        safe_db::transaction(&t.db, async |tx: &Tx| {
+            add_agent(tx, 1).await?;
+            let refused = Options::new()
+                .savepoint(false)
+                .read_only()
+                .run(tx, async |inner: &Tx| {
+                    assert_eq!(inner.depth(), 1, "a savepoint of its own");
+                    add_agent(inner, 2).await
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.kind(), ErrorKind::ReadOnly, "{refused}");
+            add_agent(tx, 3).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(t.agent_ids().await, vec![1, 3], "{:?}", t.backend);
         t.cleanup().await;
     }
 }

@@ -1,5 +1,7 @@
 //! What the benchmarks share: the databases they run on.
 
+pub mod latency;
+
 use std::time::Duration;
 
 use safe_db::{Tx, safe_db_operation};

@@ -170,6 +170,18 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
         Some(FnArg::Typed(PatType { ty, .. })) => {
             if let Some(err) = check_transaction_type(ty) {
                 errors.push(err);
+            } else if args.no_savepoint
+                && let Type::Reference(r) = &**ty
+                && last_segment(&r.elem).as_deref() == Some("DatabaseTransaction")
+            {
+                errors.push(syn::Error::new_spanned(
+                    ty,
+                    "with `savepoint = false` declare the transaction as `&Tx`, not \
+                     `&DatabaseTransaction`: the operation's statements run in its caller's \
+                     transaction, and only through a `Tx` does safe-db see one fail (after \
+                     which PostgreSQL would roll the caller's transaction back at its COMMIT, \
+                     silently)",
+                ));
             }
         }
         Some(FnArg::Receiver(_)) => unreachable!("position() found a typed argument"),
@@ -366,6 +378,20 @@ mod tests {
             fn f(tx: &mut Tx) {}
         ));
         assert_eq!(found.len(), 3, "{found:?}");
+    }
+
+    #[test]
+    fn savepoint_false_needs_a_tx() {
+        let args: Args = parse_quote!(savepoint = false);
+        let err = check(
+            parse_quote!(
+                async fn f(tx: &sea_orm::DatabaseTransaction) -> Result<(), E> {}
+            ),
+            &args,
+        )
+        .err()
+        .expect("a DatabaseTransaction with savepoint = false");
+        assert!(err.to_string().contains("declare the transaction as `&Tx`"));
     }
 
     #[test]

@@ -358,12 +358,19 @@ impl Begin for RequestTx {
         self.0.get().await?.__begin(options, deadline).await
     }
 
-    /// On the pool of the layer: the request's transaction does not begin for it.
+    /// On the pool of the layer, under the request's deadline too: the request's
+    /// transaction does not begin for it. Not once the request is over.
     async fn __begin_new(
         &self,
         options: &Options,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Tx, DbErr> {
+        if *self.0.gate.lock().await {
+            return Err(request_over());
+        }
+        if let Some(tx) = self.0.tx.get() {
+            return tx.__begin_new(options, deadline).await;
+        }
         (self.0.begin_new)(*options, deadline).await
     }
 
@@ -480,8 +487,12 @@ where
         let request_span = span.clone();
         let own = conn.clone();
         let slot = Arc::new(Slot {
-            begin_new: Box::new(move |options, deadline| {
+            begin_new: Box::new(move |options, own_deadline| {
                 let conn = own.clone();
+                let deadline = match (own_deadline, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 Box::pin(async move { conn.__begin_new(&options, deadline).await })
             }),
             begin: Box::new(move |first| {

@@ -192,7 +192,7 @@ pub use tx::{CallbackOutput, Tx};
 /// # }
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// # use safe_db::{safe_db_operation, Error, Tx};
 /// #[safe_db_operation(mandatory)]
 /// async fn add_line(tx: &Tx, n: i32) -> Result<(), Error> { Ok(()) }

@@ -14,6 +14,9 @@ pub(crate) enum End {
     TimedOut,
     Panicked,
     Cancelled,
+    /// Joined its caller's transaction without a savepoint (`savepoint = false`) and
+    /// returned `Ok`: its work commits or rolls back with the caller's.
+    Joined,
 }
 
 impl End {
@@ -25,6 +28,7 @@ impl End {
             End::TimedOut => "timed_out",
             End::Panicked => "panicked",
             End::Cancelled => "cancelled",
+            End::Joined => "joined",
         }
     }
 }
@@ -37,6 +41,7 @@ static RETRIED: AtomicU64 = AtomicU64::new(0);
 static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
 static PANICKED: AtomicU64 = AtomicU64::new(0);
 static CANCELLED: AtomicU64 = AtomicU64::new(0);
+static JOINED: AtomicU64 = AtomicU64::new(0);
 static ACTIVE: AtomicU64 = AtomicU64::new(0);
 static CALLBACK_FAILURES: AtomicU64 = AtomicU64::new(0);
 static ACQUIRE_FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -48,7 +53,8 @@ pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(2);
 /// Process-wide operation counters, for services with no metrics exporter.
 ///
 /// Every operation counts once in `started` and, when it ends, once in one of
-/// `committed`, `rolled_back`, `not_begun`, `timed_out`, `panicked` or `cancelled`; `retried` counts
+/// `committed`, `rolled_back`, `not_begun`, `timed_out`, `panicked`, `cancelled` or
+/// `joined`; `retried` counts
 /// re-runs, `active` the operations under way now.
 ///
 /// ```
@@ -75,6 +81,9 @@ pub struct Stats {
     pub panicked: u64,
     /// Operations whose future was dropped before they ended.
     pub cancelled: u64,
+    /// Operations that joined their caller's transaction without a savepoint
+    /// (`savepoint = false`) and returned `Ok`: they commit or roll back with it.
+    pub joined: u64,
     /// Operations under way at the moment of the snapshot.
     pub active: u64,
     /// `on_commit` callbacks that failed or panicked.
@@ -97,6 +106,7 @@ impl Stats {
             timed_out: TIMED_OUT.load(Ordering::Relaxed),
             panicked: PANICKED.load(Ordering::Relaxed),
             cancelled: CANCELLED.load(Ordering::Relaxed),
+            joined: JOINED.load(Ordering::Relaxed),
             active: ACTIVE.load(Ordering::Relaxed),
             callback_failures: CALLBACK_FAILURES.load(Ordering::Relaxed),
             acquire_failures: ACQUIRE_FAILURES.load(Ordering::Relaxed),
@@ -172,6 +182,7 @@ pub(crate) fn ended(name: &'static str, end: End, elapsed: Duration, span: &trac
         End::TimedOut => &TIMED_OUT,
         End::Panicked => &PANICKED,
         End::Cancelled => &CANCELLED,
+        End::Joined => &JOINED,
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if !span.is_disabled() {

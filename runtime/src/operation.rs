@@ -395,7 +395,7 @@ impl Operation {
         match outcome {
             Outcome::Returned(Ok(value)) => {
                 joined.succeeded = true;
-                self.record_end(End::Committed);
+                self.record_end(End::Joined);
                 Ok(value)
             }
             Outcome::Returned(Err(err)) => {

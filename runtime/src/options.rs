@@ -151,7 +151,10 @@ impl Options {
     ///
     /// In the closure form, the operation still takes a savepoint when it must make the
     /// caller's transaction read-only or bound its own statements in time (`read_only`,
-    /// `timeout`); the attribute rejects those combinations instead.
+    /// `timeout`), and then a failure rolls back only its own work; `isolation` and
+    /// `retries` apply only when it begins a transaction of its own, as for any nested
+    /// operation. The attribute rejects those combinations instead. Called with a
+    /// `DatabaseTransaction` begun by hand, it takes a savepoint.
     pub const fn savepoint(mut self, savepoint: bool) -> Self {
         self.savepoint = savepoint;
         self

@@ -428,10 +428,11 @@ impl Tx {
         if let Some(err) = self.tree.broken() {
             return Err(err);
         }
-        if let Some(name) = self.doomed.get() {
-            return Err(doomed_error(name));
-        }
         let turn = Arc::clone(&self.children).lock_owned().await;
+        // After the turn: a sibling that joined this level may have failed meanwhile.
+        if let Some(err) = self.why_not_join() {
+            return Err(err);
+        }
         // A SAVEPOINT that fails breaks the tree like one cut off: SeaORM counts the
         // savepoint as open before it has run, so dropping it queues a rollback at the
         // enclosing level, which may end the whole transaction.
@@ -475,11 +476,22 @@ impl Tx {
 
     /// Begins a transaction of its own, outside this one, on the handle this
     /// transaction's tree was begun on (`requires_new`).
+    ///
+    /// Not in a tree that can no longer commit (broken, or this level doomed), and bounded
+    /// by this transaction's deadline too: the server stops its statements when the
+    /// caller's time is up.
     pub(crate) async fn begin_new(
         &self,
         options: &Options,
         deadline: Option<Instant>,
     ) -> Result<Tx, DbErr> {
+        if let Some(err) = self.why_not_join() {
+            return Err(err);
+        }
+        let deadline = match (deadline, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match &self.tree.home {
             Some(home) => home.__begin(options, deadline).await,
             None => Err(pool_unknown()),

@@ -773,7 +773,9 @@ async fn audit(tx: &safe_db::Tx, what: &str) -> Result<(), Error> {
 #[safe_db::safe_db_operation(savepoint = false)]
 async fn write_then_fail_joined(tx: &safe_db::Tx, name: &str) -> Result<(), Error> {
     create_agent(tx, name).await?;
-    Err(Error::validation("failed after writing, without a savepoint"))
+    Err(Error::validation(
+        "failed after writing, without a savepoint",
+    ))
 }
 
 /// Audits, writes in the request's transaction, then answers 409: only the audit stays.
@@ -807,7 +809,12 @@ async fn propagation_through_the_request_transaction() {
         let (status, body, _) = call(&app, "POST", "/swallowed", None).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         let rows: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
-        assert_eq!(rows, vec!["audit-row"], "{:?}: nothing of the request", t.backend);
+        assert_eq!(
+            rows,
+            vec!["audit-row"],
+            "{:?}: nothing of the request",
+            t.backend
+        );
         t.cleanup().await;
     }
 }

@@ -14,3 +14,8 @@ async fn checkout(tx: &Tx) -> Result<(), safe_db::Error> {
 }
 
 fn main() {}
+
+/// The request's transaction is no connection either: it commits after the handler.
+async fn handler(tx: safe_db::axum::RequestTx) -> Result<(), safe_db::Error> {
+    place_order(&tx, 8).await
+}

@@ -25,3 +25,10 @@ async fn legacy(db: &DatabaseConnection) -> Result<(), safe_db::Error> {
 fn main() {
     let _ = legacy;
 }
+
+/// Its statements would go around safe-db's checks, in the caller's transaction.
+#[safe_db_operation(savepoint = false)]
+async fn declared_by_hand(tx: &sea_orm::DatabaseTransaction) -> Result<(), safe_db::Error> {
+    let _ = tx;
+    Ok(())
+}
