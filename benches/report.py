@@ -16,6 +16,7 @@ def load(name):
 rows = load("interleaved-metrics-off.json") + load("interleaved-metrics-on.json")
 contention = load("contention.json")
 instructions = load("instructions-metrics-off.json") + load("instructions-metrics-on.json")
+latency = load("latency.json")
 compile_time = json.loads((target / "compile_time.json").read_text()) if (target / "compile_time.json").exists() else None
 
 out = []
@@ -55,6 +56,21 @@ if compile_time:
     out.append(f"| the same 200 with the closure form | {compile_time['closure_s']:.2f} |")
     out.append(f"| ratio | ×{compile_time['ratio']:.3f} |")
     out.append(f"| safe-db-macros alone | {compile_time['macro_crate_s']:.2f} |")
+if latency:
+    by = {(r["database"], r["variant"]): r for r in latency}
+    out.append("| database | case | safe-db: round trips / op/s | SeaORM by hand | raw sqlx | safe-db vs SeaORM |")
+    out.append("|---|---|---|---|---|---:|")
+    for r in latency:
+        case, impl = r["variant"].split("/")
+        if impl != "safe-db":
+            continue
+        base_case = "nested" if case.startswith("nested") else case
+        sea = by.get((r["database"], base_case + "/sea-orm"))
+        raw = by.get((r["database"], base_case + "/sqlx"))
+        cell = lambda x: f"{x['round_trips']:.0f} / {x['ops_per_sec']:.0f}" if x else "—"
+        ratio = f"×{r['ops_per_sec'] / sea['ops_per_sec']:.2f}" if sea else "—"
+        out.append(f"| {r['database']} | {case} | {cell(r)} | {cell(sea)} | {cell(raw)} | {ratio} |")
+    out.append("")
 (target / "benchmarks.md").write_text("\n".join(out) + "\n")
 print("\n".join(out))
 
@@ -92,3 +108,34 @@ if instructions:
             svg.append(f'<text x="{x(ratio) + 4:.1f}" y="{y0 + 14 + k * 12}" font-size="10">×{ratio:.3f}</text>')
     svg.append("</svg>")
     (root / "benches" / "chart.svg").write_text("\n".join(svg) + "\n")
+
+# The latency chart: round trips per operation over the delayed link, by case.
+if latency:
+    rows = []
+    for r in latency:
+        case, impl = r["variant"].split("/")
+        rows.append((r["database"], case, impl, r["round_trips"], r["ops_per_sec"]))
+    colors = {"safe-db": "#1b7f5b", "sea-orm": "#c77c1e", "sqlx": "#7a7a7a"}
+    groups = []
+    for db, case, impl, trips, ops in rows:
+        key = (db, case)
+        if key not in [g[0] for g in groups]:
+            groups.append((key, []))
+        [g for g in groups if g[0] == key][0][1].append((impl, trips, ops))
+    width, left, top, bar_h = 780, 260, 60, 11
+    height = top + sum(len(g[1]) * (bar_h + 2) + 10 for g in groups) + 50
+    scale = (width - left - 90) / 8
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14">Round trips per one-statement operation, 1 ms each way (counted by a proxy)</text>',
+           f'<text x="{width / 2}" y="40" text-anchor="middle" fill="#555">green: safe-db, orange: SeaORM by hand, grey: raw sqlx; the label is operations per second</text>']
+    y = top
+    for (db, case), impls in groups:
+        svg.append(f'<text x="{left - 8}" y="{y + 10 + (len(impls) - 1) * (bar_h + 2) / 2}" text-anchor="end">{db}: {case}</text>')
+        for impl, trips, ops in impls:
+            svg.append(f'<rect x="{left}" y="{y}" width="{trips * scale:.1f}" height="{bar_h}" fill="{colors.get(impl, "#000")}"/>')
+            svg.append(f'<text x="{left + trips * scale + 4:.1f}" y="{y + 9}" font-size="10">{trips:.0f} ({ops:.0f}/s)</text>')
+            y += bar_h + 2
+        y += 10
+    svg.append("</svg>")
+    (root / "benches" / "latency.svg").write_text("\n".join(svg) + "\n")

@@ -13,6 +13,8 @@ cargo bench -p safe-db-bench --bench interleaved
 cargo bench -p safe-db-bench --features metrics --bench interleaved
 # 2. Contention.
 cargo bench -p safe-db-bench --bench contention
-# 3. Compile time.
+# 3. Round trips over a link with latency (PostgreSQL and MariaDB, when their URLs are set).
+cargo bench -p safe-db-bench --bench latency
+# 4. Compile time.
 bash benches/compile_time.sh
 python3 benches/report.py

@@ -322,6 +322,25 @@ fn outermost_options(backend: DbBackend, options: &Options) -> TransactionOption
     out
 }
 
+/// PostgreSQL's `SET TRANSACTION` for an isolation level and access mode, if any is set
+/// (what SeaORM would send on its own).
+fn postgres_settings(
+    isolation: Option<IsolationLevel>,
+    access: Option<AccessMode>,
+) -> Option<String> {
+    if isolation.is_none() && access.is_none() {
+        return None;
+    }
+    let mut sql = "SET TRANSACTION".to_owned();
+    if let Some(isolation) = isolation {
+        sql.push_str(&format!(" ISOLATION LEVEL {isolation}"));
+    }
+    if let Some(access) = access {
+        sql.push_str(&format!(" {access}"));
+    }
+    Some(sql)
+}
+
 type Beginning = Pin<Box<dyn Future<Output = Result<DatabaseTransaction, DbErr>> + Send>>;
 
 /// An outermost BEGIN that runs to its end even if the caller drops it.
@@ -388,7 +407,14 @@ impl Tx {
         options: &Options,
         deadline: Option<Instant>,
     ) -> Result<Tx, DbErr> {
-        let config = outermost_options(conn.get_database_backend(), options);
+        let backend = conn.get_database_backend();
+        let mut config = outermost_options(backend, options);
+        // PostgreSQL takes the settings after BEGIN: sent with the statement timeout in
+        // one message below, rather than one message each (SeaORM's `SET TRANSACTION`,
+        // then safe-db's `SET LOCAL`).
+        let settings = (backend == DbBackend::Postgres)
+            .then(|| postgres_settings(config.isolation_level.take(), config.access_mode.take()))
+            .flatten();
         let home = match home {
             Some(db) => db.clone(),
             None => Db::new(conn.clone(), None),
@@ -400,7 +426,19 @@ impl Tx {
         .await?;
         let mut tx = Tx::new(begun, 0, Tree::new(true, Some(home)));
         tx.read_only = options.read_only;
-        tx.bound(deadline).await?;
+        if backend != DbBackend::Postgres {
+            tx.bound(deadline).await?;
+            return Ok(tx);
+        }
+        tx.deadline = deadline;
+        let sql = match (settings, deadline) {
+            (Some(settings), Some(_)) => format!("{settings}; {}", statement_timeout(deadline)),
+            (Some(settings), None) => settings,
+            (None, Some(_)) => statement_timeout(deadline),
+            (None, None) => return Ok(tx),
+        };
+        // Dropped before this completes, the transaction is rolled back as usual.
+        tx.txn.execute_unprepared(&sql).await?;
         Ok(tx)
     }
 
