@@ -350,28 +350,23 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTx {
 
 impl crate::begin::sealed::Sealed for RequestTx {}
 impl Begin for RequestTx {
+    /// In the request's transaction, begun now if it has not been yet; `requires_new`:
+    /// on the pool of the layer, under the request's deadline too, without beginning
+    /// the request's transaction (and not once the request is over).
     async fn __begin(
         &self,
         options: &Options,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Tx, DbErr> {
+        if options.requires_new {
+            if *self.0.gate.lock().await {
+                return Err(request_over());
+            }
+            if self.0.tx.get().is_none() {
+                return (self.0.begin_new)(*options, deadline).await;
+            }
+        }
         self.0.get().await?.__begin(options, deadline).await
-    }
-
-    /// On the pool of the layer, under the request's deadline too: the request's
-    /// transaction does not begin for it. Not once the request is over.
-    async fn __begin_new(
-        &self,
-        options: &Options,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Result<Tx, DbErr> {
-        if *self.0.gate.lock().await {
-            return Err(request_over());
-        }
-        if let Some(tx) = self.0.tx.get() {
-            return tx.__begin_new(options, deadline).await;
-        }
-        (self.0.begin_new)(*options, deadline).await
     }
 
     async fn __join(&self) -> Result<Option<&Tx>, DbErr> {
@@ -493,7 +488,7 @@ where
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                Box::pin(async move { conn.__begin_new(&options, deadline).await })
+                Box::pin(async move { conn.__begin(&options, deadline).await })
             }),
             begin: Box::new(move |first| {
                 let conn = conn.clone();

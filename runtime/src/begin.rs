@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use tokio::time::Instant;
 
@@ -30,7 +31,8 @@ pub(crate) mod sealed {
 )]
 pub trait Begin: Sync + sealed::Sealed {
     /// Begins a transaction with `options`' isolation and access mode, its statements
-    /// bounded by `deadline`.
+    /// bounded by `deadline`: nested in this one if it is a transaction, unless
+    /// `options.requires_new` asks for one of its own on the same pool.
     #[doc(hidden)]
     fn __begin(
         &self,
@@ -43,17 +45,6 @@ pub trait Begin: Sync + sealed::Sealed {
     #[doc(hidden)]
     fn __from_pool(&self) -> bool {
         false
-    }
-
-    /// Begins an outermost transaction on a connection of its own from this handle's
-    /// pool (`requires_new`).
-    #[doc(hidden)]
-    fn __begin_new(
-        &self,
-        options: &Options,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        self.__begin(options, deadline)
     }
 
     /// The transaction an operation with `savepoint = false` joins, if this is one.
@@ -124,12 +115,32 @@ impl Managed for DatabaseConnection {}
 pub struct Db {
     primary: DatabaseConnection,
     replica: Option<DatabaseConnection>,
+    /// A test's transaction, in which every operation on this handle nests
+    /// (`safe_db::testing::TestTx::db`).
+    #[cfg(feature = "testing")]
+    test: Option<Arc<Tx>>,
 }
 
 impl Db {
     /// A handle over an existing primary pool, and an optional replica pool.
     pub fn new(primary: DatabaseConnection, replica: Option<DatabaseConnection>) -> Self {
-        Db { primary, replica }
+        Db {
+            primary,
+            replica,
+            #[cfg(feature = "testing")]
+            test: None,
+        }
+    }
+
+    /// A handle whose operations nest in a test's transaction.
+    #[cfg(feature = "testing")]
+    pub(crate) fn for_test(tx: Arc<Tx>) -> Self {
+        let primary = tx.home_primary();
+        Db {
+            primary,
+            replica: None,
+            test: Some(tx),
+        }
     }
 
     /// The primary pool.
@@ -166,6 +177,7 @@ impl Begin for Db {
     }
 
     /// `read_only` operations run on the replica, if there is one.
+    #[cfg(not(feature = "testing"))]
     fn __begin(
         &self,
         options: &Options,
@@ -176,6 +188,25 @@ impl Begin for Db {
             _ => self.primary(),
         };
         Tx::begin(conn, Some(self), options, deadline)
+    }
+
+    /// `read_only` operations run on the replica, if there is one; in a test's
+    /// transaction, every operation nests in it.
+    #[cfg(feature = "testing")]
+    fn __begin(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        if let Some(test) = &self.test {
+            // Boxed: tests only, and a savepoint's future would add to every BEGIN's.
+            return Either::Left(Box::pin(test.begin_nested(options, deadline)));
+        }
+        let conn = match (self.replica(), options.read_only) {
+            (Some(replica), true) => replica,
+            _ => self.primary(),
+        };
+        Either::Right(Tx::begin(conn, Some(self), options, deadline))
     }
 }
 impl Connection for Db {}
@@ -188,15 +219,12 @@ impl Begin for Tx {
         options: &Options,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        self.begin_nested(options, deadline)
-    }
-
-    fn __begin_new(
-        &self,
-        options: &Options,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        self.begin_new(options, deadline)
+        if options.requires_new {
+            // Boxed: it holds a whole outermost BEGIN, rarely needed.
+            Either::Left(Box::pin(self.begin_new(options, deadline)))
+        } else {
+            Either::Right(self.begin_nested(options, deadline))
+        }
     }
 
     fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
@@ -208,21 +236,18 @@ impl Managed for Tx {}
 
 impl sealed::Sealed for DatabaseTransaction {}
 impl Begin for DatabaseTransaction {
-    /// A savepoint of a transaction that the caller ends by hand.
+    /// A savepoint of a transaction that the caller ends by hand (`requires_new` cannot
+    /// be: its pool is not known).
     fn __begin(
         &self,
-        _: &Options,
+        options: &Options,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        Tx::begin_in(self, deadline)
-    }
-
-    fn __begin_new(
-        &self,
-        _: &Options,
-        _: Option<Instant>,
-    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        std::future::ready(Err(crate::tx::pool_unknown()))
+        if options.requires_new {
+            Either::Left(std::future::ready(Err(crate::tx::pool_unknown())))
+        } else {
+            Either::Right(Tx::begin_in(self, deadline))
+        }
     }
 }
 impl InTransaction for DatabaseTransaction {}
@@ -239,14 +264,6 @@ impl<T: Begin + ?Sized> Begin for &T {
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
         (**self).__begin(options, deadline)
-    }
-
-    fn __begin_new(
-        &self,
-        options: &Options,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        (**self).__begin_new(options, deadline)
     }
 
     fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
@@ -269,14 +286,6 @@ impl<T: Begin + ?Sized + Send> Begin for Arc<T> {
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
         (**self).__begin(options, deadline)
-    }
-
-    fn __begin_new(
-        &self,
-        options: &Options,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        (**self).__begin_new(options, deadline)
     }
 
     fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {

@@ -133,17 +133,21 @@ const MYSQL_NUMBERS: &[(u16, ErrorKind)] = &[
 /// SQLSTATEs (PostgreSQL, and MySQL where no number above matched), exact or by class.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 const SQLSTATES: &[(&str, ErrorKind)] = &[
+    // Read earlier from the driver's own error (`DbErr::sql_err`); here for an error that
+    // carries only the SQLSTATE (`safe_db::testing`'s, on SQLite).
+    ("23505", ErrorKind::UniqueViolation), // unique_violation
+    ("23503", ErrorKind::ForeignKeyViolation), // foreign_key_violation
     ("40001", ErrorKind::SerializationFailure), // serialization_failure
     ("40P01", ErrorKind::SerializationFailure), // deadlock_detected
-    ("57014", ErrorKind::Timeout),              // query_canceled (statement_timeout)
-    ("55P03", ErrorKind::Timeout),              // lock_not_available (lock_timeout)
-    ("25P03", ErrorKind::Timeout),              // idle_in_transaction_session_timeout
-    ("25006", ErrorKind::ReadOnly),             // read_only_sql_transaction
-    ("53300", ErrorKind::Unavailable),          // too_many_connections
-    ("08", ErrorKind::Unavailable),             // class: connection exception
-    ("57P", ErrorKind::Unavailable),            // admin / crash shutdown, cannot connect now
-    ("23", ErrorKind::Validation),              // class: integrity constraint (not null, check)
-    ("22", ErrorKind::Validation),              // class: data exception (range, number, length, ÷0)
+    ("57014", ErrorKind::Timeout),         // query_canceled (statement_timeout)
+    ("55P03", ErrorKind::Timeout),         // lock_not_available (lock_timeout)
+    ("25P03", ErrorKind::Timeout),         // idle_in_transaction_session_timeout
+    ("25006", ErrorKind::ReadOnly),        // read_only_sql_transaction
+    ("53300", ErrorKind::Unavailable),     // too_many_connections
+    ("08", ErrorKind::Unavailable),        // class: connection exception
+    ("57P", ErrorKind::Unavailable),       // admin / crash shutdown, cannot connect now
+    ("23", ErrorKind::Validation),         // class: integrity constraint (not null, check)
+    ("22", ErrorKind::Validation),         // class: data exception (range, number, length, ÷0)
 ];
 
 /// SQLite primary result codes (the low byte of the extended code).

@@ -37,6 +37,9 @@
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade.
 //! - `stream`: `Entity::find().stream(tx)` (SeaORM's `StreamTrait` for [`Tx`]).
 //! - `axum`: request-scoped transactions and problem+json error responses ([`axum`]).
+//! - `testing`: [`testing`], for your tests: a transaction per test that is always rolled
+//!   back, captured after-commit callbacks, injected failures, per-test PostgreSQL
+//!   databases from a template. Enable it in `[dev-dependencies]` only.
 //!
 //! With `default-features = false`, enable the databases you use: sqlx enables none.
 //!
@@ -76,6 +79,9 @@ mod pool;
 mod sql;
 #[cfg(feature = "stream")]
 mod stream;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod tx;
 
 use sea_orm::DbErr;

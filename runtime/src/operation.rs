@@ -213,35 +213,48 @@ impl Operation {
     /// Begins what the next attempt's body runs in: a transaction of its own, or, for an
     /// operation with `savepoint = false` called with a transaction, that transaction.
     pub async fn begin<'c, C: Begin + ?Sized>(&mut self, conn: &'c C) -> Result<Began<'c>, DbErr> {
-        if !self.options.savepoint && !self.options.requires_new {
-            let joined = match conn.__join().await {
-                Ok(joined) => joined,
-                Err(err) => {
-                    self.record_end(End::NotBegun);
-                    return Err(err);
-                }
-            };
-            // Joined only when the operation asks nothing of a level of its own (a
-            // read-only savepoint, a time bound of its own): otherwise it takes one.
-            if let Some(tx) = joined
-                && self.options.timeout.is_none()
-                && (!self.options.read_only || tx.read_only())
-            {
-                self.attempt = 1;
-                record(&self.span, "attempt", 1);
-                record(&self.span, "depth", tx.depth());
-                if let Some(err) = tx.why_not_join() {
-                    self.record_end(End::NotBegun);
-                    return Err(err);
-                }
-                return Ok(Began::Joined(Joined {
-                    tx,
-                    name: self.name,
-                    succeeded: false,
-                }));
-            }
+        if !self.options.savepoint
+            && !self.options.requires_new
+            // Boxed: this rare path would otherwise add to every operation's future.
+            && let Some(joined) = Box::pin(self.join(conn)).await?
+        {
+            return Ok(Began::Joined(joined));
         }
         self.begin_tx(conn).await.map(Began::Own)
+    }
+
+    /// Joins `conn` without a savepoint, if it is a transaction and the operation asks
+    /// nothing of a level of its own (a read-only savepoint, a time bound of its own):
+    /// otherwise it takes one.
+    async fn join<'c, C: Begin + ?Sized>(
+        &mut self,
+        conn: &'c C,
+    ) -> Result<Option<Joined<'c>>, DbErr> {
+        let joined = match conn.__join().await {
+            Ok(joined) => joined,
+            Err(err) => {
+                self.record_end(End::NotBegun);
+                return Err(err);
+            }
+        };
+        let Some(tx) = joined else {
+            return Ok(None);
+        };
+        if self.options.timeout.is_some() || (self.options.read_only && !tx.read_only()) {
+            return Ok(None);
+        }
+        self.attempt = 1;
+        record(&self.span, "attempt", 1);
+        record(&self.span, "depth", tx.depth());
+        if let Some(err) = tx.why_not_join() {
+            self.record_end(End::NotBegun);
+            return Err(err);
+        }
+        Ok(Some(Joined {
+            tx,
+            name: self.name,
+            succeeded: false,
+        }))
     }
 
     /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
@@ -260,13 +273,9 @@ impl Operation {
             let asked = Instant::now();
             // The server stops a statement that would overrun the deadline, so a timed-out
             // operation leaves nothing running and its connection is reusable.
-            let begun = if self.options.requires_new {
-                self.within_deadline(conn.__begin_new(&self.options, self.deadline))
-                    .await
-            } else {
-                self.within_deadline(conn.__begin(&self.options, self.deadline))
-                    .await
-            };
+            let begun = self
+                .within_deadline(conn.__begin(&self.options, self.deadline))
+                .await;
             let from_pool = self.options.requires_new || conn.__from_pool();
             if let Err(err) = &begun
                 && from_pool
@@ -308,7 +317,10 @@ impl Operation {
                 }
             }
             match begun {
-                Ok(tx) => {
+                #[allow(unused_mut)]
+                Ok(mut tx) => {
+                    #[cfg(feature = "testing")]
+                    tx.arm(crate::testing::armed(self.name));
                     record(&self.span, "depth", tx.depth());
                     self.outermost = tx.depth() == 0;
                     if self.outermost {

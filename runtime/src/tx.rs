@@ -78,10 +78,10 @@ pub struct Tx {
     /// transaction_read_only`). A `RELEASE` would leave the caller read-only, so it ends
     /// with `ROLLBACK TO` instead, which undoes that and nothing else: it wrote nothing.
     read_only_savepoint: bool,
-    /// Set, with the operation's name, when an operation that joined this transaction
-    /// without a savepoint (`savepoint = false`) failed: its work cannot be undone alone,
+    /// Set (with the operation's name in the tree) when an operation that joined this
+    /// transaction without a savepoint (`savepoint = false`) failed: its work cannot be undone alone,
     /// so no statement runs at this level any more and it cannot commit.
-    doomed: std::sync::OnceLock<&'static str>,
+    doomed: AtomicBool,
 }
 
 /// `SET LOCAL statement_timeout` for what is left until `deadline`; with none, the
@@ -141,6 +141,15 @@ struct Tree {
     /// reading of its outcome are one step, so that no statement slips in after the
     /// server has ended the transaction (`join!` on one `Tx`).
     statements: tokio::sync::Mutex<()>,
+    /// The operations that doomed a level (`savepoint = false`), by the level's id.
+    doomed_by: Mutex<Vec<(u32, &'static str)>>,
+    /// A test's transaction (`safe_db::testing`): `requires_new` operations nest in it.
+    #[cfg(feature = "testing")]
+    test: AtomicBool,
+    /// Failures injected into the levels of the tree, by id (`safe_db::testing::Faults`):
+    /// kept here rather than in each `Tx`, which then does not grow in tests.
+    #[cfg(feature = "testing")]
+    armed: Mutex<Vec<(u32, Arc<crate::testing::Armed>)>>,
 }
 
 impl Tree {
@@ -156,6 +165,11 @@ impl Tree {
             suspect: Mutex::new(None),
             abandoned: AtomicBool::new(false),
             statements: tokio::sync::Mutex::new(()),
+            doomed_by: Mutex::new(Vec::new()),
+            #[cfg(feature = "testing")]
+            test: AtomicBool::new(false),
+            #[cfg(feature = "testing")]
+            armed: Mutex::new(Vec::new()),
         })
     }
 
@@ -394,7 +408,7 @@ impl Tx {
             read_only: false,
             refuse_writes: false,
             read_only_savepoint: false,
-            doomed: std::sync::OnceLock::new(),
+            doomed: AtomicBool::new(false),
         }
     }
 
@@ -412,18 +426,20 @@ impl Tx {
         // PostgreSQL takes the settings after BEGIN: sent with the statement timeout in
         // one message below, rather than one message each (SeaORM's `SET TRANSACTION`,
         // then safe-db's `SET LOCAL`).
-        let settings = (backend == DbBackend::Postgres)
-            .then(|| postgres_settings(config.isolation_level.take(), config.access_mode.take()))
-            .flatten();
+        if backend == DbBackend::Postgres {
+            config.isolation_level = None;
+            config.access_mode = None;
+        }
+        let begin = conn.clone();
+        let begun = Shielded(Some(Box::pin(async move {
+            begin.begin_with_options(config).await
+        })))
+        .await?;
+        // Made after the BEGIN, so that the future holds less across it.
         let home = match home {
             Some(db) => db.clone(),
             None => Db::new(conn.clone(), None),
         };
-        let conn = conn.clone();
-        let begun = Shielded(Some(Box::pin(async move {
-            conn.begin_with_options(config).await
-        })))
-        .await?;
         let mut tx = Tx::new(begun, 0, Tree::new(true, Some(home)));
         tx.read_only = options.read_only;
         if backend != DbBackend::Postgres {
@@ -431,6 +447,10 @@ impl Tx {
             return Ok(tx);
         }
         tx.deadline = deadline;
+        let settings = postgres_settings(
+            options.isolation.map(|i| i.to_sea_orm()),
+            options.read_only.then_some(AccessMode::ReadOnly),
+        );
         let sql = match (settings, deadline) {
             (Some(settings), Some(_)) => format!("{settings}; {}", statement_timeout(deadline)),
             (Some(settings), None) => settings,
@@ -491,7 +511,7 @@ impl Tx {
             read_only: self.read_only,
             refuse_writes: self.refuse_writes,
             read_only_savepoint: false,
-            doomed: std::sync::OnceLock::new(),
+            doomed: AtomicBool::new(false),
         };
         if options.read_only && !self.read_only {
             tx.read_only = true;
@@ -525,6 +545,11 @@ impl Tx {
     ) -> Result<Tx, DbErr> {
         if let Some(err) = self.why_not_join() {
             return Err(err);
+        }
+        #[cfg(feature = "testing")]
+        if self.tree.test.load(Ordering::Relaxed) {
+            // Inside a test's transaction everything nests, so that the test leaves nothing.
+            return self.begin_nested(options, deadline).await;
         }
         let deadline = match (deadline, self.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -594,8 +619,8 @@ impl Tx {
                 )))
             }));
         }
-        if let Some(name) = self.doomed.get() {
-            return Some(doomed_error(name));
+        if let Some(err) = self.doomed() {
+            return Some(err);
         }
         if self.statement_failed.load(Ordering::Relaxed)
             && self.get_database_backend() == DbBackend::Postgres
@@ -617,6 +642,16 @@ impl Tx {
     /// wait would report as failed a transaction that committed. (On PostgreSQL the
     /// deadline's statement_timeout still bounds it.)
     pub(crate) async fn commit(self) -> Result<Vec<Callback>, DbErr> {
+        // An injected failure (`safe_db::testing`): rolled back, as by a failed COMMIT.
+        #[cfg(feature = "testing")]
+        if let Some(armed) = self.armed()
+            && let Some(err) = Box::pin(self.commit_fault(armed)).await
+        {
+            if let Err(rollback) = Box::pin(self.rollback()).await {
+                tracing::warn!(error = %crate::error::redact(&rollback.to_string()), "rollback failed");
+            }
+            return Err(err);
+        }
         // A `SET LOCAL` made in a savepoint outlives its `RELEASE`: give the enclosing
         // transaction its statement timeout back first (a `ROLLBACK TO` undoes it itself).
         if let Some(inherited) = self.restore_timeout
@@ -748,7 +783,31 @@ impl Tx {
     /// An operation that joined this transaction without a savepoint failed: nothing
     /// more runs at this level, and it cannot commit (see [`Tx::why_not_commit`]).
     pub(crate) fn doom(&self, operation: &'static str) {
-        let _ = self.doomed.set(operation);
+        let mut names = self
+            .tree
+            .doomed_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !self.doomed.swap(true, Ordering::Relaxed) {
+            names.push((self.id, operation));
+        }
+    }
+
+    /// The error of a doomed level, if this one is.
+    fn doomed(&self) -> Option<DbErr> {
+        if !self.doomed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let names = self
+            .tree
+            .doomed_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let name = names
+            .iter()
+            .find(|(id, _)| *id == self.id)
+            .map_or("?", |(_, n)| n);
+        Some(doomed_error(name))
     }
 
     /// Why an operation cannot join this transaction without a savepoint, if it cannot:
@@ -757,7 +816,96 @@ impl Tx {
         if let Some(err) = self.tree.broken() {
             return Some(err);
         }
-        self.doomed.get().map(|name| doomed_error(name))
+        self.doomed()
+    }
+
+    /// Makes this (outermost) transaction a test's (`safe_db::testing::TestTx`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn enter_test(&mut self) {
+        self.tree.test.store(true, Ordering::Relaxed);
+    }
+
+    /// The primary pool this transaction's tree was begun on.
+    #[cfg(feature = "testing")]
+    pub(crate) fn home_primary(&self) -> DatabaseConnection {
+        match &self.tree.home {
+            Some(home) => home.primary().clone(),
+            None => unreachable!("a test's transaction begins on a connection"),
+        }
+    }
+
+    /// Arms this attempt's injected failures.
+    #[cfg(feature = "testing")]
+    pub(crate) fn arm(&mut self, armed: Option<Box<crate::testing::Armed>>) {
+        if let Some(armed) = armed {
+            let mut all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|(id, _)| *id != self.id);
+            all.push((self.id, Arc::from(armed)));
+        }
+    }
+
+    /// The failures injected into this level, if any.
+    #[cfg(feature = "testing")]
+    fn armed(&self) -> Option<Arc<crate::testing::Armed>> {
+        let all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .find(|(id, _)| *id == self.id)
+            .map(|(_, armed)| Arc::clone(armed))
+    }
+
+    /// The after-commit callbacks held at this level.
+    #[cfg(feature = "testing")]
+    pub(crate) fn captured_callbacks(&self) -> usize {
+        let id = self.id;
+        self.tree
+            .callbacks()
+            .iter()
+            .filter(|(owner, _)| *owner == id)
+            .count()
+    }
+
+    /// Takes the after-commit callbacks held at this level, in registration order.
+    #[cfg(feature = "testing")]
+    pub(crate) fn take_callbacks(&self) -> Vec<Callback> {
+        let mut callbacks = self.tree.callbacks();
+        let (mine, rest): (Vec<_>, Vec<_>) = callbacks
+            .drain(..)
+            .partition(|(owner, _)| *owner == self.id);
+        *callbacks = rest;
+        mine.into_iter().map(|(_, callback)| callback).collect()
+    }
+
+    /// The injected failure of this attempt's commit, if one is armed: the server is made
+    /// to raise it for real where it can. The caller rolls back.
+    #[cfg(feature = "testing")]
+    async fn commit_fault(&self, armed: Arc<crate::testing::Armed>) -> Option<DbErr> {
+        let (failure, injection) = armed.commit(self.get_database_backend())?;
+        let err = match injection {
+            crate::testing::Injection::Fail(err) => err,
+            crate::testing::Injection::Send(sql) => match self.txn.execute_unprepared(&sql).await {
+                Err(err) => err,
+                Ok(_) => crate::testing::not_raised(failure),
+            },
+        };
+        if ErrorKind::of(&err).is_retryable() {
+            self.tree.lost_conflict(&err);
+        }
+        Some(err)
+    }
+
+    /// The statement about to be sent, if its failure is injected: `Ok(sql)` to send
+    /// instead (the server raises the failure), `Err` to fail with unsent.
+    #[cfg(feature = "testing")]
+    fn injected(&self) -> Option<Result<String, DbErr>> {
+        match self.armed()?.statement(self.get_database_backend())? {
+            crate::testing::Injection::Send(sql) => Some(Ok(sql)),
+            crate::testing::Injection::Fail(err) => {
+                if ErrorKind::of(&err) == ErrorKind::Unavailable {
+                    self.tree.break_with(err.clone());
+                }
+                Some(Err(err))
+            }
+        }
     }
 
     /// Whether writes are refused at this level.
@@ -852,8 +1000,8 @@ impl Tx {
         if let Some(err) = self.tree.broken() {
             return Err(err);
         }
-        if let Some(name) = self.doomed.get() {
-            return Err(doomed_error(name));
+        if let Some(err) = self.doomed() {
+            return Err(err);
         }
         let backend = self.txn.get_database_backend();
         if self.refuse_writes
@@ -959,6 +1107,16 @@ impl Tx {
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
+        #[cfg(feature = "testing")]
+        match self.injected() {
+            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
+            Some(Err(err)) => {
+                drop(turn);
+                self.note_failure(&err).await;
+                return Err(err);
+            }
+            None => {}
+        }
         let flight = InFlight(Some(&self.tree));
         match sea_orm::StreamTrait::stream_raw(&self.txn, stmt).await {
             Ok(inner) => Ok(crate::stream::TxStream {
@@ -1017,6 +1175,12 @@ impl ConnectionTrait for Tx {
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
+        #[cfg(feature = "testing")]
+        match self.injected() {
+            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
+            Some(Err(err)) => return self.noted(Err(err)).await,
+            None => {}
+        }
         let flight = InFlight(Some(&self.tree));
         let result = self.txn.execute_raw(stmt).await;
         flight.landed();
@@ -1025,6 +1189,12 @@ impl ConnectionTrait for Tx {
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         let (_turn, bounded) = self.admit(sql).await?;
+        #[cfg(feature = "testing")]
+        let (bounded, sql) = match self.injected() {
+            Some(Ok(injected)) => (Some(injected), sql),
+            Some(Err(err)) => return self.noted(Err(err)).await,
+            None => (bounded, sql),
+        };
         let sql = bounded.as_deref().unwrap_or(sql);
         let flight = InFlight(Some(&self.tree));
         let result = self.txn.execute_unprepared(sql).await;
@@ -1037,6 +1207,12 @@ impl ConnectionTrait for Tx {
         if let Some(sql) = bounded {
             stmt.sql = sql;
         }
+        #[cfg(feature = "testing")]
+        match self.injected() {
+            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
+            Some(Err(err)) => return self.noted(Err(err)).await,
+            None => {}
+        }
         let flight = InFlight(Some(&self.tree));
         let result = self.txn.query_one_raw(stmt).await;
         flight.landed();
@@ -1047,6 +1223,12 @@ impl ConnectionTrait for Tx {
         let (_turn, bounded) = self.admit(&stmt.sql).await?;
         if let Some(sql) = bounded {
             stmt.sql = sql;
+        }
+        #[cfg(feature = "testing")]
+        match self.injected() {
+            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
+            Some(Err(err)) => return self.noted(Err(err)).await,
+            None => {}
         }
         let flight = InFlight(Some(&self.tree));
         let result = self.txn.query_all_raw(stmt).await;

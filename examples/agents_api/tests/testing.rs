@@ -1,0 +1,294 @@
+//! The agent registry tested the way a user of safe-db would test it, with
+//! `safe_db::testing`: each test in a transaction that is rolled back (service functions
+//! and HTTP handlers alike), after-commit callbacks captured and run on demand, failures
+//! injected into chosen statements and commits, and a PostgreSQL database per test from a
+//! template. Each test reads the real database afterwards: nothing may be left behind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use agents_api::{app, create_agent, get_agent, list_agents, rename_agent};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use safe_db::testing::{Failure, Faults, Template, TestTx};
+use safe_db::{Db, Error, ErrorKind, Tx, safe_db_operation};
+use safe_db_test_support::{Backend, TestDb, server_url};
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ALL: &[Backend] = &[Backend::Sqlite, Backend::Postgres, Backend::MySql];
+
+async fn api_db(test: &str) -> Vec<TestDb> {
+    let mut out = Vec::new();
+    for t in TestDb::empty_on(ALL, test, 5).await {
+        agents_api::migrate(&t.db).await.unwrap();
+        out.push(t);
+    }
+    out
+}
+
+/// What is really in the table, outside any test transaction.
+async fn committed_names(t: &TestDb) -> Vec<String> {
+    let stmt = sea_orm::Statement::from_string(
+        t.db.get_database_backend(),
+        "SELECT name FROM agents ORDER BY name",
+    );
+    t.db.query_all_raw(stmt)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).unwrap())
+        .collect()
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    let body = match body {
+        Some(json) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Body::from(json.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+#[tokio::test]
+async fn service_functions_in_a_test_transaction_leave_nothing() {
+    for t in api_db("testing_service").await {
+        let test = TestTx::begin(&t.db).await.unwrap();
+        let ada = create_agent(&test, "ada").await.unwrap();
+        rename_agent(&test, ada.id, "grace".into()).await.unwrap();
+        // Inside the test everything is as committed: reads see it.
+        assert_eq!(get_agent(&test, ada.id).await.unwrap().name, "grace");
+        assert_eq!(list_agents(&test, 0, 10).await.unwrap().items.len(), 1);
+        // A failure rolls back only its own savepoint, as in production.
+        let dup = create_agent(&test, "grace").await.unwrap_err();
+        assert_eq!(dup.kind(), ErrorKind::UniqueViolation);
+        create_agent(&test, "linus").await.unwrap();
+        test.rollback().await.unwrap();
+        assert!(committed_names(&t).await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_test_that_panics_leaves_nothing() {
+    for t in api_db("testing_panic").await {
+        let db = t.db.clone();
+        let outcome = tokio::spawn(async move {
+            let test = TestTx::begin(&db).await.unwrap();
+            create_agent(&test, "ada").await.unwrap();
+            panic!("an assertion failed mid-test");
+        })
+        .await;
+        assert!(outcome.unwrap_err().is_panic());
+        // The connection went back rolled back: the pool serves plain writes at once.
+        create_agent(&t.db, "after").await.unwrap();
+        assert_eq!(committed_names(&t).await, vec!["after"], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn http_handlers_in_a_test_transaction_leave_nothing() {
+    for t in api_db("testing_http").await {
+        let test = TestTx::begin(&t.db).await.unwrap();
+        let router = app(test.db());
+        let (status, created) =
+            call(&router, "POST", "/agents", Some(json!({"name": "ada"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_i64().unwrap();
+        // Another request sees what the first "committed" (a savepoint of the test).
+        let (status, shown) = call(&router, "GET", &format!("/agents/{id}"), None).await;
+        assert_eq!(
+            (status, shown["name"].as_str()),
+            (StatusCode::OK, Some("ada"))
+        );
+        // A request answered 409 rolls back its own work only.
+        let (status, _) = call(&router, "POST", "/agents/batch", Some(json!(["b", "ada"]))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (_, list) = call(&router, "GET", "/agents", None).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+        drop(router);
+        test.rollback().await.unwrap();
+        assert!(committed_names(&t).await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// Registers an agent and, once committed, counts a welcome.
+#[safe_db_operation]
+async fn register(tx: &Tx, name: &str, welcomes: Arc<AtomicU32>) -> Result<(), Error> {
+    create_agent(tx, name).await?;
+    tx.on_commit(async move {
+        welcomes.fetch_add(1, Ordering::SeqCst);
+    });
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_commit_callbacks_are_captured_and_run_on_demand() {
+    for t in api_db("testing_callbacks").await {
+        let welcomes = Arc::new(AtomicU32::new(0));
+        let test = TestTx::begin(&t.db).await.unwrap();
+        register(&test, "ada", Arc::clone(&welcomes)).await.unwrap();
+        // A registration that fails takes its callback with it.
+        register(&test, "ada", Arc::clone(&welcomes))
+            .await
+            .unwrap_err();
+        assert_eq!(test.captured(), 1);
+        assert_eq!(welcomes.load(Ordering::SeqCst), 0, "nothing committed yet");
+        assert_eq!(test.run_captured().await, vec![Ok(())]);
+        assert_eq!(welcomes.load(Ordering::SeqCst), 1);
+        assert_eq!(test.captured(), 0);
+        test.rollback().await.unwrap();
+        assert!(committed_names(&t).await.is_empty());
+        t.cleanup().await;
+    }
+}
+
+/// Registers several agents, retrying conflicts.
+#[safe_db_operation(retries = 3)]
+async fn register_all(tx: &Tx, names: Vec<String>) -> Result<usize, Error> {
+    for name in &names {
+        create_agent(tx, name).await?;
+    }
+    Ok(names.len())
+}
+
+/// An injected serialization failure, deadlock or failed commit is retried; nothing is
+/// duplicated, and the rows are committed once.
+#[tokio::test]
+async fn injected_conflicts_are_retried_by_the_code_under_test() {
+    for t in api_db("testing_retry").await {
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        // The first insert fails once (a serialization failure: the nested operation cannot
+        // retry, so the outer one does), then the outer commit fails once (a deadlock):
+        // three attempts, one commit.
+        let faults = Faults::new()
+            .fail_statement("create_agent", 1, Failure::SerializationFailure)
+            .times(1)
+            .fail_commit("register_all", Failure::Deadlock)
+            .times(1);
+        let created = faults
+            .run(register_all(&t.db, names.clone()))
+            .await
+            .unwrap();
+        assert_eq!(created, 2);
+        assert_eq!(faults.fired(), 2, "{:?}", t.backend);
+        assert_eq!(committed_names(&t).await, vec!["a", "b"], "{:?}", t.backend);
+
+        // More failures than retries: the error, classified, and nothing left.
+        let faults = Faults::new().fail_statement("create_agent", 1, Failure::Deadlock);
+        let err = faults
+            .run(register_all(&t.db, vec!["c".to_owned()]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SerializationFailure, "{err}");
+        assert_eq!(
+            faults.fired(),
+            4,
+            "{:?}: 1 attempt and 3 retries",
+            t.backend
+        );
+        assert_eq!(committed_names(&t).await, vec!["a", "b"], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// Each failure reaches the client as the right status, and the request leaves nothing.
+#[tokio::test]
+async fn injected_failures_map_to_the_right_http_status() {
+    for t in api_db("testing_status").await {
+        let db = Db::new(t.pool(3).await, None);
+        let router = app(db);
+        for (failure, status) in [
+            (Failure::UniqueViolation, StatusCode::CONFLICT),
+            (Failure::Deadlock, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                Failure::SerializationFailure,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (Failure::Timeout, StatusCode::GATEWAY_TIMEOUT),
+            (Failure::LostConnection, StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let faults = Faults::new().fail_statement("create_agent", 1, failure);
+            let (got, body) = faults
+                .run(call(
+                    &router,
+                    "POST",
+                    "/agents",
+                    Some(json!({"name": "ada"})),
+                ))
+                .await;
+            assert_eq!(got, status, "{:?} {failure:?}: {body}", t.backend);
+            assert!(
+                committed_names(&t).await.is_empty(),
+                "{:?} {failure:?}",
+                t.backend
+            );
+        }
+        // A failed commit of the request's transaction: an error status, nothing kept.
+        let faults = Faults::new().fail_commit("request", Failure::SerializationFailure);
+        let (got, _) = faults
+            .run(call(
+                &router,
+                "POST",
+                "/agents",
+                Some(json!({"name": "ada"})),
+            ))
+            .await;
+        assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE, "{:?}", t.backend);
+        assert!(committed_names(&t).await.is_empty(), "{:?}", t.backend);
+        // With no faults the same request commits.
+        let (got, _) = call(&router, "POST", "/agents", Some(json!({"name": "ada"}))).await;
+        assert_eq!(got, StatusCode::CREATED);
+        assert_eq!(committed_names(&t).await, vec!["ada"], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// A database per test, copied from a template migrated once: real commits, then gone.
+#[tokio::test]
+async fn a_postgres_database_per_test_from_a_template() {
+    let Some(url) = server_url(Backend::Postgres) else {
+        return;
+    };
+    let template = Template::prepare(&url, "safe_db_agents_template", async |db| {
+        agents_api::migrate(db).await
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let first = template.create().await.unwrap();
+    let second = template.create().await.unwrap();
+    eprintln!("two databases from the template in {:?}", started.elapsed());
+    create_agent(&first.db, "only-in-first").await.unwrap();
+    let in_second = list_agents(&second.db, 0, 10).await.unwrap();
+    assert!(in_second.items.is_empty(), "each test has its own database");
+    let names = list_agents(&first.db, 0, 10).await.unwrap();
+    assert_eq!(names.items.len(), 1, "committed for real");
+    let (a, b) = (first.name.clone(), second.name.clone());
+    first.drop_database().await.unwrap();
+    second.drop_database().await.unwrap();
+    let admin = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    let left = safe_db_test_support::ids(
+        &admin,
+        &format!("SELECT COUNT(*)::int FROM pg_database WHERE datname IN ('{a}', '{b}')"),
+    )
+    .await;
+    assert_eq!(left, vec![0], "the test databases were dropped");
+}

@@ -1,0 +1,599 @@
+//! Testing your own code (feature `testing`): a transaction per test that is always
+//! rolled back ([`TestTx`]), with the after-commit callbacks it captured; failures
+//! injected into chosen statements or commits of your operations ([`Faults`]); and, on
+//! PostgreSQL, a fresh database per test cloned from a template ([`Template`]).
+//!
+//! ```
+//! use safe_db::testing::TestTx;
+//! use safe_db::{safe_db_operation, Error, Tx};
+//! use sea_orm::ConnectionTrait;
+//!
+//! #[safe_db_operation]
+//! async fn add_note(tx: &Tx, text: &str) -> Result<(), Error> {
+//!     tx.execute_unprepared(&format!("INSERT INTO notes (text) VALUES ('{text}')")).await?;
+//!     tx.on_commit(async { /* send an e-mail */ });
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+//! # db.execute_unprepared("CREATE TABLE notes (text TEXT)").await?;
+//! let test = TestTx::begin(&db).await?;
+//! add_note(&test, "hello").await?; // runs as in production: "commits" into the test
+//! assert_eq!(test.captured(), 1); // the e-mail was not sent, but it would be
+//! test.rollback().await?; // nothing of the test remains
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures_util::FutureExt;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
+use tokio::time::Instant;
+
+use crate::begin::sealed::Sealed;
+use crate::{Begin, Connection, Db, InTransaction, Managed, Options, Tx};
+
+/// A transaction for one test, rolled back at its end whatever the test did: when
+/// [`TestTx::rollback`] is called, or when it is dropped (a failed assertion, a panic).
+///
+/// Pass `&test` where your code takes a connection or a `tx`: your operations run as they
+/// do in production, nested in it (their commits release a savepoint, their rollbacks roll
+/// one back). For code that takes a [`Db`] (a handle kept in a service, the state of an
+/// axum router, [`TxLayer`](crate::axum::TxLayer)), pass [`TestTx::db`].
+///
+/// What cannot be tested this way: a `requires_new` operation runs nested in the test
+/// (its commit is not independent of its caller), code that commits on a connection of
+/// its own (a plain `DatabaseConnection`, or queries through `Db`'s `Deref`) is outside
+/// the test and really commits, and isolation levels (the test transaction's is the
+/// server's default, set when it began). Use a database per test for those
+/// ([`Template`] on PostgreSQL).
+pub struct TestTx {
+    tx: Arc<Tx>,
+    db: Db,
+}
+
+impl TestTx {
+    /// Begins the test's transaction on `conn` (a `DatabaseConnection` or a `Db`).
+    pub async fn begin(conn: &impl Connection) -> Result<TestTx, DbErr> {
+        let mut tx = conn.__begin(&Options::new(), None).await?;
+        tx.enter_test();
+        let tx = Arc::new(tx);
+        let db = Db::for_test(Arc::clone(&tx));
+        Ok(TestTx { tx, db })
+    }
+
+    /// A [`Db`] whose operations all run inside this test's transaction, each in a
+    /// savepoint: for code that keeps a `Db`, and for `TxLayer::new(test.db())`.
+    /// Operations through it take turns (one savepoint at a time).
+    pub fn db(&self) -> Db {
+        self.db.clone()
+    }
+
+    /// How many after-commit callbacks have reached the test's transaction: those of
+    /// every operation that "committed" into it, not yet run.
+    pub fn captured(&self) -> usize {
+        self.tx.captured_callbacks()
+    }
+
+    /// Runs the captured after-commit callbacks, in the order they were registered, and
+    /// returns what each returned (a panic as an `Err`), as Django's
+    /// `captureOnCommitCallbacks(execute=True)`. They are gone from the test after this.
+    pub async fn run_captured(&self) -> Vec<Result<(), String>> {
+        let mut out = Vec::new();
+        for callback in self.tx.take_callbacks() {
+            out.push(match AssertUnwindSafe(callback).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => Err("the callback panicked".to_owned()),
+            });
+        }
+        out
+    }
+
+    /// Rolls the test's transaction back now. Fails if a [`TestTx::db`] handle is still
+    /// held (a router, a service): the transaction then rolls back when the last is
+    /// dropped.
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        let TestTx { tx, db } = self;
+        drop(db);
+        match Arc::try_unwrap(tx) {
+            Ok(tx) => tx.rollback().await,
+            Err(_) => Err(DbErr::Custom(
+                "safe-db: the test transaction is still held by a `TestTx::db()` handle; it \
+                 rolls back when that is dropped"
+                    .to_owned(),
+            )),
+        }
+    }
+}
+
+impl std::ops::Deref for TestTx {
+    type Target = Tx;
+
+    fn deref(&self) -> &Tx {
+        &self.tx
+    }
+}
+
+impl Sealed for TestTx {}
+impl Begin for TestTx {
+    /// Nested in the test, `requires_new` too.
+    fn __begin(
+        &self,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        self.tx.__begin(options, deadline)
+    }
+
+    fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
+        std::future::ready(Ok(Some(&*self.tx)))
+    }
+}
+impl InTransaction for TestTx {}
+impl Managed for TestTx {}
+
+/// A failure to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Failure {
+    /// A serialization failure ([`ErrorKind::SerializationFailure`](crate::ErrorKind),
+    /// retried by `retries`): SQLSTATE 40001 (PostgreSQL), 1020 (MariaDB).
+    SerializationFailure,
+    /// A deadlock (also a `SerializationFailure`): 40P01 (PostgreSQL), 1213 (MariaDB,
+    /// which then refuses every later statement, as after a real one).
+    Deadlock,
+    /// The connection is lost: the server ends the session for real (PostgreSQL's
+    /// `pg_terminate_backend`, MariaDB's `KILL`); [`ErrorKind::Unavailable`](crate::ErrorKind).
+    LostConnection,
+    /// A statement timeout ([`ErrorKind::Timeout`](crate::ErrorKind)): 57014
+    /// (PostgreSQL), 1969 (MariaDB).
+    Timeout,
+    /// A unique violation ([`ErrorKind::UniqueViolation`](crate::ErrorKind)): 23505
+    /// (PostgreSQL), 1062 (MariaDB).
+    UniqueViolation,
+}
+
+impl Failure {
+    /// What the server is sent instead of the statement, so that it answers with the
+    /// real error (and PostgreSQL aborts the transaction as it would).
+    fn sql(self, backend: DbBackend) -> Option<String> {
+        let message = format!("safe-db testing: injected {self:?}");
+        match backend {
+            DbBackend::Postgres => Some(match self {
+                Failure::LostConnection => "SELECT pg_terminate_backend(pg_backend_pid())".into(),
+                _ => {
+                    let code = match self {
+                        Failure::SerializationFailure => "40001",
+                        Failure::Deadlock => "40P01",
+                        Failure::Timeout => "57014",
+                        _ => "23505",
+                    };
+                    format!(
+                        "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = \
+                         '{message}'; END$$"
+                    )
+                }
+            }),
+            DbBackend::MySql => Some(match self {
+                Failure::LostConnection => "KILL CONNECTION_ID()".into(),
+                _ => {
+                    let (state, number) = match self {
+                        Failure::SerializationFailure => ("40001", 1020),
+                        Failure::Deadlock => ("40001", 1213),
+                        Failure::Timeout => ("70100", 1969),
+                        _ => ("23000", 1062),
+                    };
+                    format!(
+                        "SIGNAL SQLSTATE '{state}' SET MYSQL_ERRNO = {number}, MESSAGE_TEXT = \
+                         '{message}'"
+                    )
+                }
+            }),
+            _ => None,
+        }
+    }
+
+    /// The error itself, where no server can be asked for it (SQLite).
+    fn error(self) -> DbErr {
+        let message = format!("safe-db testing: injected {self:?}");
+        #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+        {
+            use sea_orm::sqlx;
+            let err = match self {
+                Failure::LostConnection => sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    message,
+                )),
+                _ => sqlx::Error::Database(Box::new(Injected {
+                    message,
+                    code: match self {
+                        Failure::SerializationFailure => "40001",
+                        Failure::Deadlock => "40P01",
+                        Failure::Timeout => "57014",
+                        _ => "23505",
+                    },
+                })),
+            };
+            let err = Arc::new(err);
+            if self == Failure::UniqueViolation {
+                DbErr::Query(RuntimeErr::SqlxError(err))
+            } else {
+                DbErr::Exec(RuntimeErr::SqlxError(err))
+            }
+        }
+        #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+        DbErr::Exec(RuntimeErr::Internal(message))
+    }
+}
+
+/// An injected database error where the server cannot raise it (SQLite).
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[derive(Debug)]
+struct Injected {
+    message: String,
+    code: &'static str,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl std::error::Error for Injected {}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl sea_orm::sqlx::error::DatabaseError for Injected {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.code.into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
+        if self.code == "23505" {
+            sea_orm::sqlx::error::ErrorKind::UniqueViolation
+        } else {
+            sea_orm::sqlx::error::ErrorKind::Other
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum At {
+    /// The Nth statement (from 1) sent through the operation's own `tx`.
+    Statement(u32),
+    Commit,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    operation: String,
+    at: At,
+    failure: Failure,
+    /// How many times it may fire, if not every time.
+    times: Option<u32>,
+    /// How many times it fired (shared by the copies of the `Faults`).
+    fired: Arc<AtomicU32>,
+}
+
+impl Rule {
+    /// Counts a firing; false if the rule has fired as many times as it may.
+    fn fire(&self) -> bool {
+        let before = self.fired.fetch_add(1, Ordering::Relaxed);
+        if self.times.is_some_and(|k| before >= k) {
+            self.fired.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// Failures to inject into chosen operations, by name: the Nth statement an operation
+/// sends through its own `tx`, or its commit, fails with a chosen [`Failure`], every
+/// time or only the first `k` times ([`Faults::times`]: for an operation that retries,
+/// its first `k` attempts). Active inside [`Faults::run`]; with the feature `testing`
+/// off, none of this is compiled.
+///
+/// On PostgreSQL and MariaDB the server is sent a statement that fails with the real
+/// error (`RAISE … USING ERRCODE`, `SIGNAL … MYSQL_ERRNO`, or the session really ended),
+/// so the driver, the server's transaction state and safe-db's handling are those of the
+/// real failure; on SQLite the error is made on the client. A failed commit rolls the
+/// transaction back and returns the failure, as a failed `COMMIT` does.
+///
+/// ```
+/// use safe_db::testing::{Failure, Faults};
+/// use safe_db::{safe_db_operation, Error, Tx};
+/// use sea_orm::ConnectionTrait;
+///
+/// #[safe_db_operation(retries = 3)]
+/// async fn bump(tx: &Tx) -> Result<(), Error> {
+///     tx.execute_unprepared("UPDATE counter SET n = n + 1").await?;
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE counter (n INTEGER); INSERT INTO counter VALUES (0)").await?;
+/// let faults = Faults::new()
+///     .fail_statement("bump", 1, Failure::SerializationFailure)
+///     .times(2);
+/// faults.run(bump(&db)).await?; // fails twice, then commits once
+/// assert_eq!(faults.fired(), 2);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    rules: Vec<Rule>,
+}
+
+tokio::task_local! {
+    static FAULTS: Faults;
+}
+
+impl Faults {
+    /// No faults yet.
+    pub fn new() -> Faults {
+        Faults::default()
+    }
+
+    /// The `n`th statement (from 1) that operation `operation` sends through its own
+    /// `tx` fails with `failure` (statements of the operations it calls count as theirs).
+    pub fn fail_statement(mut self, operation: &str, n: u32, failure: Failure) -> Faults {
+        self.rules.push(Rule {
+            operation: operation.to_owned(),
+            at: At::Statement(n.max(1)),
+            failure,
+            times: None,
+            fired: Arc::default(),
+        });
+        self
+    }
+
+    /// The commit of operation `operation` (the `RELEASE` of a nested one) fails with
+    /// `failure`; its transaction is rolled back.
+    pub fn fail_commit(mut self, operation: &str, failure: Failure) -> Faults {
+        self.rules.push(Rule {
+            operation: operation.to_owned(),
+            at: At::Commit,
+            failure,
+            times: None,
+            fired: Arc::default(),
+        });
+        self
+    }
+
+    /// The fault given last fires only the first `k` times its operation reaches it: the
+    /// first `k` attempts of an operation that retries, the first `k` calls of one that
+    /// does not.
+    pub fn times(mut self, k: u32) -> Faults {
+        if let Some(rule) = self.rules.last_mut() {
+            rule.times = Some(k);
+        }
+        self
+    }
+
+    /// Runs `fut` with these faults active (in its task; not in tasks it spawns).
+    pub async fn run<F: Future>(&self, fut: F) -> F::Output {
+        FAULTS.scope(self.clone(), fut).await
+    }
+
+    /// How many failures were injected so far.
+    pub fn fired(&self) -> u32 {
+        self.rules
+            .iter()
+            .map(|rule| rule.fired.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// The faults armed on one attempt's transaction: the rules of its operation.
+#[derive(Debug)]
+pub(crate) struct Armed {
+    rules: Vec<Rule>,
+    sent: AtomicU32,
+}
+
+/// What to arm on an attempt of operation `operation`, if anything.
+pub(crate) fn armed(operation: &str) -> Option<Box<Armed>> {
+    FAULTS
+        .try_with(|faults| {
+            let rules: Vec<Rule> = faults
+                .rules
+                .iter()
+                .filter(|rule| rule.operation == operation)
+                .cloned()
+                .collect();
+            (!rules.is_empty()).then(|| {
+                Box::new(Armed {
+                    rules,
+                    sent: AtomicU32::new(0),
+                })
+            })
+        })
+        .ok()
+        .flatten()
+}
+
+/// How a statement is replaced by its injected failure.
+pub(crate) enum Injection {
+    /// Send this instead: the server answers with the failure.
+    Send(String),
+    /// Fail with this, unsent (SQLite).
+    Fail(DbErr),
+}
+
+impl Armed {
+    /// Counts a statement about to be sent; the injection if it is one to fail.
+    pub(crate) fn statement(&self, backend: DbBackend) -> Option<Injection> {
+        let sent = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let rule = self
+            .rules
+            .iter()
+            .find(|rule| matches!(rule.at, At::Statement(n) if n == sent) && rule.fire())?;
+        Some(inject(rule.failure, backend))
+    }
+
+    /// The commit's injection, if any.
+    pub(crate) fn commit(&self, backend: DbBackend) -> Option<(Failure, Injection)> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|rule| matches!(rule.at, At::Commit) && rule.fire())?;
+        Some((rule.failure, inject(rule.failure, backend)))
+    }
+}
+
+fn inject(failure: Failure, backend: DbBackend) -> Injection {
+    match failure.sql(backend) {
+        Some(sql) => Injection::Send(sql),
+        None => Injection::Fail(failure.error()),
+    }
+}
+
+/// The error of a failure whose statement unexpectedly succeeded (a server that ignored
+/// it): reported rather than letting the operation go on as if nothing was injected.
+pub(crate) fn not_raised(failure: Failure) -> DbErr {
+    failure.error()
+}
+
+/// A PostgreSQL database prepared once (migrations run), from which each test gets a
+/// fresh copy in milliseconds (`CREATE DATABASE … TEMPLATE`), dropped after the test: for
+/// code that needs real commits (`requires_new`, several connections, isolation levels).
+///
+/// ```no_run
+/// # async fn migrate(_: &sea_orm::DatabaseConnection) -> Result<(), sea_orm::DbErr> { Ok(()) }
+/// # async fn demo() -> Result<(), sea_orm::DbErr> {
+/// use safe_db::testing::Template;
+/// // Once per test run (e.g. in a `tokio::sync::OnceCell`):
+/// let template = Template::prepare("postgres://postgres@localhost/postgres", "app_template", async |db| {
+///     migrate(db).await
+/// })
+/// .await?;
+/// // In each test:
+/// let test = template.create().await?;
+/// // … test.db is a pool on a database of its own …
+/// test.drop_database().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Template {
+    admin: DatabaseConnection,
+    url: url::Url,
+    name: String,
+    created: AtomicU32,
+}
+
+/// A database of one test, copied from a [`Template`].
+pub struct TestDatabase {
+    /// A pool on the test's database.
+    pub db: DatabaseConnection,
+    /// Its name.
+    pub name: String,
+    admin: DatabaseConnection,
+}
+
+fn valid_name(name: &str) -> Result<(), DbErr> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(DbErr::Custom(format!(
+            "safe-db: template name {name:?}: use 1 to 40 lowercase letters, digits and `_`"
+        )))
+    }
+}
+
+impl Template {
+    /// Creates (or re-creates) database `name` through the server at `admin_url`, runs
+    /// `migrate` on it, and closes it so that it can be copied.
+    pub async fn prepare<F>(admin_url: &str, name: &str, migrate: F) -> Result<Template, DbErr>
+    where
+        F: AsyncFnOnce(&DatabaseConnection) -> Result<(), DbErr>,
+    {
+        valid_name(name)?;
+        let url = url::Url::parse(admin_url)
+            .map_err(|_| DbErr::Custom("safe-db: the admin URL does not parse".to_owned()))?;
+        let admin = Database::connect(admin_url).await?;
+        if admin.get_database_backend() != DbBackend::Postgres {
+            return Err(DbErr::Custom(
+                "safe-db: templates are a PostgreSQL feature".to_owned(),
+            ));
+        }
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let template = Template {
+            admin,
+            url,
+            name: name.to_owned(),
+            created: AtomicU32::new(0),
+        };
+        let db = Database::connect(template.url_of(name).as_str()).await?;
+        let migrated = migrate(&db).await;
+        db.close().await?;
+        migrated?;
+        Ok(template)
+    }
+
+    fn url_of(&self, database: &str) -> url::Url {
+        let mut url = self.url.clone();
+        url.set_path(&format!("/{database}"));
+        url
+    }
+
+    /// A fresh copy of the template, for one test.
+    pub async fn create(&self) -> Result<TestDatabase, DbErr> {
+        let n = self.created.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}_{}_{n}", self.name, std::process::id());
+        self.admin
+            .execute_unprepared(&format!("CREATE DATABASE {name} TEMPLATE {}", self.name))
+            .await?;
+        let db = Database::connect(self.url_of(&name).as_str()).await?;
+        Ok(TestDatabase {
+            db,
+            name,
+            admin: self.admin.clone(),
+        })
+    }
+}
+
+impl TestDatabase {
+    /// Closes the pool and drops the database.
+    pub async fn drop_database(self) -> Result<(), DbErr> {
+        self.db.close().await?;
+        self.admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await?;
+        Ok(())
+    }
+}
