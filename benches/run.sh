@@ -15,6 +15,8 @@ cargo bench -p safe-db-bench --features metrics --bench interleaved
 cargo bench -p safe-db-bench --bench contention
 # 3. Round trips over a link with latency (PostgreSQL and MariaDB, when their URLs are set).
 cargo bench -p safe-db-bench --bench latency
-# 4. Compile time.
+# 4. A PostgreSQL database per test: copied from a template, or migrated each time.
+cargo bench -p safe-db-bench --features testing --bench per_test_db
+# 5. Compile time.
 bash benches/compile_time.sh
 python3 benches/report.py
