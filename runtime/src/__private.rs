@@ -94,7 +94,7 @@ macro_rules! __operation {
     (single: $conn:expr, $options:expr, $name:expr, $into:expr, |$tx:ident| $body:expr) => {{
         let into = $into;
         let mut operation = $crate::__private::Operation::new(&$options, $name);
-        match operation.begin($conn).await {
+        match operation.begin_boxed($conn).await {
             $crate::__private::Result::Ok(began) => {
                 let outcome = operation
                     .run(async {
@@ -102,7 +102,7 @@ macro_rules! __operation {
                         $body
                     })
                     .await;
-                operation.conclude(began, outcome, into).await
+                operation.conclude_boxed(began, outcome, into).await
             }
             $crate::__private::Result::Err(err) => $crate::__private::Result::Err(into(err)),
         }
@@ -111,7 +111,7 @@ macro_rules! __operation {
         let into = $into;
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         loop {
-            let began = match operation.begin($conn).await {
+            let began = match operation.begin_boxed($conn).await {
                 $crate::__private::Result::Ok(began) => began,
                 $crate::__private::Result::Err(err) => {
                     break $crate::__private::Result::Err(into(err));
@@ -123,7 +123,7 @@ macro_rules! __operation {
                     $body
                 })
                 .await;
-            match operation.conclude_or_retry(began, outcome, into).await {
+            match operation.conclude_or_retry_boxed(began, outcome, into).await {
                 $crate::__private::Next::Done(result) => break result,
                 $crate::__private::Next::Retry => {}
             }

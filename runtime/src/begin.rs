@@ -11,6 +11,7 @@ use futures_util::future::Either;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use tokio::time::Instant;
 
+use crate::replica::Replica;
 use crate::{Options, Tx};
 
 pub(crate) mod sealed {
@@ -111,10 +112,16 @@ impl Managed for DatabaseConnection {}
 ///
 /// Operations take `&db` like a `DatabaseConnection`; those marked `read_only` run on the
 /// replica. It dereferences to the primary for plain SeaORM queries.
+///
+/// With a PostgreSQL streaming standby as the replica, a `read_only` operation never reads
+/// older data than a commit made earlier through the same `Db` (or a clone of it, such as
+/// the one a `TxLayer` holds): while the standby has not replayed that commit, the operation
+/// runs on the primary. A standby that cannot be reached, or lags behind by more than
+/// [`Db::max_replica_lag`], is skipped with a warning. See the README's "Scaling out".
 #[derive(Clone, Debug)]
 pub struct Db {
     primary: DatabaseConnection,
-    replica: Option<DatabaseConnection>,
+    replica: Option<Arc<Replica>>,
     /// A test's transaction, in which every operation on this handle nests
     /// (`safe_db::testing::TestTx::db`).
     #[cfg(feature = "testing")]
@@ -126,7 +133,7 @@ impl Db {
     pub fn new(primary: DatabaseConnection, replica: Option<DatabaseConnection>) -> Self {
         Db {
             primary,
-            replica,
+            replica: replica.map(|pool| Arc::new(Replica::new(pool))),
             #[cfg(feature = "testing")]
             test: None,
         }
@@ -143,6 +150,16 @@ impl Db {
         }
     }
 
+    /// How far behind a PostgreSQL standby may be (the age of its last replayed
+    /// transaction, while it has received WAL it has not replayed) before `read_only`
+    /// operations leave it for the primary. Default: 5 s. Shared by the clones of this `Db`.
+    pub fn max_replica_lag(self, max_lag: std::time::Duration) -> Self {
+        if let Some(replica) = &self.replica {
+            *replica.max_lag.lock().unwrap_or_else(|e| e.into_inner()) = max_lag;
+        }
+        self
+    }
+
     /// The primary pool.
     pub fn primary(&self) -> &DatabaseConnection {
         &self.primary
@@ -150,13 +167,19 @@ impl Db {
 
     /// The replica pool, if any.
     pub fn replica(&self) -> Option<&DatabaseConnection> {
-        self.replica.as_ref()
+        self.replica.as_deref().map(|replica| &replica.pool)
+    }
+
+    /// Notes a commit on the primary, for the read-your-writes of `read_only` operations.
+    pub(crate) fn commit_to_note(&self) -> Option<(&Replica, &DatabaseConnection)> {
+        let replica = self.replica.as_deref()?;
+        replica.tracks_commits().then_some((replica, &self.primary))
     }
 
     /// Closes both pools, waiting for their connections to be returned.
     pub async fn close(self) -> Result<(), DbErr> {
         if let Some(replica) = self.replica {
-            replica.close().await?;
+            replica.pool.clone().close().await?;
         }
         self.primary.close().await
     }
@@ -170,43 +193,44 @@ impl std::ops::Deref for Db {
     }
 }
 
+type Boxed<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send + 'a>>;
+
 impl sealed::Sealed for Db {}
 impl Begin for Db {
     fn __from_pool(&self) -> bool {
         true
     }
 
-    /// `read_only` operations run on the replica, if there is one.
-    #[cfg(not(feature = "testing"))]
+    /// `read_only` operations run on the replica, if there is one and it has caught up
+    /// (see [`Db`]); in a test's transaction, every operation nests in it.
     fn __begin(
         &self,
         options: &Options,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
-        let conn = match (self.replica(), options.read_only) {
-            (Some(replica), true) => replica,
-            _ => self.primary(),
-        };
-        Tx::begin(conn, Some(self), options, deadline)
-    }
-
-    /// `read_only` operations run on the replica, if there is one; in a test's
-    /// transaction, every operation nests in it.
-    #[cfg(feature = "testing")]
-    fn __begin(
-        &self,
-        options: &Options,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<Tx, DbErr>> + Send {
+        // The rare paths are boxed, so that they add nothing to every BEGIN's future.
+        // (Each borrows only `self`: the options are copied in.)
+        #[cfg(feature = "testing")]
         if let Some(test) = &self.test {
-            // Boxed: tests only, and a savepoint's future would add to every BEGIN's.
-            return Either::Left(Box::pin(test.begin_nested(options, deadline)));
+            let options = *options;
+            return Either::Left(
+                Box::pin(async move { test.begin_nested(&options, deadline).await }) as Boxed<'_>,
+            );
         }
-        let conn = match (self.replica(), options.read_only) {
-            (Some(replica), true) => replica,
-            _ => self.primary(),
-        };
-        Either::Right(Tx::begin(conn, Some(self), options, deadline))
+        match (&self.replica, options.read_only) {
+            (Some(replica), true) => {
+                let options = *options;
+                Either::Left(Box::pin(async move {
+                    let conn = if replica.usable().await {
+                        &replica.pool
+                    } else {
+                        &self.primary
+                    };
+                    Tx::begin(conn, Some(self), &options, deadline).await
+                }) as Boxed<'_>)
+            }
+            _ => Either::Right(Tx::begin(&self.primary, Some(self), options, deadline)),
+        }
     }
 }
 impl Connection for Db {}

@@ -76,6 +76,7 @@ mod observe;
 mod operation;
 mod options;
 mod pool;
+mod replica;
 mod sql;
 #[cfg(feature = "stream")]
 mod stream;

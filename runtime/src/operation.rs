@@ -362,6 +362,40 @@ impl Operation {
         }
     }
 
+    /// [`Operation::begin`], on the heap: the operation's future then holds a pointer, not
+    /// the begin's whole future, and a chain of nested operations, each level of which is
+    /// polled through its caller's frame, keeps small frames in debug builds too (the big
+    /// future is made here, not in the caller's frame).
+    #[inline(never)]
+    pub fn begin_boxed<'o, 'c, C: Begin + ?Sized>(
+        &'o mut self,
+        conn: &'c C,
+    ) -> Pin<Box<impl Future<Output = Result<Began<'c>, DbErr>>>> {
+        Box::pin(self.begin(conn))
+    }
+
+    /// [`Operation::conclude`], on the heap (see [`Operation::begin_boxed`]).
+    #[inline(never)]
+    pub fn conclude_boxed<'o, T, E>(
+        &'o mut self,
+        began: Began<'o>,
+        outcome: Outcome<T, E>,
+        into: fn(DbErr) -> E,
+    ) -> Pin<Box<impl Future<Output = Result<T, E>>>> {
+        Box::pin(self.conclude(began, outcome, into))
+    }
+
+    /// [`Operation::conclude_or_retry`], on the heap (see [`Operation::begin_boxed`]).
+    #[inline(never)]
+    pub fn conclude_or_retry_boxed<'o, T, E>(
+        &'o mut self,
+        began: Began<'o>,
+        outcome: Outcome<T, E>,
+        into: fn(DbErr) -> E,
+    ) -> Pin<Box<impl Future<Output = Next<T, E>>>> {
+        Box::pin(self.conclude_or_retry(began, outcome, into))
+    }
+
     /// Ends the one attempt of an operation without retries: commits or rolls back.
     /// `into` makes the operation's error from a database error (the expansion passes one
     /// instantiated with the user's return type, so that an error type without

@@ -675,6 +675,7 @@ impl Tx {
             parent,
             turn,
             read_only_savepoint,
+            read_only,
             ..
         } = self;
         // A read-only savepoint ends with `ROLLBACK TO`: a `RELEASE` would leave the
@@ -699,6 +700,15 @@ impl Tx {
         // The next sibling may begin its savepoint.
         drop(turn);
         ended?;
+        // A commit that may have written, on a `Db` whose standby serves `read_only`
+        // operations: they must not read older data than this (boxed: rare, and one round
+        // trip).
+        if parent.is_none()
+            && !read_only
+            && let Some((replica, primary)) = tree.home.as_ref().and_then(Db::commit_to_note)
+        {
+            Box::pin(replica.note_commit(primary)).await;
+        }
         let mut callbacks = tree.callbacks();
         let Some(parent) = parent else {
             let (mine, rest): (Vec<_>, Vec<_>) =

@@ -1,0 +1,218 @@
+//! Where a `read_only` operation on a [`Db`](crate::Db) with a replica runs: on the
+//! replica, unless it has not yet replayed the last commit made through the same `Db`
+//! (read-your-writes), lags beyond a bound, or is down; then on the primary.
+//!
+//! PostgreSQL streaming standbys only: after each outermost commit that may have written,
+//! the `Db` reads the primary's WAL position (`pg_current_wal_lsn()`, one round trip); a
+//! `read_only` operation then asks the standby how far it has replayed
+//! (`pg_last_wal_replay_lsn()`, one round trip, skipped while a recent answer suffices).
+//! A replica that is not a PostgreSQL standby (a MySQL replica, a second database) is used
+//! without these checks.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use tokio::time::Instant;
+
+/// How long a standby that could not be reached is left aside before it is tried again.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+/// How long an answer of the standby's is reused.
+const FRESH_FOR: Duration = Duration::from_millis(200);
+/// The default bound on a standby's replay lag (see [`Db::max_replica_lag`](crate::Db::max_replica_lag)).
+pub(crate) const DEFAULT_MAX_LAG: Duration = Duration::from_secs(5);
+
+/// A replica pool, and what is known of how far it has caught up.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) pool: DatabaseConnection,
+    /// The primary's WAL position after the latest commit through this `Db` (0: none).
+    last_commit: AtomicU64,
+    pub(crate) max_lag: Mutex<Duration>,
+    known: Mutex<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Not a PostgreSQL standby: used without checks.
+    unchecked: bool,
+    /// Its last answer: replayed up to, when asked, whether it lagged beyond the bound.
+    replayed: u64,
+    asked: Option<Instant>,
+    lagging: bool,
+    down_until: Option<Instant>,
+}
+
+/// `16/B374D848` as a number.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+impl Replica {
+    pub(crate) fn new(pool: DatabaseConnection) -> Self {
+        let unchecked = pool.get_database_backend() != DbBackend::Postgres;
+        Replica {
+            pool,
+            last_commit: AtomicU64::new(0),
+            max_lag: Mutex::new(DEFAULT_MAX_LAG),
+            known: Mutex::new(Known {
+                unchecked,
+                ..Known::default()
+            }),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether commits must be noted (the replica is a standby whose replay is checked).
+    pub(crate) fn tracks_commits(&self) -> bool {
+        !self.known().unchecked
+    }
+
+    /// Notes the primary's WAL position after a commit through this `Db`.
+    pub(crate) async fn note_commit(&self, primary: &DatabaseConnection) {
+        let asked = primary
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_current_wal_lsn()::text",
+            ))
+            .await;
+        match asked.map(|row| row.and_then(|r| r.try_get_by_index::<String>(0).ok())) {
+            Ok(Some(text)) => {
+                if let Some(lsn) = parse_lsn(&text) {
+                    self.last_commit.fetch_max(lsn, Ordering::Relaxed);
+                }
+            }
+            // Not knowing it, reads go to the primary until a later commit is noted.
+            _ => {
+                self.last_commit.store(u64::MAX, Ordering::Relaxed);
+                tracing::warn!(
+                    "the primary's WAL position could not be read after a commit: read_only \
+                     operations run on the primary until the next commit is noted"
+                );
+            }
+        }
+    }
+
+    /// Whether a `read_only` operation may run on the replica now.
+    pub(crate) async fn usable(&self) -> bool {
+        let needed = self.last_commit.load(Ordering::Relaxed);
+        let now = Instant::now();
+        {
+            let known = self.known();
+            if known.unchecked {
+                return true;
+            }
+            if known.down_until.is_some_and(|until| now < until) {
+                return false;
+            }
+            if let Some(asked) = known.asked
+                && now.duration_since(asked) < FRESH_FOR
+                && !known.lagging
+                && known.replayed >= needed
+            {
+                return true;
+            }
+        }
+        if needed == u64::MAX {
+            return false;
+        }
+        match self.ask().await {
+            Err(err) => {
+                self.known().down_until = Some(now + DOWN_FOR);
+                tracing::warn!(
+                    error = %crate::error::redact(&err.to_string()),
+                    "the read replica cannot be reached: read_only operations run on the \
+                     primary (it is tried again in {DOWN_FOR:?})"
+                );
+                false
+            }
+            Ok(None) => {
+                // In no recovery: not a standby; used as a plain second database.
+                self.known().unchecked = true;
+                true
+            }
+            Ok(Some((replayed, lag))) => {
+                let max_lag = *self.max_lag.lock().unwrap_or_else(|e| e.into_inner());
+                let lagging = lag.is_some_and(|lag| lag > max_lag);
+                {
+                    let mut known = self.known();
+                    known.replayed = replayed;
+                    known.asked = Some(now);
+                    known.lagging = lagging;
+                    known.down_until = None;
+                }
+                if lagging {
+                    tracing::warn!(
+                        lag_ms = lag.unwrap_or_default().as_millis() as u64,
+                        max_lag_ms = max_lag.as_millis() as u64,
+                        "the read replica lags beyond its bound: read_only operations run on \
+                         the primary"
+                    );
+                    return false;
+                }
+                if replayed < needed {
+                    tracing::debug!(
+                        replayed = %lsn_text(replayed),
+                        needed = %lsn_text(needed),
+                        "the read replica has not replayed this Db's last commit yet: this \
+                         read_only operation runs on the primary"
+                    );
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// The standby's replay position and, if it has WAL received but not replayed, how old
+    /// its last replayed transaction is. `None` if it is not in recovery.
+    async fn ask(&self) -> Result<Option<(u64, Option<Duration>)>, DbErr> {
+        let row = self
+            .pool
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_last_wal_replay_lsn()::text, \
+                 pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), \
+                 CAST(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS BIGINT)",
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let Some(replayed) = row
+            .try_get_by_index::<Option<String>>(0)?
+            .and_then(|t| parse_lsn(&t))
+        else {
+            return Ok(None);
+        };
+        let behind = row.try_get_by_index::<Option<bool>>(1)?.unwrap_or(false);
+        let age_ms = row.try_get_by_index::<Option<i64>>(2)?;
+        let lag = match (behind, age_ms) {
+            (true, Some(ms)) => Some(Duration::from_millis(ms.max(0) as u64)),
+            _ => None,
+        };
+        Ok(Some((replayed, lag)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_parse_and_print() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(lsn_text((0x16 << 32) | 0xB374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("nonsense"), None);
+    }
+}

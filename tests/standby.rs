@@ -1,0 +1,247 @@
+//! A PostgreSQL hot standby (`.ci/clusters/standby.sh`, streaming from the shared server,
+//! started by `.ci/run` on 5433): `read_only` operations on a `Db` run there, but never read
+//! older data than a commit made through the same `Db` (read-your-writes), and a standby
+//! that lags beyond the bound or is down is skipped for the primary.
+//!
+//! `SAFE_DB_TEST_STANDBY_URL` names the standby (its primary is
+//! `SAFE_DB_TEST_POSTGRES_URL`); `SAFE_DB_TEST_STANDBY_STOP` / `SAFE_DB_TEST_STANDBY_START`
+//! are commands that stop and start it. Unset, the tests are skipped with one line, unless
+//! `CI=true`.
+
+use std::time::{Duration, Instant};
+
+use safe_db::{Db, Error, Tx, safe_db_operation};
+use safe_db_test_support::{Backend, capture, exec, ids, pool_options, server_url};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The primary's and the standby's URLs, after the skip-or-fail rule.
+fn urls() -> Option<(String, String)> {
+    let standby = env("SAFE_DB_TEST_STANDBY_URL");
+    let primary = server_url(Backend::Postgres);
+    match (primary, standby) {
+        (Some(primary), Some(standby)) => Some((primary, standby)),
+        _ => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "CI=true but SAFE_DB_TEST_STANDBY_URL is not set");
+            println!("SAFE_DB_TEST_STANDBY_URL is not set: the standby tests are skipped");
+            None
+        }
+    }
+}
+
+/// Where a read ran, and what it read.
+#[safe_db_operation(read_only)]
+async fn read(tx: &Tx, id: i32) -> Result<(bool, Vec<i32>), Error> {
+    let row = tx
+        .query_one_raw(Statement::from_string(
+            tx.get_database_backend(),
+            "SELECT pg_is_in_recovery()",
+        ))
+        .await?
+        .expect("a row");
+    let on_standby: bool = row.try_get_by_index(0)?;
+    let found = ids(tx, &format!("SELECT id FROM standby_rows WHERE id = {id}")).await;
+    Ok((on_standby, found))
+}
+
+#[safe_db_operation]
+async fn write(tx: &Tx, id: i32) -> Result<(), Error> {
+    tx.execute_unprepared(&format!("INSERT INTO standby_rows (id) VALUES ({id})"))
+        .await?;
+    Ok(())
+}
+
+async fn replay(standby: &DatabaseConnection, on: bool) {
+    let sql = if on {
+        "SELECT pg_wal_replay_resume()"
+    } else {
+        "SELECT pg_wal_replay_pause()"
+    };
+    exec(standby, sql).await;
+}
+
+/// Waits until the standby has replayed everything the primary has written.
+async fn caught_up(primary: &DatabaseConnection, standby: &DatabaseConnection) {
+    let lsn = |db: &DatabaseConnection, sql: &'static str| {
+        let db = db.clone();
+        async move {
+            let row = db
+                .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<String>(0).unwrap()
+        }
+    };
+    let target = lsn(primary, "SELECT pg_current_wal_lsn()::text").await;
+    let started = Instant::now();
+    loop {
+        let row = standby
+            .query_one_raw(Statement::from_string(
+                standby.get_database_backend(),
+                format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        if row.try_get_by_index::<bool>(0).unwrap() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the standby never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn read_only_operations_read_their_writes_from_the_standby_or_the_primary() {
+    let Some((primary_url, standby_url)) = urls() else {
+        return;
+    };
+    let primary = Database::connect(pool_options(&primary_url, 4))
+        .await
+        .unwrap();
+    let standby = Database::connect(pool_options(&standby_url, 4))
+        .await
+        .unwrap();
+    exec(&primary, "DROP TABLE IF EXISTS standby_rows").await;
+    exec(
+        &primary,
+        "CREATE TABLE standby_rows (id INTEGER PRIMARY KEY)",
+    )
+    .await;
+    caught_up(&primary, &standby).await;
+    let db = Db::new(primary.clone(), Some(standby.clone()));
+
+    // No write through this Db yet: reads run on the standby.
+    let (on_standby, _) = read(&db, 1).await.unwrap();
+    assert!(
+        on_standby,
+        "a read with nothing to wait for runs on the standby"
+    );
+
+    // Replay paused: a write through the Db, then a read through it sees the write, on
+    // the primary, since the standby has not replayed it.
+    replay(&standby, false).await;
+    write(&db, 1).await.unwrap();
+    let (on_standby, found) = read(&db, 1).await.unwrap();
+    assert_eq!(found, vec![1], "read-your-writes");
+    assert!(!on_standby, "the standby had not replayed the commit");
+    // Another Db, which wrote nothing, still reads the standby (and there, not the row).
+    let other = Db::new(primary.clone(), Some(standby.clone()));
+    let (on_standby, found) = read(&other, 1).await.unwrap();
+    assert!(on_standby && found.is_empty(), "{on_standby} {found:?}");
+
+    // Replay resumed: once the standby has caught up, reads go back to it, and see the row.
+    replay(&standby, true).await;
+    caught_up(&primary, &standby).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (on_standby, found) = read(&db, 1).await.unwrap();
+    assert!(on_standby, "the standby has replayed the commit");
+    assert_eq!(found, vec![1]);
+    exec(&primary, "DROP TABLE standby_rows").await;
+}
+
+#[tokio::test]
+async fn a_lagging_standby_is_skipped_with_a_warning() {
+    let Some((primary_url, standby_url)) = urls() else {
+        return;
+    };
+    let primary = Database::connect(pool_options(&primary_url, 4))
+        .await
+        .unwrap();
+    let standby = Database::connect(pool_options(&standby_url, 4))
+        .await
+        .unwrap();
+    exec(
+        &primary,
+        "CREATE TABLE IF NOT EXISTS standby_lag (id INTEGER)",
+    )
+    .await;
+    caught_up(&primary, &standby).await;
+    replay(&standby, false).await;
+    // Written by someone else (not through the Db below): WAL the standby has received
+    // but not replayed, growing older than the bound.
+    exec(&primary, "INSERT INTO standby_lag VALUES (1)").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let db =
+        Db::new(primary.clone(), Some(standby.clone())).max_replica_lag(Duration::from_secs(1));
+    let (captured, _guard) = capture::start();
+    let (on_standby, _) = read(&db, 1).await.unwrap();
+    replay(&standby, true).await;
+    assert!(!on_standby, "a standby lagging beyond the bound is skipped");
+    assert!(
+        captured.all_text().contains("lags beyond its bound"),
+        "{}",
+        captured.all_text()
+    );
+    exec(&primary, "DROP TABLE standby_lag").await;
+}
+
+#[tokio::test]
+async fn a_stopped_standby_is_skipped_and_used_again_once_back() {
+    let Some((primary_url, standby_url)) = urls() else {
+        return;
+    };
+    let (Some(stop), Some(start)) = (
+        env("SAFE_DB_TEST_STANDBY_STOP"),
+        env("SAFE_DB_TEST_STANDBY_START"),
+    ) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "CI=true but SAFE_DB_TEST_STANDBY_STOP/START are not set"
+        );
+        println!("SAFE_DB_TEST_STANDBY_STOP/START are not set: skipped");
+        return;
+    };
+    let run = |cmd: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{cmd}");
+    };
+    let primary = Database::connect(pool_options(&primary_url, 4))
+        .await
+        .unwrap();
+    let standby = Database::connect(pool_options(&standby_url, 2))
+        .await
+        .unwrap();
+    let db = Db::new(primary, Some(standby));
+    assert!(read(&db, 1).await.unwrap().0, "the standby serves at first");
+    run(&stop);
+    let (captured, _guard) = capture::start();
+    let started = Instant::now();
+    let (on_standby, _) = read(&db, 1).await.unwrap();
+    assert!(!on_standby, "a stopped standby is skipped");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        captured.all_text().contains("cannot be reached"),
+        "{}",
+        captured.all_text()
+    );
+    run(&start);
+    let back = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if read(&db, 1).await.unwrap().0 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "the standby was not used again"
+        );
+    }
+}
