@@ -123,7 +123,10 @@ macro_rules! __operation {
                     $body
                 })
                 .await;
-            match operation.conclude_or_retry_boxed(began, outcome, into).await {
+            match operation
+                .conclude_or_retry_boxed(began, outcome, into)
+                .await
+            {
                 $crate::__private::Next::Done(result) => break result,
                 $crate::__private::Next::Retry => {}
             }

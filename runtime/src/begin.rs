@@ -221,12 +221,29 @@ impl Begin for Db {
             (Some(replica), true) => {
                 let options = *options;
                 Either::Left(Box::pin(async move {
-                    let conn = if replica.usable().await {
-                        &replica.pool
-                    } else {
-                        &self.primary
-                    };
-                    Tx::begin(conn, Some(self), &options, deadline).await
+                    if replica.usable().await {
+                        let on_replica = Tx::begin(&replica.pool, Some(self), &options, deadline);
+                        match tokio::time::timeout(crate::replica::BEGIN_TIMEOUT, on_replica).await
+                        {
+                            Ok(Ok(tx)) => return Ok(tx),
+                            Ok(Err(err))
+                                if !matches!(
+                                    crate::ErrorKind::of(&err),
+                                    crate::ErrorKind::Unavailable | crate::ErrorKind::PoolExhausted
+                                ) =>
+                            {
+                                return Err(err);
+                            }
+                            Ok(Err(err)) => replica.mark_down(&err),
+                            Err(_) => replica.mark_down(&DbErr::Conn(
+                                sea_orm::RuntimeErr::Internal(format!(
+                                    "no transaction began on it within {:?}",
+                                    crate::replica::BEGIN_TIMEOUT
+                                )),
+                            )),
+                        }
+                    }
+                    Tx::begin(&self.primary, Some(self), &options, deadline).await
                 }) as Boxed<'_>)
             }
             _ => Either::Right(Tx::begin(&self.primary, Some(self), options, deadline)),

@@ -367,8 +367,8 @@ impl Operation {
     /// polled through its caller's frame, keeps small frames in debug builds too (the big
     /// future is made here, not in the caller's frame).
     #[inline(never)]
-    pub fn begin_boxed<'o, 'c, C: Begin + ?Sized>(
-        &'o mut self,
+    pub fn begin_boxed<'c, C: Begin + ?Sized>(
+        &mut self,
         conn: &'c C,
     ) -> Pin<Box<impl Future<Output = Result<Began<'c>, DbErr>>>> {
         Box::pin(self.begin(conn))

@@ -17,7 +17,15 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use tokio::time::Instant;
 
 /// How long a standby that could not be reached is left aside before it is tried again.
-const DOWN_FOR: Duration = Duration::from_secs(1);
+const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long the standby may take to answer how far it has replayed: a pool waits for a
+/// connection up to its acquire timeout (30 s by default), which a standby that is down
+/// would make every read pay.
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a `read_only` operation waits for its BEGIN on the replica (a connection
+/// included) before it goes to the primary instead: the replica may have gone down since
+/// it was last asked.
+pub(crate) const BEGIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an answer of the standby's is reused.
 const FRESH_FOR: Duration = Duration::from_millis(200);
 /// The default bound on a standby's replay lag (see [`Db::max_replica_lag`](crate::Db::max_replica_lag)).
@@ -125,14 +133,16 @@ impl Replica {
         if needed == u64::MAX {
             return false;
         }
-        match self.ask().await {
+        let asked = tokio::time::timeout(ASK_TIMEOUT, self.ask())
+            .await
+            .unwrap_or_else(|_| {
+                Err(DbErr::Conn(sea_orm::RuntimeErr::Internal(format!(
+                    "no answer within {ASK_TIMEOUT:?}"
+                ))))
+            });
+        match asked {
             Err(err) => {
-                self.known().down_until = Some(now + DOWN_FOR);
-                tracing::warn!(
-                    error = %crate::error::redact(&err.to_string()),
-                    "the read replica cannot be reached: read_only operations run on the \
-                     primary (it is tried again in {DOWN_FOR:?})"
-                );
+                self.mark_down(&err);
                 false
             }
             Ok(None) => {
@@ -171,6 +181,16 @@ impl Replica {
                 true
             }
         }
+    }
+
+    /// The replica could not be reached (`err`): it is left aside for a while.
+    pub(crate) fn mark_down(&self, err: &DbErr) {
+        self.known().down_until = Some(Instant::now() + DOWN_FOR);
+        tracing::warn!(
+            error = %crate::error::redact(&err.to_string()),
+            "the read replica cannot be reached: read_only operations run on the primary (it \
+             is tried again in {DOWN_FOR:?})"
+        );
     }
 
     /// The standby's replay position and, if it has WAL received but not replayed, how old
