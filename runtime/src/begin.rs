@@ -213,9 +213,18 @@ impl Begin for Db {
         #[cfg(feature = "testing")]
         if let Some(test) = &self.test {
             let options = *options;
-            return Either::Left(
-                Box::pin(async move { test.begin_nested(&options, deadline).await }) as Boxed<'_>,
-            );
+            return Either::Left(Box::pin(async move {
+                // Operations on this handle nest in the test's transaction and take turns
+                // there; one started while another holds the turn in the same task (where
+                // production would take a second connection) would wait for ever.
+                let nested = tokio::time::timeout(
+                    crate::testing::TURN_WAIT,
+                    test.begin_nested(&options, deadline),
+                );
+                nested
+                    .await
+                    .unwrap_or_else(|_| Err(crate::testing::turn_waited()))
+            }) as Boxed<'_>);
         }
         match (&self.replica, options.read_only) {
             (Some(replica), true) => {

@@ -99,8 +99,9 @@ impl TestTx {
     /// held (a router, a service): the transaction then rolls back when the last is
     /// dropped.
     pub async fn rollback(self) -> Result<(), DbErr> {
-        let TestTx { tx, db } = self;
-        drop(db);
+        drop(self.tx.take_callbacks());
+        let tx = Arc::clone(&self.tx);
+        drop(self);
         match Arc::try_unwrap(tx) {
             Ok(tx) => tx.rollback().await,
             Err(_) => Err(DbErr::Custom(
@@ -109,6 +110,15 @@ impl TestTx {
                     .to_owned(),
             )),
         }
+    }
+}
+
+/// Dropped, the test's transaction rolls back once no [`TestTx::db`] handle is left. Its
+/// captured callbacks are dropped first: one holding a `TestTx::db()` would otherwise keep
+/// the transaction open for ever.
+impl Drop for TestTx {
+    fn drop(&mut self) {
+        drop(self.tx.take_callbacks());
     }
 }
 
@@ -137,6 +147,21 @@ impl Begin for TestTx {
 }
 impl InTransaction for TestTx {}
 impl Managed for TestTx {}
+
+/// How long an operation on a [`TestTx::db`] handle waits for its turn in the test's
+/// transaction before it fails (see [`turn_waited`]).
+pub(crate) const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The error of an operation on a `TestTx::db()` handle that waited [`TURN_WAIT`] for
+/// another one to end in the test's transaction.
+pub(crate) fn turn_waited() -> DbErr {
+    DbErr::Conn(RuntimeErr::Internal(format!(
+        "safe-db testing: an operation on `TestTx::db()` waited {TURN_WAIT:?} for another \
+         operation of the test's transaction to end; operations on it take turns in one \
+         transaction, so one begun from inside another (where production takes a second \
+         connection from the pool) cannot run: pass that operation the caller's `tx`"
+    )))
+}
 
 /// A failure to inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -585,15 +610,17 @@ impl Template {
 }
 
 impl TestDatabase {
-    /// Closes the pool and drops the database.
+    /// Drops the database, ending its sessions (`WITH (FORCE)`: connections still checked
+    /// out of the pool do not hold it up), then lets the pool go.
     pub async fn drop_database(self) -> Result<(), DbErr> {
-        self.db.close().await?;
-        self.admin
+        let dropped = self
+            .admin
             .execute_unprepared(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
             ))
-            .await?;
-        Ok(())
+            .await;
+        drop(self.db);
+        dropped.map(drop)
     }
 }

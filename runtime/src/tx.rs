@@ -744,8 +744,12 @@ impl Tx {
             tree,
             parent,
             deadline,
+            id,
             ..
         } = self;
+        // Its callbacks (and those its released savepoints handed it) will never run: drop
+        // them now, with whatever they hold, rather than with the tree.
+        tree.callbacks().retain(|(owner, _)| *owner != id);
         // Not on SQLite: its worker runs the statement to its end holding the write
         // lock, which the next writer would then wait for instead of this rollback.
         // Not with a deadline either: the server stops the statement there, so the wait
@@ -1092,6 +1096,10 @@ impl Tx {
                 Some(1205 | 1206 | 1020) => {
                     *self.tree.suspect() = Some(err.clone());
                     return true;
+                }
+                // A session the server ended (a `KILL`) ends the transaction with it.
+                Some(_) if ErrorKind::of(err) == ErrorKind::Unavailable => {
+                    self.tree.break_with(err.clone())
                 }
                 // Every other server error undoes its own statement only.
                 Some(_) => {}

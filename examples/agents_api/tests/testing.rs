@@ -292,3 +292,67 @@ async fn a_postgres_database_per_test_from_a_template() {
     .await;
     assert_eq!(left, vec![0], "the test databases were dropped");
 }
+
+/// A service that keeps a `Db`, as services do.
+#[derive(Clone)]
+struct Registry {
+    db: Db,
+}
+
+impl Registry {
+    /// Registers an agent; once committed, a callback (holding the service) runs.
+    #[safe_db_operation]
+    async fn register(&self, tx: &Tx, name: &str) -> Result<(), Error> {
+        create_agent(tx, name).await?;
+        let me = self.clone();
+        tx.on_commit(async move { drop(me) });
+        Ok(())
+    }
+
+    /// Registers an agent, then looks it up through the kept `Db`, from inside the
+    /// operation (production would take a second connection for that).
+    #[safe_db_operation]
+    async fn register_and_look_up(&self, tx: &Tx, name: &str) -> Result<(), Error> {
+        let made = create_agent(tx, name).await?;
+        get_agent(&self.db, made.id).await.map(drop)
+    }
+}
+
+/// A captured callback that holds the test's own `Db` does not keep the test's
+/// transaction (and its connection) alive once the test is over.
+#[tokio::test]
+async fn a_callback_holding_the_tests_db_does_not_keep_it_open() {
+    for t in api_db("testing_cycle").await {
+        let pool = t.pool(1).await;
+        let test = TestTx::begin(&pool).await.unwrap();
+        let registry = Registry { db: test.db() };
+        registry.register(&test, "ada").await.unwrap();
+        assert_eq!(test.captured(), 1);
+        drop(registry);
+        drop(test);
+        // The pool of one has its connection back, rolled back: a plain write commits.
+        let started = Instant::now();
+        create_agent(&pool, "after").await.unwrap();
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+        assert_eq!(committed_names(&t).await, vec!["after"], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// An operation on `test.db()` begun from inside another operation of the test fails
+/// with an error saying why, instead of waiting for ever.
+#[tokio::test]
+async fn a_nested_use_of_the_tests_db_fails_instead_of_hanging() {
+    let t = TestDb::sqlite("testing_turns", 2).await;
+    agents_api::migrate(&t.db).await.ok();
+    let test = TestTx::begin(&t.db).await.unwrap();
+    let registry = Registry { db: test.db() };
+    let err = registry
+        .register_and_look_up(&test, "ada")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("take turns"), "{err}");
+    drop(registry);
+    test.rollback().await.unwrap();
+    t.cleanup().await;
+}
