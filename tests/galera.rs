@@ -112,13 +112,19 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
+/// One cluster for both scenarios, the second of which kills a node: one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn transfers_through_every_node_at_once_absorb_certification_conflicts() {
+async fn a_galera_cluster_keeps_every_invariant() {
     let Some(urls) = galera_urls() else {
         return;
     };
+    transfers_through_every_node_at_once_absorb_certification_conflicts(&urls).await;
+    a_db_over_the_nodes_keeps_serving_when_one_dies(&urls).await;
+}
+
+async fn transfers_through_every_node_at_once_absorb_certification_conflicts(urls: &[String]) {
     let mut nodes = Vec::new();
-    for url in &urls {
+    for url in urls {
         // One connection per node for the checks: `wsrep_sync_wait` is per session.
         nodes.push(Database::connect(pool_options(url, 1)).await.unwrap());
     }
@@ -264,4 +270,210 @@ async fn transfers_through_every_node_at_once_absorb_certification_conflicts() {
     }
     let replayed: Vec<i32> = replayed.into_iter().map(|b| b as i32).collect();
     assert_eq!(replayed, first.0, "the log replays to the balances");
+}
+
+/// A `Db` over the three nodes keeps serving when one of them dies mid-run (killed by its
+/// process id): transfers in flight on it fail over (re-run on another node) or, if the
+/// COMMIT's answer was lost, report `CommitUnknown`; new ones go to the survivors; the
+/// node is used again once it is back; and every invariant holds on every node.
+async fn a_db_over_the_nodes_keeps_serving_when_one_dies(urls: &[String]) {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (Some(kill), Some(restart)) = (
+        env("SAFE_DB_TEST_GALERA_KILL"),
+        env("SAFE_DB_TEST_GALERA_RESTART"),
+    ) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "CI=true but SAFE_DB_TEST_GALERA_KILL/RESTART are not set"
+        );
+        println!("SAFE_DB_TEST_GALERA_KILL/RESTART are not set: skipped");
+        return;
+    };
+    // Blocking, on a thread of its own: the writers go on meanwhile.
+    let run = |cmd: String| async move {
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .status()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(status.success());
+    };
+    // Node 1 (the first URL) sets up; the Db spans all three, lazily connected.
+    let setup = Database::connect(pool_options(&urls[0], 1)).await.unwrap();
+    exec(&setup, "DROP TABLE IF EXISTS f_transfers").await;
+    exec(&setup, "DROP TABLE IF EXISTS f_accounts").await;
+    exec(
+        &setup,
+        "CREATE TABLE f_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
+    )
+    .await;
+    exec(
+        &setup,
+        "CREATE TABLE f_transfers (tid VARCHAR(40) PRIMARY KEY, from_id INT NOT NULL, \
+         to_id INT NOT NULL, amount BIGINT NOT NULL)",
+    )
+    .await;
+    let values: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!("({id}, {OPENING})"))
+        .collect();
+    exec(
+        &setup,
+        &format!(
+            "INSERT INTO f_accounts (id, balance) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+    let mut pools = Vec::new();
+    for url in urls {
+        let mut options = pool_options(url, 6);
+        options.connect_lazy(true);
+        pools.push(Database::connect(options).await.unwrap());
+    }
+    let db = safe_db::Db::new(pools[0].clone(), None).with_failover(pools[1..].to_vec());
+
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let db = db.clone();
+        writers.push(tokio::spawn(async move {
+            let mut seed = w * 7919 + 17;
+            let (mut committed, mut unknown) = (Vec::new(), Vec::new());
+            for i in 0..60 {
+                let from = (next(&mut seed) % ACCOUNTS as u64) as i32 + 1;
+                let to = (from % ACCOUNTS) + 1;
+                let amount = (next(&mut seed) % 50) as i64 + 1;
+                let tid = format!("f{w}-{i}");
+                match failover_transfer(&db, &tid, from, to, amount).await {
+                    Ok(true) => committed.push(tid),
+                    Ok(false) => {}
+                    Err(err) if err.kind() == safe_db::ErrorKind::CommitUnknown => {
+                        unknown.push(tid)
+                    }
+                    Err(err) => panic!("transfer {tid} failed: {err} ({:?})", err.kind()),
+                }
+            }
+            (committed, unknown)
+        }));
+    }
+    // Node 2 dies a moment into the run, and comes back after.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    run(kill).await;
+    let mut committed = BTreeSet::new();
+    let mut unknown = BTreeSet::new();
+    for writer in writers {
+        let (c, u) = writer.await.expect("a writer");
+        committed.extend(c);
+        unknown.extend(u);
+    }
+    run(restart).await;
+    // Back: within a few operations (each begins on the next node in turn), node 2 serves.
+    let mut ports = BTreeSet::new();
+    let started = Instant::now();
+    while !ports.contains(&3308) {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "node 2 was not used again: {ports:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Ok(port) = node_port(&db).await {
+            ports.insert(port);
+        }
+    }
+    println!(
+        "{} transfers committed, {} with an unknown outcome, node 2 killed and back",
+        committed.len(),
+        unknown.len()
+    );
+    // On every node: the same balances, the total unchanged, the log holding each committed
+    // transfer once, and of the unknown ones only some (each at most once), nothing else.
+    let mut nodes = Vec::new();
+    for url in urls {
+        nodes.push(Database::connect(pool_options(url, 1)).await.unwrap());
+    }
+    let mut first = None;
+    for (n, node) in nodes.iter().enumerate() {
+        exec(node, "SET SESSION wsrep_sync_wait = 1").await;
+        let balances = ids(
+            node,
+            "SELECT CAST(balance AS SIGNED) FROM f_accounts ORDER BY id",
+        )
+        .await;
+        assert_eq!(
+            balances.iter().map(|b| i64::from(*b)).sum::<i64>(),
+            i64::from(ACCOUNTS) * OPENING,
+            "node {n}"
+        );
+        let rows = node
+            .query_all_raw(Statement::from_string(
+                node.get_database_backend(),
+                "SELECT tid FROM f_transfers",
+            ))
+            .await
+            .unwrap();
+        let logged: BTreeSet<String> = rows
+            .iter()
+            .map(|r| r.try_get_by_index::<String>(0).unwrap())
+            .collect();
+        assert!(
+            committed.is_subset(&logged),
+            "node {n}: a committed transfer is missing"
+        );
+        let extra: BTreeSet<_> = logged.difference(&committed).cloned().collect();
+        assert!(
+            extra.is_subset(&unknown),
+            "node {n}: logged but never committed: {extra:?}"
+        );
+        match &first {
+            None => first = Some(balances),
+            Some(first) => assert_eq!(&balances, first, "node {n} holds other balances"),
+        }
+    }
+}
+
+#[safe_db_operation(retries = 60, timeout = "60s")]
+async fn failover_transfer(
+    tx: &Tx,
+    tid: &str,
+    from: i32,
+    to: i32,
+    amount: i64,
+) -> Result<bool, Error> {
+    let debited = tx
+        .execute_unprepared(&format!(
+            "UPDATE f_accounts SET balance = balance - {amount} \
+             WHERE id = {from} AND balance >= {amount}"
+        ))
+        .await?
+        .rows_affected();
+    if debited == 0 {
+        return Ok(false);
+    }
+    tx.execute_unprepared(&format!(
+        "UPDATE f_accounts SET balance = balance + {amount} WHERE id = {to}"
+    ))
+    .await?;
+    tx.execute_unprepared(&format!(
+        "INSERT INTO f_transfers (tid, from_id, to_id, amount) \
+         VALUES ('{tid}', {from}, {to}, {amount})"
+    ))
+    .await?;
+    Ok(true)
+}
+
+/// The client port of the node an operation runs on.
+#[safe_db_operation(read_only)]
+async fn node_port(tx: &Tx) -> Result<i64, Error> {
+    let row = tx
+        .query_one_raw(Statement::from_string(
+            tx.get_database_backend(),
+            "SELECT CAST(@@port AS SIGNED)",
+        ))
+        .await?
+        .expect("a row");
+    Ok(row.try_get_by_index(0)?)
 }

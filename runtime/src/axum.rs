@@ -66,7 +66,9 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::ReadOnly | ErrorKind::Database => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::ReadOnly | ErrorKind::Database | ErrorKind::CommitUnknown => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -91,6 +93,11 @@ impl Error {
             ErrorKind::PoolExhausted | ErrorKind::Unavailable => {
                 "The database is unavailable; retry later.".into()
             }
+            ErrorKind::CommitUnknown => {
+                "The connection to the database was lost while the change was being committed; \
+                 it may or may not have been applied."
+                    .into()
+            }
             ErrorKind::ReadOnly | ErrorKind::Database => "An internal error occurred.".into(),
         }
     }
@@ -104,6 +111,7 @@ impl Error {
             ErrorKind::SerializationFailure => "urn:safe-db:problem:contention",
             ErrorKind::Timeout => "urn:safe-db:problem:timeout",
             ErrorKind::PoolExhausted | ErrorKind::Unavailable => "urn:safe-db:problem:unavailable",
+            ErrorKind::CommitUnknown => "urn:safe-db:problem:commit-unknown",
             ErrorKind::ReadOnly | ErrorKind::Database => "urn:safe-db:problem:internal",
         }
     }

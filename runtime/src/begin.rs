@@ -11,6 +11,7 @@ use futures_util::future::Either;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use tokio::time::Instant;
 
+use crate::failover::Nodes;
 use crate::replica::Replica;
 use crate::{Options, Tx};
 
@@ -122,6 +123,8 @@ impl Managed for DatabaseConnection {}
 pub struct Db {
     primary: DatabaseConnection,
     replica: Option<Arc<Replica>>,
+    /// Every node that takes writes, the primary first (`Db::with_failover`).
+    nodes: Option<Arc<Nodes>>,
     /// A test's transaction, in which every operation on this handle nests
     /// (`safe_db::testing::TestTx::db`).
     #[cfg(feature = "testing")]
@@ -134,9 +137,36 @@ impl Db {
         Db {
             primary,
             replica: replica.map(|pool| Arc::new(Replica::new(pool))),
+            nodes: None,
             #[cfg(feature = "testing")]
             test: None,
         }
+    }
+
+    /// More nodes that take writes besides the primary (a MariaDB Galera cluster's, say):
+    /// each operation begins on the next node in turn; one that cannot be reached is left
+    /// aside for 2 s and the next is tried, and an operation with `retries` whose
+    /// connection is lost before its COMMIT is re-run on another node. A COMMIT whose
+    /// answer is lost fails with [`ErrorKind::CommitUnknown`](crate::ErrorKind::CommitUnknown),
+    /// never re-run. Pools on nodes that may be down when this is made should be
+    /// connected lazily (`ConnectOptions::connect_lazy`).
+    pub fn with_failover(mut self, others: Vec<DatabaseConnection>) -> Self {
+        let mut pools = vec![self.primary.clone()];
+        pools.extend(others);
+        self.nodes = (pools.len() > 1).then(|| Arc::new(Nodes::new(pools)));
+        self
+    }
+
+    /// Node `node` of a `Db` with failover lost its connection.
+    pub(crate) fn node_lost(&self, node: usize, err: &DbErr) {
+        if let Some(nodes) = &self.nodes {
+            nodes.mark_down(node, err);
+        }
+    }
+
+    /// Whether an operation that lost its connection may be re-run on another node.
+    pub(crate) fn fails_over(&self) -> bool {
+        self.nodes.as_ref().is_some_and(|nodes| nodes.len() > 1)
     }
 
     /// A handle whose operations nest in a test's transaction.
@@ -146,6 +176,7 @@ impl Db {
         Db {
             primary,
             replica: None,
+            nodes: None,
             test: Some(tx),
         }
     }
@@ -252,7 +283,17 @@ impl Begin for Db {
                             )),
                         }
                     }
-                    Tx::begin(&self.primary, Some(self), &options, deadline).await
+                    match &self.nodes {
+                        Some(nodes) => nodes.begin(self, &options, deadline).await,
+                        None => Tx::begin(&self.primary, Some(self), &options, deadline).await,
+                    }
+                }) as Boxed<'_>)
+            }
+            _ if self.nodes.is_some() => {
+                let options = *options;
+                Either::Left(Box::pin(async move {
+                    let nodes = self.nodes.as_ref().expect("checked");
+                    nodes.begin(self, &options, deadline).await
                 }) as Boxed<'_>)
             }
             _ => Either::Right(Tx::begin(&self.primary, Some(self), options, deadline)),

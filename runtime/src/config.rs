@@ -183,6 +183,8 @@ impl Pool {
 pub struct DbConfig {
     url: DbUrl,
     replica_url: Option<DbUrl>,
+    /// More nodes that take writes (`DATABASE_FAILOVER_HOSTS`): the same URL on each.
+    failover: Vec<DbUrl>,
     pool: Pool,
     echo: bool,
 }
@@ -209,6 +211,9 @@ impl DbConfig {
         let mut config = DbConfig::from_url(&url)?;
         if let Some(replica) = var("DATABASE_REPLICA_URL") {
             config = config.with_replica(&replica)?;
+        }
+        if let Some(hosts) = var("DATABASE_FAILOVER_HOSTS") {
+            config = config.with_failover_hosts(&hosts)?;
         }
         for (name, env) in PARAMETERS {
             if let Some(value) = var(env) {
@@ -244,6 +249,7 @@ impl DbConfig {
         Ok(DbConfig {
             url,
             replica_url: None,
+            failover: Vec::new(),
             pool,
             echo,
         })
@@ -264,6 +270,18 @@ impl DbConfig {
             Ok(false)
         })?;
         self.replica_url = Some(url);
+        Ok(self)
+    }
+
+    /// More nodes that take writes, as `host:port` pairs separated by commas (a Galera
+    /// cluster's other nodes): the primary's URL, user and password on each. See
+    /// [`Db::with_failover`](crate::Db::with_failover).
+    pub fn with_failover_hosts(mut self, hosts: &str) -> Result<Self, ConfigError> {
+        self.failover = hosts
+            .split(',')
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| self.url.on_host(h))
+            .collect::<Result<_, _>>()?;
         Ok(self)
     }
 
@@ -340,7 +358,14 @@ impl DbConfig {
             Some(url) => Some(Database::connect(self.options_for(url)).await?),
             None => None,
         };
-        Ok(Db::new(primary, replica))
+        let mut others = Vec::new();
+        for url in &self.failover {
+            // Lazily: a node that is down now must not stop the service from starting.
+            let mut options = self.options_for(url);
+            options.connect_lazy(true);
+            others.push(Database::connect(options).await?);
+        }
+        Ok(Db::new(primary, replica).with_failover(others))
     }
 }
 
@@ -388,6 +413,7 @@ impl fmt::Debug for DbConfig {
         f.debug_struct("DbConfig")
             .field("url", &self.url)
             .field("replica_url", &self.replica_url)
+            .field("failover", &self.failover)
             .field("pool", &self.pool)
             .field("echo", &self.echo)
             .finish()

@@ -100,6 +100,24 @@ impl DbUrl {
         &self.url
     }
 
+    /// The same URL on another host (`host:port`), for another node of a cluster.
+    pub(crate) fn on_host(&self, host_port: &str) -> Result<DbUrl, ConfigError> {
+        let bad = || ConfigError::InvalidValue {
+            parameter: "DATABASE_FAILOVER_HOSTS".to_owned(),
+            value: host_port.to_owned(),
+            expected: "host:port pairs separated by commas, e.g. `db2:3306,db3:3306`",
+        };
+        let (host, port) = host_port.trim().rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let mut url = url::Url::parse(&self.url).map_err(|_| bad())?;
+        url.set_host(Some(host)).map_err(|_| bad())?;
+        url.set_port(Some(port)).map_err(|_| bad())?;
+        Ok(DbUrl {
+            url: url.to_string(),
+            password: self.password.clone(),
+        })
+    }
+
     /// The password, for the driver's own options.
     pub(crate) fn password(&self) -> Option<&str> {
         self.password.as_deref()

@@ -23,6 +23,10 @@ pub enum ErrorKind {
     PoolExhausted,
     /// The database could not be reached, or the connection was lost.
     Unavailable,
+    /// The connection was lost while the COMMIT was on the wire: the transaction may have
+    /// committed, or not. It is not re-run (that could apply it twice); the caller must
+    /// find out, e.g. by reading back what it wrote.
+    CommitUnknown,
     /// A write was attempted in a read-only transaction.
     ReadOnly,
     /// The input was rejected by the application before or while writing.
@@ -133,6 +137,7 @@ const MYSQL_NUMBERS: &[(u16, ErrorKind)] = &[
 /// SQLSTATEs (PostgreSQL, and MySQL where no number above matched), exact or by class.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 const SQLSTATES: &[(&str, ErrorKind)] = &[
+    ("08007", ErrorKind::CommitUnknown), // transaction_resolution_unknown
     // Read earlier from the driver's own error (`DbErr::sql_err`); here for an error that
     // carries only the SQLSTATE (`safe_db::testing`'s, on SQLite).
     ("23505", ErrorKind::UniqueViolation), // unique_violation
@@ -162,6 +167,62 @@ const SQLITE_CODES: &[(i32, ErrorKind)] = &[
     (19, ErrorKind::Validation),          // SQLITE_CONSTRAINT (not null, check, datatype)
     (20, ErrorKind::Validation),          // SQLITE_MISMATCH
 ];
+
+/// An outermost COMMIT whose answer was lost with the connection (`err`): classified
+/// [`ErrorKind::CommitUnknown`], with SQLSTATE 08007 (transaction resolution unknown).
+pub(crate) fn commit_unknown(err: &DbErr) -> DbErr {
+    let message = format!(
+        "safe-db: the connection was lost while the COMMIT was on the wire, so whether the \
+         transaction committed is unknown (it is not re-run): {}",
+        redact(&err.to_string())
+    );
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    {
+        let unknown = Coded(message, "08007");
+        DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Database(Box::new(unknown)),
+        )))
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    DbErr::Exec(RuntimeErr::Internal(message))
+}
+
+/// A database error of safe-db's own, with a SQLSTATE.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[derive(Debug)]
+struct Coded(String, &'static str);
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl std::error::Error for Coded {}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl sea_orm::sqlx::error::DatabaseError for Coded {
+    fn message(&self) -> &str {
+        &self.0
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.1.into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
+        sea_orm::sqlx::error::ErrorKind::Other
+    }
+}
 
 /// A write refused by safe-db in a read-only savepoint (MySQL/MariaDB cannot make one
 /// read-only): classified [`ErrorKind::ReadOnly`], with PostgreSQL's SQLSTATE for it.

@@ -72,6 +72,7 @@ mod begin;
 mod config;
 mod db_url;
 mod error;
+mod failover;
 mod observe;
 mod operation;
 mod options;

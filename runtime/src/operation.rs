@@ -500,7 +500,7 @@ impl Operation {
         match outcome {
             Outcome::Returned(Ok(value)) => {
                 if let Some(err) = tx.why_not_commit(self.name).await {
-                    let conflicted = tx.lost_conflict();
+                    let conflicted = tx.may_retry();
                     self.rollback(tx).await;
                     return if conflicted && may_retry && self.backoff().await {
                         Next::Retry
@@ -527,7 +527,7 @@ impl Operation {
                 }
             }
             Outcome::Returned(Err(err)) => {
-                let conflicted = tx.lost_conflict();
+                let conflicted = tx.may_retry();
                 self.rollback(tx).await;
                 if conflicted && may_retry && self.backoff().await {
                     Next::Retry

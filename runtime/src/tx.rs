@@ -141,6 +141,11 @@ struct Tree {
     /// reading of its outcome are one step, so that no statement slips in after the
     /// server has ended the transaction (`join!` on one `Tx`).
     statements: tokio::sync::Mutex<()>,
+    /// The node of a `Db` with failover the outermost transaction began on.
+    node: std::sync::OnceLock<usize>,
+    /// Set when a statement lost the connection: on a `Db` with failover, the outermost
+    /// operation may re-run on another node.
+    lost_connection: AtomicBool,
     /// The operations that doomed a level (`savepoint = false`), by the level's id.
     doomed_by: Mutex<Vec<(u32, &'static str)>>,
     /// A test's transaction (`safe_db::testing`): `requires_new` operations nest in it.
@@ -166,6 +171,8 @@ impl Tree {
             abandoned: AtomicBool::new(false),
             statements: tokio::sync::Mutex::new(()),
             doomed_by: Mutex::new(Vec::new()),
+            node: std::sync::OnceLock::new(),
+            lost_connection: AtomicBool::new(false),
             #[cfg(feature = "testing")]
             test: AtomicBool::new(false),
             #[cfg(feature = "testing")]
@@ -590,6 +597,28 @@ impl Tx {
 
 /// The protocol: end.
 impl Tx {
+    /// The connection was lost (`err`): the node it was on is left aside, and on a `Db`
+    /// with failover the outermost operation may re-run elsewhere.
+    fn lost_connection(&self, err: &DbErr) {
+        self.tree.lost_connection.store(true, Ordering::Relaxed);
+        if let (Some(home), Some(node)) = (&self.tree.home, self.tree.node.get()) {
+            home.node_lost(*node, err);
+        }
+    }
+
+    /// Records the node of a `Db` with failover this outermost transaction began on.
+    pub(crate) fn set_node(&mut self, node: usize) {
+        let _ = self.tree.node.set(node);
+    }
+
+    /// Whether the operation may re-run: it lost a conflict, or (on a `Db` with failover)
+    /// its connection before the COMMIT was sent.
+    pub(crate) fn may_retry(&self) -> bool {
+        self.lost_conflict()
+            || (self.tree.lost_connection.load(Ordering::Relaxed)
+                && self.tree.home.as_ref().is_some_and(Db::fails_over))
+    }
+
     /// Whether a statement in this transaction's tree lost a conflict (serialization
     /// failure, deadlock, busy): the outermost operation may retry.
     pub(crate) fn lost_conflict(&self) -> bool {
@@ -699,6 +728,17 @@ impl Tx {
         }
         // The next sibling may begin its savepoint.
         drop(turn);
+        // An outermost COMMIT whose answer was lost with the connection: it may have
+        // committed, or not. Said as such, and never re-run.
+        let ended = match ended {
+            Err(err) if parent.is_none() && ErrorKind::of(&err) == ErrorKind::Unavailable => {
+                if let (Some(home), Some(node)) = (&tree.home, tree.node.get()) {
+                    home.node_lost(*node, &err);
+                }
+                Err(crate::error::commit_unknown(&err))
+            }
+            other => other,
+        };
         ended?;
         // A commit that may have written, on a `Db` whose standby serves `read_only`
         // operations: they must not read older data than this (boxed: rare, and one round
@@ -1085,6 +1125,9 @@ impl Tx {
     /// that the next statement asks it if this caller does not).
     pub(crate) fn note_failure_now(&self, err: &DbErr) -> bool {
         self.statement_failed.store(true, Ordering::Relaxed);
+        if ErrorKind::of(err) == ErrorKind::Unavailable {
+            self.lost_connection(err);
+        }
         if ErrorKind::of(err).is_retryable() {
             self.tree.lost_conflict(err);
         }
