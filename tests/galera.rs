@@ -31,11 +31,20 @@ fn galera_urls() -> Option<Vec<String>> {
     }
 }
 
+/// A transfer between two accounts, logged; `t` prefixes the tables (each scenario has
+/// its own).
 #[safe_db_operation(retries = 60, timeout = "60s")]
-async fn transfer(tx: &Tx, tid: &str, from: i32, to: i32, amount: i64) -> Result<bool, Error> {
+async fn transfer(
+    tx: &Tx,
+    t: &str,
+    tid: &str,
+    from: i32,
+    to: i32,
+    amount: i64,
+) -> Result<bool, Error> {
     let debited = tx
         .execute_unprepared(&format!(
-            "UPDATE accounts SET balance = balance - {amount} \
+            "UPDATE {t}accounts SET balance = balance - {amount} \
              WHERE id = {from} AND balance >= {amount}"
         ))
         .await?
@@ -44,11 +53,11 @@ async fn transfer(tx: &Tx, tid: &str, from: i32, to: i32, amount: i64) -> Result
         return Ok(false);
     }
     tx.execute_unprepared(&format!(
-        "UPDATE accounts SET balance = balance + {amount} WHERE id = {to}"
+        "UPDATE {t}accounts SET balance = balance + {amount} WHERE id = {to}"
     ))
     .await?;
     tx.execute_unprepared(&format!(
-        "INSERT INTO transfers (tid, from_id, to_id, amount) \
+        "INSERT INTO {t}transfers (tid, from_id, to_id, amount) \
          VALUES ('{tid}', {from}, {to}, {amount})"
     ))
     .await?;
@@ -188,7 +197,7 @@ async fn transfers_through_every_node_at_once_absorb_certification_conflicts(url
                     let to = (from % ACCOUNTS) + 1;
                     let amount = (next(&mut seed) % 50) as i64 + 1;
                     let tid = format!("n{n}-w{w}-{i}");
-                    match transfer(&pool, &tid, from, to, amount).await {
+                    match transfer(&pool, "", &tid, from, to, amount).await {
                         Ok(true) => committed.push(tid),
                         Ok(false) => {}
                         Err(err) => panic!("transfer {tid} failed: {err} ({:?})", err.kind()),
@@ -348,7 +357,7 @@ async fn a_db_over_the_nodes_keeps_serving_when_one_dies(urls: &[String]) {
                 let to = (from % ACCOUNTS) + 1;
                 let amount = (next(&mut seed) % 50) as i64 + 1;
                 let tid = format!("f{w}-{i}");
-                match failover_transfer(&db, &tid, from, to, amount).await {
+                match transfer(&db, "f_", &tid, from, to, amount).await {
                     Ok(true) => committed.push(tid),
                     Ok(false) => {}
                     Err(err) if err.kind() == safe_db::ErrorKind::CommitUnknown => {
@@ -433,36 +442,6 @@ async fn a_db_over_the_nodes_keeps_serving_when_one_dies(urls: &[String]) {
             Some(first) => assert_eq!(&balances, first, "node {n} holds other balances"),
         }
     }
-}
-
-#[safe_db_operation(retries = 60, timeout = "60s")]
-async fn failover_transfer(
-    tx: &Tx,
-    tid: &str,
-    from: i32,
-    to: i32,
-    amount: i64,
-) -> Result<bool, Error> {
-    let debited = tx
-        .execute_unprepared(&format!(
-            "UPDATE f_accounts SET balance = balance - {amount} \
-             WHERE id = {from} AND balance >= {amount}"
-        ))
-        .await?
-        .rows_affected();
-    if debited == 0 {
-        return Ok(false);
-    }
-    tx.execute_unprepared(&format!(
-        "UPDATE f_accounts SET balance = balance + {amount} WHERE id = {to}"
-    ))
-    .await?;
-    tx.execute_unprepared(&format!(
-        "INSERT INTO f_transfers (tid, from_id, to_id, amount) \
-         VALUES ('{tid}', {from}, {to}, {amount})"
-    ))
-    .await?;
-    Ok(true)
 }
 
 /// The client port of the node an operation runs on.

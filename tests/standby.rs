@@ -33,9 +33,8 @@ fn urls() -> Option<(String, String)> {
     }
 }
 
-/// Where a read ran, and what it read.
-#[safe_db_operation(read_only)]
-async fn read(tx: &Tx, id: i32) -> Result<(bool, Vec<i32>), Error> {
+/// Whether `tx` runs on a standby.
+async fn in_recovery(tx: &Tx) -> Result<bool, Error> {
     let row = tx
         .query_one_raw(Statement::from_string(
             tx.get_database_backend(),
@@ -43,7 +42,13 @@ async fn read(tx: &Tx, id: i32) -> Result<(bool, Vec<i32>), Error> {
         ))
         .await?
         .expect("a row");
-    let on_standby: bool = row.try_get_by_index(0)?;
+    Ok(row.try_get_by_index(0)?)
+}
+
+/// Where a read ran, and what it read.
+#[safe_db_operation(read_only)]
+async fn read(tx: &Tx, id: i32) -> Result<(bool, Vec<i32>), Error> {
+    let on_standby = in_recovery(tx).await?;
     let found = ids(tx, &format!("SELECT id FROM standby_rows WHERE id = {id}")).await;
     Ok((on_standby, found))
 }
@@ -114,14 +119,7 @@ async fn a_standby_serves_reads_that_cannot_see_older_data_than_their_writes() {
 /// Where an operation ran: on the standby or not.
 #[safe_db_operation(read_only)]
 async fn where_ran(tx: &Tx) -> Result<bool, Error> {
-    let row = tx
-        .query_one_raw(Statement::from_string(
-            tx.get_database_backend(),
-            "SELECT pg_is_in_recovery()",
-        ))
-        .await?
-        .expect("a row");
-    Ok(row.try_get_by_index(0)?)
+    in_recovery(tx).await
 }
 
 async fn read_your_writes(primary_url: &str, standby_url: &str) {

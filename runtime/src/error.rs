@@ -178,24 +178,44 @@ pub(crate) fn commit_unknown(err: &DbErr) -> DbErr {
     );
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
     {
-        let unknown = Coded(message, "08007");
-        DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(
-            sea_orm::sqlx::Error::Database(Box::new(unknown)),
-        )))
+        Coded::new(message, "08007", false).into_db_err()
     }
     #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
     DbErr::Exec(RuntimeErr::Internal(message))
 }
 
-/// A database error of safe-db's own, with a SQLSTATE.
+/// A database error made by safe-db (a refusal, an unknown commit, an injected failure
+/// of `safe_db::testing`), with a SQLSTATE that [`ErrorKind::of`] reads.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 #[derive(Debug)]
-struct Coded(String, &'static str);
+pub(crate) struct Coded {
+    message: String,
+    code: &'static str,
+    unique: bool,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl Coded {
+    /// `unique`: a unique violation, as sqlx's error kind says it.
+    pub(crate) fn new(message: String, code: &'static str, unique: bool) -> Self {
+        Coded {
+            message,
+            code,
+            unique,
+        }
+    }
+
+    /// As a statement's error.
+    pub(crate) fn into_db_err(self) -> DbErr {
+        let err = std::sync::Arc::new(sea_orm::sqlx::Error::Database(Box::new(self)));
+        DbErr::Exec(RuntimeErr::SqlxError(err))
+    }
+}
 
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl fmt::Display for Coded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -205,10 +225,10 @@ impl std::error::Error for Coded {}
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl sea_orm::sqlx::error::DatabaseError for Coded {
     fn message(&self) -> &str {
-        &self.0
+        &self.message
     }
     fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some(self.1.into())
+        Some(self.code.into())
     }
     fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         self
@@ -220,7 +240,11 @@ impl sea_orm::sqlx::error::DatabaseError for Coded {
         self
     }
     fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
-        sea_orm::sqlx::error::ErrorKind::Other
+        if self.unique {
+            sea_orm::sqlx::error::ErrorKind::UniqueViolation
+        } else {
+            sea_orm::sqlx::error::ErrorKind::Other
+        }
     }
 }
 
@@ -233,49 +257,10 @@ pub(crate) fn read_only_refused(what: &str) -> DbErr {
     );
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
     {
-        let refused = ReadOnlyRefused(message);
-        DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(
-            sea_orm::sqlx::Error::Database(Box::new(refused)),
-        )))
+        Coded::new(message, "25006", false).into_db_err()
     }
     #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
     DbErr::Exec(RuntimeErr::Internal(message))
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-#[derive(Debug)]
-struct ReadOnlyRefused(String);
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-impl fmt::Display for ReadOnlyRefused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-impl std::error::Error for ReadOnlyRefused {}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-impl sea_orm::sqlx::error::DatabaseError for ReadOnlyRefused {
-    fn message(&self) -> &str {
-        &self.0
-    }
-    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some("25006".into()) // read_only_sql_transaction
-    }
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-    fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
-        sea_orm::sqlx::error::ErrorKind::Other
-    }
 }
 
 /// The database's own error inside `err`, if the server (or SQLite) reported one.

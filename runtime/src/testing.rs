@@ -185,6 +185,18 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// PostgreSQL's SQLSTATE for the failure (also the code of the error made on the
+    /// client, on SQLite).
+    fn sqlstate(self) -> &'static str {
+        match self {
+            Failure::SerializationFailure => "40001",
+            Failure::Deadlock => "40P01",
+            Failure::LostConnection => "57P01",
+            Failure::Timeout => "57014",
+            Failure::UniqueViolation => "23505",
+        }
+    }
+
     /// What the server is sent instead of the statement, so that it answers with the
     /// real error (and PostgreSQL aborts the transaction as it would).
     fn sql(self, backend: DbBackend) -> Option<String> {
@@ -193,12 +205,7 @@ impl Failure {
             DbBackend::Postgres => Some(match self {
                 Failure::LostConnection => "SELECT pg_terminate_backend(pg_backend_pid())".into(),
                 _ => {
-                    let code = match self {
-                        Failure::SerializationFailure => "40001",
-                        Failure::Deadlock => "40P01",
-                        Failure::Timeout => "57014",
-                        _ => "23505",
-                    };
+                    let code = self.sqlstate();
                     format!(
                         "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = \
                          '{message}'; END$$"
@@ -230,74 +237,15 @@ impl Failure {
         #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
         {
             use sea_orm::sqlx;
-            let err = match self {
-                Failure::LostConnection => sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    message,
-                )),
-                _ => sqlx::Error::Database(Box::new(Injected {
-                    message,
-                    code: match self {
-                        Failure::SerializationFailure => "40001",
-                        Failure::Deadlock => "40P01",
-                        Failure::Timeout => "57014",
-                        _ => "23505",
-                    },
-                })),
-            };
-            let err = Arc::new(err);
-            if self == Failure::UniqueViolation {
-                DbErr::Query(RuntimeErr::SqlxError(err))
-            } else {
-                DbErr::Exec(RuntimeErr::SqlxError(err))
+            if self == Failure::LostConnection {
+                let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, message);
+                return DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(io))));
             }
+            let unique = self == Failure::UniqueViolation;
+            crate::error::Coded::new(message, self.sqlstate(), unique).into_db_err()
         }
         #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
         DbErr::Exec(RuntimeErr::Internal(message))
-    }
-}
-
-/// An injected database error where the server cannot raise it (SQLite).
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-#[derive(Debug)]
-struct Injected {
-    message: String,
-    code: &'static str,
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-impl std::fmt::Display for Injected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-impl std::error::Error for Injected {}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-impl sea_orm::sqlx::error::DatabaseError for Injected {
-    fn message(&self) -> &str {
-        &self.message
-    }
-    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some(self.code.into())
-    }
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-    fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
-        if self.code == "23505" {
-            sea_orm::sqlx::error::ErrorKind::UniqueViolation
-        } else {
-            sea_orm::sqlx::error::ErrorKind::Other
-        }
     }
 }
 
