@@ -60,6 +60,19 @@ async fn write(tx: &Tx, id: i32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Resumes the standby's replay when dropped (a failed assertion included), for the
+/// scenarios after.
+struct ResumeReplay(String);
+
+impl Drop for ResumeReplay {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .arg(&self.0)
+            .args(["-c", "SELECT pg_wal_replay_resume()"])
+            .output();
+    }
+}
+
 async fn replay(standby: &DatabaseConnection, on: bool) {
     let sql = if on {
         "SELECT pg_wal_replay_resume()"
@@ -147,6 +160,7 @@ async fn read_your_writes(primary_url: &str, standby_url: &str) {
 
     // Replay paused: a write through the Db, then a read through it sees the write, on
     // the primary, since the standby has not replayed it.
+    let _resume = ResumeReplay(standby_url.to_owned());
     replay(&standby, false).await;
     write(&db, 1).await.unwrap();
     let (on_standby, found) = read(&db, 1).await.unwrap();
@@ -180,6 +194,7 @@ async fn a_lagging_standby_is_skipped_with_a_warning(primary_url: &str, standby_
     )
     .await;
     caught_up(&primary, &standby).await;
+    let _resume = ResumeReplay(standby_url.to_owned());
     replay(&standby, false).await;
     // Written by someone else (not through the Db below): WAL the standby has received
     // but not replayed, growing older than the bound.

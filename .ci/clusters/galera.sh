@@ -27,6 +27,9 @@ node_start() { # N [--wsrep-new-cluster]
     --wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$g;ist.recv_addr=127.0.0.1:$((g + 1));gcache.size=64M" \
     --wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:$((4434 + 10 * n))" \
     $extra >/dev/null 2>&1 &
+  # The pid of the process started here (mariadbd writes its pid file only once it has
+  # joined the cluster).
+  echo $! > "$d/started.pid"
 }
 
 node_ready() { # N: accepts queries and is synced with the cluster
@@ -46,15 +49,19 @@ wait_ready() { # N
   return 1
 }
 
-node_pid() { cat "$dir/node$1/mysqld.pid" 2>/dev/null || true; }
+node_pid() { cat "$dir/node$1/started.pid" 2>/dev/null || true; }
 
-node_stop() { # N SIGNAL
+node_stop() { # N SIGNAL: by the pid started here; SIGKILL if it has not ended in 20 s
   local pid
   pid=$(node_pid "$1")
   [ -n "$pid" ] || return 0
-  kill "-$2" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  rm -f "$dir/node$1/mysqld.pid"
+  # Only if it is still the mariadbd started here (not a reused pid).
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mariadbd ]; then
+    kill "-$2" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/node$1/started.pid" "$dir/node$1/mysqld.pid"
 }
 
 case $cmd in

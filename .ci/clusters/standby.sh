@@ -10,7 +10,7 @@
 set -euo pipefail
 cmd=$1 dir=$2 port=$3
 primary_port=${PRIMARY_PORT:-5432}
-bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 marker="# safe-db CI standby"
 line="host replication all 127.0.0.1/32 trust $marker"
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -19,7 +19,8 @@ case $cmd in
   start)
     hba=$(primary -c "SHOW hba_file")
     if ! grep -qF "$marker" "$hba"; then
-      echo "$line" >> "$hba"
+      # First: pg_hba.conf is read top down, the first matching line decides.
+      { echo "$line"; cat "$hba"; } > "$hba.safe-db" && cat "$hba.safe-db" > "$hba" && rm -f "$hba.safe-db"
       primary -c "SELECT pg_reload_conf()" >/dev/null
     fi
     mkdir -p "$dir"
@@ -60,8 +61,12 @@ CONF
   stop)
     if [ -f "$dir/postmaster.pid" ]; then
       pid=$(head -1 "$dir/postmaster.pid")
-      kill -INT "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      # Only if it is still the postmaster started here (not a reused pid).
+      if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ]; then
+        kill -INT "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
     fi
     hba=$(primary -c "SHOW hba_file" 2>/dev/null) || exit 0
     if grep -qF "$marker" "$hba"; then

@@ -117,8 +117,9 @@ impl Managed for DatabaseConnection {}
 /// With a PostgreSQL streaming standby as the replica, a `read_only` operation never reads
 /// older data than a commit made earlier through the same `Db` (or a clone of it, such as
 /// the one a `TxLayer` holds): while the standby has not replayed that commit, the operation
-/// runs on the primary. A standby that cannot be reached, or lags behind by more than
-/// [`Db::max_replica_lag`], is skipped with a warning. See the README's "Scaling out".
+/// runs on the primary. A standby that cannot be reached, or whose replay lags behind
+/// what it has received by more than [`Db::max_replica_lag`], is skipped with a warning.
+/// See the README's "Scaling out".
 #[derive(Clone, Debug)]
 pub struct Db {
     primary: DatabaseConnection,
@@ -202,15 +203,22 @@ impl Db {
     }
 
     /// Notes a commit on the primary, for the read-your-writes of `read_only` operations.
-    pub(crate) fn commit_to_note(&self) -> Option<(&Replica, &DatabaseConnection)> {
-        let replica = self.replica.as_deref()?;
-        replica.tracks_commits().then_some((replica, &self.primary))
+    pub(crate) fn note_commit(&self) {
+        if let Some(replica) = &self.replica
+            && replica.tracks_commits()
+        {
+            replica.note_commit(&self.primary);
+        }
     }
 
-    /// Closes both pools, waiting for their connections to be returned.
+    /// Closes its pools (the replica's, the other nodes', the primary), waiting for their
+    /// connections to be returned.
     pub async fn close(self) -> Result<(), DbErr> {
         if let Some(replica) = self.replica {
             replica.pool.clone().close().await?;
+        }
+        if let Some(nodes) = self.nodes {
+            nodes.close_others().await?;
         }
         self.primary.close().await
     }
@@ -257,7 +265,12 @@ impl Begin for Db {
                     .unwrap_or_else(|_| Err(crate::testing::turn_waited()))
             }) as Boxed<'_>);
         }
-        match (&self.replica, options.read_only) {
+        // PostgreSQL cannot run a serializable transaction on a standby.
+        let replica = self.replica.as_ref().filter(|replica| {
+            !(replica.pool.get_database_backend() == sea_orm::DbBackend::Postgres
+                && options.isolation == Some(crate::Isolation::Serializable))
+        });
+        match (replica, options.read_only) {
             (Some(replica), true) => {
                 let options = *options;
                 Either::Left(Box::pin(async move {

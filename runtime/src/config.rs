@@ -353,7 +353,10 @@ impl DbConfig {
 
     /// Connects the primary (and the replica, if any).
     pub async fn connect(&self) -> Result<Db, Error> {
-        let primary = Database::connect(self.connect_options()).await?;
+        let mut primary = self.connect_options();
+        // With other nodes, the first may be the one that is down: all connect lazily.
+        primary.connect_lazy(!self.failover.is_empty());
+        let primary = Database::connect(primary).await?;
         let replica = match &self.replica_url {
             Some(url) => Some(Database::connect(self.options_for(url)).await?),
             None => None,
@@ -445,6 +448,30 @@ fn parse_bool(parameter: &str, value: &str) -> Result<bool, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn failover_hosts_take_the_primary_url_and_hide_the_password() {
+        let config = DbConfig::from_url("mysql://app:s3cret@db1:3307/shop?pool_size=2")
+            .unwrap()
+            .with_failover_hosts("db2:3308, db3:3309")
+            .unwrap();
+        let urls: Vec<&str> = config.failover.iter().map(DbUrl::url).collect();
+        assert_eq!(
+            urls,
+            ["mysql://app@db2:3308/shop", "mysql://app@db3:3309/shop"]
+        );
+        assert!(
+            config
+                .failover
+                .iter()
+                .all(|u| u.password() == Some("s3cret"))
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let bad = DbConfig::from_url("mysql://app@db1/shop")
+            .unwrap()
+            .with_failover_hosts("db2");
+        assert!(bad.is_err());
+    }
     use super::*;
 
     fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

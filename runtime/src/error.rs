@@ -113,6 +113,7 @@ const MYSQL_NUMBERS: &[(u16, ErrorKind)] = &[
     (1792, ErrorKind::ReadOnly),             // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
     (1290, ErrorKind::ReadOnly),             // ER_OPTION_PREVENTS_STATEMENT (server --read-only)
     (1836, ErrorKind::ReadOnly),             // ER_READ_ONLY_MODE (InnoDB read-only)
+    (1153, ErrorKind::Validation),           // ER_NET_PACKET_TOO_LARGE (its SQLSTATE is 08S01)
     (1040, ErrorKind::Unavailable),          // ER_CON_COUNT_ERROR
     (1203, ErrorKind::Unavailable),          // ER_TOO_MANY_USER_CONNECTIONS
     (1053, ErrorKind::Unavailable),          // ER_SERVER_SHUTDOWN

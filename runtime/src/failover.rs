@@ -65,6 +65,14 @@ impl Nodes {
         }
     }
 
+    /// Closes the pools of every node but the primary.
+    pub(crate) async fn close_others(&self) -> Result<(), DbErr> {
+        for pool in &self.pools[1..] {
+            pool.clone().close().await?;
+        }
+        Ok(())
+    }
+
     /// Begins on the next node in turn that is not known to be down (all of them, if every
     /// one is), trying the others when one cannot be reached.
     pub(crate) async fn begin(
@@ -94,12 +102,12 @@ impl Nodes {
                     tx.set_node(node);
                     return Ok(tx);
                 }
-                Ok(Err(err))
-                    if !matches!(
-                        ErrorKind::of(&err),
-                        ErrorKind::Unavailable | ErrorKind::PoolExhausted
-                    ) =>
-                {
+                // Busy, not down: the next node is tried, this one is not left aside.
+                Ok(Err(err)) if ErrorKind::of(&err) == ErrorKind::PoolExhausted => {
+                    last = Some(err);
+                    continue;
+                }
+                Ok(Err(err)) if ErrorKind::of(&err) != ErrorKind::Unavailable => {
                     return Err(err);
                 }
                 Ok(Err(err)) => err,

@@ -9,8 +9,8 @@
 //! A replica that is not a PostgreSQL standby (a MySQL replica, a second database) is used
 //! without these checks.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
@@ -22,6 +22,8 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 /// connection up to its acquire timeout (30 s by default), which a standby that is down
 /// would make every read pay.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long reading the primary's WAL position after a commit may take.
+const NOTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a `read_only` operation waits for its BEGIN on the replica (a connection
 /// included) before it goes to the primary instead: the replica may have gone down since
 /// it was last asked.
@@ -37,6 +39,11 @@ pub(crate) struct Replica {
     pub(crate) pool: DatabaseConnection,
     /// The primary's WAL position after the latest commit through this `Db` (0: none).
     last_commit: AtomicU64,
+    /// Commits whose WAL position is being read: until it is known, reads go to the
+    /// primary.
+    pending: AtomicU32,
+    /// The last position could not be read: reads go to the primary until one is.
+    unknown: AtomicBool,
     pub(crate) max_lag: Mutex<Duration>,
     known: Mutex<Known>,
 }
@@ -68,6 +75,8 @@ impl Replica {
         Replica {
             pool,
             last_commit: AtomicU64::new(0),
+            pending: AtomicU32::new(0),
+            unknown: AtomicBool::new(false),
             max_lag: Mutex::new(DEFAULT_MAX_LAG),
             known: Mutex::new(Known {
                 unchecked,
@@ -85,34 +94,63 @@ impl Replica {
         !self.known().unchecked
     }
 
-    /// Notes the primary's WAL position after a commit through this `Db`.
-    pub(crate) async fn note_commit(&self, primary: &DatabaseConnection) {
-        let asked = primary
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT pg_current_wal_lsn()::text",
-            ))
+    /// Notes a commit through this `Db`: from now on, until the primary's WAL position
+    /// after it is known (read on a task of its own, so that the committed operation
+    /// returns, and runs its callbacks, without waiting for it), reads go to the primary.
+    /// The insert position is read: with `synchronous_commit = off` the write position
+    /// can be behind the commit record.
+    pub(crate) fn note_commit(self: &Arc<Self>, primary: &DatabaseConnection) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let (replica, primary) = (Arc::clone(self), primary.clone());
+        let note = async move {
+            let asked = tokio::time::timeout(
+                NOTE_TIMEOUT,
+                primary.query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT pg_current_wal_insert_lsn()::text",
+                )),
+            )
             .await;
-        match asked.map(|row| row.and_then(|r| r.try_get_by_index::<String>(0).ok())) {
-            Ok(Some(text)) => {
-                if let Some(lsn) = parse_lsn(&text) {
-                    self.last_commit.fetch_max(lsn, Ordering::Relaxed);
+            let lsn = match asked {
+                Ok(Ok(Some(row))) => row
+                    .try_get_by_index::<String>(0)
+                    .ok()
+                    .and_then(|t| parse_lsn(&t)),
+                _ => None,
+            };
+            match lsn {
+                Some(lsn) => {
+                    replica.last_commit.fetch_max(lsn, Ordering::SeqCst);
+                    replica.unknown.store(false, Ordering::SeqCst);
+                }
+                None => {
+                    replica.unknown.store(true, Ordering::SeqCst);
+                    tracing::warn!(
+                        "the primary's WAL position could not be read after a commit: \
+                         read_only operations run on the primary until it is, after a later \
+                         commit"
+                    );
                 }
             }
-            // Not knowing it, reads go to the primary until a later commit is noted.
-            _ => {
-                self.last_commit.store(u64::MAX, Ordering::Relaxed);
-                tracing::warn!(
-                    "the primary's WAL position could not be read after a commit: read_only \
-                     operations run on the primary until the next commit is noted"
-                );
+            replica.pending.fetch_sub(1, Ordering::SeqCst);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(note)),
+            Err(_) => {
+                self.unknown.store(true, Ordering::SeqCst);
+                self.pending.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 
     /// Whether a `read_only` operation may run on the replica now.
     pub(crate) async fn usable(&self) -> bool {
-        let needed = self.last_commit.load(Ordering::Relaxed);
+        // A commit whose position is not known yet (or could not be read): not on a
+        // standby. (Asked once all the same if it has never been, to learn whether it is
+        // one.)
+        let blocked =
+            self.pending.load(Ordering::SeqCst) > 0 || self.unknown.load(Ordering::SeqCst);
+        let needed = self.last_commit.load(Ordering::SeqCst);
         let now = Instant::now();
         {
             let known = self.known();
@@ -122,6 +160,9 @@ impl Replica {
             if known.down_until.is_some_and(|until| now < until) {
                 return false;
             }
+            if blocked && known.asked.is_some() {
+                return false;
+            }
             if let Some(asked) = known.asked
                 && now.duration_since(asked) < FRESH_FOR
                 && !known.lagging
@@ -129,9 +170,6 @@ impl Replica {
             {
                 return true;
             }
-        }
-        if needed == u64::MAX {
-            return false;
         }
         let asked = tokio::time::timeout(ASK_TIMEOUT, self.ask())
             .await
@@ -159,6 +197,9 @@ impl Replica {
                     known.asked = Some(now);
                     known.lagging = lagging;
                     known.down_until = None;
+                }
+                if blocked {
+                    return false;
                 }
                 if lagging {
                     tracing::warn!(
@@ -200,7 +241,7 @@ impl Replica {
             .pool
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
-                "SELECT pg_last_wal_replay_lsn()::text, \
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
                  pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), \
                  CAST(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS BIGINT)",
             ))
@@ -208,14 +249,16 @@ impl Replica {
         let Some(row) = row else {
             return Ok(None);
         };
-        let Some(replayed) = row
-            .try_get_by_index::<Option<String>>(0)?
-            .and_then(|t| parse_lsn(&t))
-        else {
+        if !row.try_get_by_index::<bool>(0)? {
             return Ok(None);
-        };
-        let behind = row.try_get_by_index::<Option<bool>>(1)?.unwrap_or(false);
-        let age_ms = row.try_get_by_index::<Option<i64>>(2)?;
+        }
+        // In recovery with nothing replayed yet: behind every commit.
+        let replayed = row
+            .try_get_by_index::<Option<String>>(1)?
+            .and_then(|t| parse_lsn(&t))
+            .unwrap_or(0);
+        let behind = row.try_get_by_index::<Option<bool>>(2)?.unwrap_or(false);
+        let age_ms = row.try_get_by_index::<Option<i64>>(3)?;
         let lag = match (behind, age_ms) {
             (true, Some(ms)) => Some(Duration::from_millis(ms.max(0) as u64)),
             _ => None,

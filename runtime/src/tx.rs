@@ -676,10 +676,18 @@ impl Tx {
         if let Some(armed) = self.armed()
             && let Some(err) = Box::pin(self.commit_fault(armed)).await
         {
+            // A lost connection at an outermost COMMIT is reported as a real one would be.
+            let unknown = self.parent.is_none()
+                && self.tree.commit_visible
+                && ErrorKind::of(&err) == ErrorKind::Unavailable;
             if let Err(rollback) = Box::pin(self.rollback()).await {
                 tracing::warn!(error = %crate::error::redact(&rollback.to_string()), "rollback failed");
             }
-            return Err(err);
+            return Err(if unknown {
+                crate::error::commit_unknown(&err)
+            } else {
+                err
+            });
         }
         // A `SET LOCAL` made in a savepoint outlives its `RELEASE`: give the enclosing
         // transaction its statement timeout back first (a `ROLLBACK TO` undoes it itself).
@@ -707,6 +715,7 @@ impl Tx {
             read_only,
             ..
         } = self;
+        let backend = txn.get_database_backend();
         // A read-only savepoint ends with `ROLLBACK TO`: a `RELEASE` would leave the
         // caller read-only, and it wrote nothing.
         let step = Critical::step(parent.map(|_| &tree));
@@ -731,7 +740,12 @@ impl Tx {
         // An outermost COMMIT whose answer was lost with the connection: it may have
         // committed, or not. Said as such, and never re-run.
         let ended = match ended {
-            Err(err) if parent.is_none() && ErrorKind::of(&err) == ErrorKind::Unavailable => {
+            Err(err)
+                if parent.is_none()
+                    && tree.commit_visible
+                    && backend != DbBackend::Sqlite
+                    && ErrorKind::of(&err) == ErrorKind::Unavailable =>
+            {
                 if let (Some(home), Some(node)) = (&tree.home, tree.node.get()) {
                     home.node_lost(*node, &err);
                 }
@@ -745,9 +759,9 @@ impl Tx {
         // trip).
         if parent.is_none()
             && !read_only
-            && let Some((replica, primary)) = tree.home.as_ref().and_then(Db::commit_to_note)
+            && let Some(home) = &tree.home
         {
-            Box::pin(replica.note_commit(primary)).await;
+            home.note_commit();
         }
         let mut callbacks = tree.callbacks();
         let Some(parent) = parent else {
