@@ -92,17 +92,17 @@ async fn status(db: &DatabaseConnection, name: &str) -> i64 {
 }
 
 /// What a node holds once replication has caught up: balances and logged transfers.
-async fn settled(db: &DatabaseConnection) -> (Vec<i32>, BTreeSet<String>) {
+async fn settled(db: &DatabaseConnection, t: &str) -> (Vec<i32>, BTreeSet<String>) {
     exec(db, "SET SESSION wsrep_sync_wait = 1").await;
     let balances = ids(
         db,
-        "SELECT CAST(balance AS SIGNED) FROM accounts ORDER BY id",
+        &format!("SELECT CAST(balance AS SIGNED) FROM {t}accounts ORDER BY id"),
     )
     .await;
     let rows = db
         .query_all_raw(Statement::from_string(
             db.get_database_backend(),
-            "SELECT tid FROM transfers",
+            format!("SELECT tid FROM {t}transfers"),
         ))
         .await
         .unwrap();
@@ -111,6 +111,37 @@ async fn settled(db: &DatabaseConnection) -> (Vec<i32>, BTreeSet<String>) {
         .map(|r| r.try_get_by_index::<String>(0).unwrap())
         .collect();
     (balances, tids)
+}
+
+/// The accounts (`ACCOUNTS` of them, `OPENING` each) and the transfer log, tables
+/// prefixed with `t`, made afresh through `db`.
+async fn open_bank(db: &DatabaseConnection, t: &str) {
+    exec(db, &format!("DROP TABLE IF EXISTS {t}transfers")).await;
+    exec(db, &format!("DROP TABLE IF EXISTS {t}accounts")).await;
+    exec(
+        db,
+        &format!("CREATE TABLE {t}accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)"),
+    )
+    .await;
+    exec(
+        db,
+        &format!(
+            "CREATE TABLE {t}transfers (tid VARCHAR(40) PRIMARY KEY, from_id INT NOT NULL, \
+             to_id INT NOT NULL, amount BIGINT NOT NULL)"
+        ),
+    )
+    .await;
+    let values: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!("({id}, {OPENING})"))
+        .collect();
+    exec(
+        db,
+        &format!(
+            "INSERT INTO {t}accounts (id, balance) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
 }
 
 /// A pseudo-random sequence per writer (no dependency needed for spreading accounts).
@@ -137,34 +168,10 @@ async fn transfers_through_every_node_at_once_absorb_certification_conflicts(url
         // One connection per node for the checks: `wsrep_sync_wait` is per session.
         nodes.push(Database::connect(pool_options(url, 1)).await.unwrap());
     }
-    let setup = &nodes[0];
-    exec(setup, "DROP TABLE IF EXISTS transfers").await;
-    exec(setup, "DROP TABLE IF EXISTS accounts").await;
-    exec(
-        setup,
-        "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
-    )
-    .await;
-    exec(
-        setup,
-        "CREATE TABLE transfers (tid VARCHAR(40) PRIMARY KEY, from_id INT NOT NULL, \
-         to_id INT NOT NULL, amount BIGINT NOT NULL)",
-    )
-    .await;
-    let values: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!("({id}, {OPENING})"))
-        .collect();
-    exec(
-        setup,
-        &format!(
-            "INSERT INTO accounts (id, balance) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
+    open_bank(&nodes[0], "").await;
     let expected_total = i64::from(ACCOUNTS) * OPENING;
     for node in &nodes {
-        let (balances, _) = settled(node).await;
+        let (balances, _) = settled(node, "").await;
         assert_eq!(
             balances.len(),
             ACCOUNTS as usize,
@@ -247,9 +254,9 @@ async fn transfers_through_every_node_at_once_absorb_certification_conflicts(url
 
     // Every node: the same balances, the same total, each committed transfer logged once
     // (the log's primary key forbids twice) and nothing else.
-    let first = settled(&nodes[0]).await;
+    let first = settled(&nodes[0], "").await;
     for (n, node) in nodes.iter().enumerate() {
-        let (balances, tids) = settled(node).await;
+        let (balances, tids) = settled(node, "").await;
         assert_eq!(balances, first.0, "node {n} holds other balances");
         assert_eq!(
             balances.iter().map(|b| i64::from(*b)).sum::<i64>(),
@@ -314,30 +321,7 @@ async fn a_db_over_the_nodes_keeps_serving_when_one_dies(urls: &[String]) {
     };
     // Node 1 (the first URL) sets up; the Db spans all three, lazily connected.
     let setup = Database::connect(pool_options(&urls[0], 1)).await.unwrap();
-    exec(&setup, "DROP TABLE IF EXISTS f_transfers").await;
-    exec(&setup, "DROP TABLE IF EXISTS f_accounts").await;
-    exec(
-        &setup,
-        "CREATE TABLE f_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
-    )
-    .await;
-    exec(
-        &setup,
-        "CREATE TABLE f_transfers (tid VARCHAR(40) PRIMARY KEY, from_id INT NOT NULL, \
-         to_id INT NOT NULL, amount BIGINT NOT NULL)",
-    )
-    .await;
-    let values: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!("({id}, {OPENING})"))
-        .collect();
-    exec(
-        &setup,
-        &format!(
-            "INSERT INTO f_accounts (id, balance) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
+    open_bank(&setup, "f_").await;
     let mut pools = Vec::new();
     for url in urls {
         let mut options = pool_options(url, 6);
@@ -406,28 +390,12 @@ async fn a_db_over_the_nodes_keeps_serving_when_one_dies(urls: &[String]) {
     }
     let mut first = None;
     for (n, node) in nodes.iter().enumerate() {
-        exec(node, "SET SESSION wsrep_sync_wait = 1").await;
-        let balances = ids(
-            node,
-            "SELECT CAST(balance AS SIGNED) FROM f_accounts ORDER BY id",
-        )
-        .await;
+        let (balances, logged) = settled(node, "f_").await;
         assert_eq!(
             balances.iter().map(|b| i64::from(*b)).sum::<i64>(),
             i64::from(ACCOUNTS) * OPENING,
             "node {n}"
         );
-        let rows = node
-            .query_all_raw(Statement::from_string(
-                node.get_database_backend(),
-                "SELECT tid FROM f_transfers",
-            ))
-            .await
-            .unwrap();
-        let logged: BTreeSet<String> = rows
-            .iter()
-            .map(|r| r.try_get_by_index::<String>(0).unwrap())
-            .collect();
         assert!(
             committed.is_subset(&logged),
             "node {n}: a committed transfer is missing"

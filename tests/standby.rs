@@ -124,9 +124,16 @@ async fn a_standby_serves_reads_that_cannot_see_older_data_than_their_writes() {
     let Some((primary_url, standby_url)) = urls() else {
         return;
     };
-    read_your_writes(&primary_url, &standby_url).await;
-    a_lagging_standby_is_skipped_with_a_warning(&primary_url, &standby_url).await;
-    a_stopped_standby_is_skipped_and_used_again_once_back(&primary_url, &standby_url).await;
+    let primary = Database::connect(pool_options(&primary_url, 4))
+        .await
+        .unwrap();
+    let standby = Database::connect(pool_options(&standby_url, 4))
+        .await
+        .unwrap();
+    // Each scenario makes a `Db` of its own over these pools: nothing known of the standby.
+    read_your_writes(&primary, &standby, &standby_url).await;
+    a_lagging_standby_is_skipped_with_a_warning(&primary, &standby, &standby_url).await;
+    a_stopped_standby_is_skipped_and_used_again_once_back(&primary, &standby).await;
 }
 
 /// Where an operation ran: on the standby or not.
@@ -135,20 +142,18 @@ async fn where_ran(tx: &Tx) -> Result<bool, Error> {
     in_recovery(tx).await
 }
 
-async fn read_your_writes(primary_url: &str, standby_url: &str) {
-    let primary = Database::connect(pool_options(primary_url, 4))
-        .await
-        .unwrap();
-    let standby = Database::connect(pool_options(standby_url, 4))
-        .await
-        .unwrap();
-    exec(&primary, "DROP TABLE IF EXISTS standby_rows").await;
+async fn read_your_writes(
+    primary: &DatabaseConnection,
+    standby: &DatabaseConnection,
+    standby_url: &str,
+) {
+    exec(primary, "DROP TABLE IF EXISTS standby_rows").await;
     exec(
-        &primary,
+        primary,
         "CREATE TABLE standby_rows (id INTEGER PRIMARY KEY)",
     )
     .await;
-    caught_up(&primary, &standby).await;
+    caught_up(primary, standby).await;
     let db = Db::new(primary.clone(), Some(standby.clone()));
 
     // No write through this Db yet: reads run on the standby.
@@ -161,7 +166,7 @@ async fn read_your_writes(primary_url: &str, standby_url: &str) {
     // Replay paused: a write through the Db, then a read through it sees the write, on
     // the primary, since the standby has not replayed it.
     let _resume = ResumeReplay(standby_url.to_owned());
-    replay(&standby, false).await;
+    replay(standby, false).await;
     write(&db, 1).await.unwrap();
     let (on_standby, found) = read(&db, 1).await.unwrap();
     assert_eq!(found, vec![1], "read-your-writes");
@@ -172,51 +177,49 @@ async fn read_your_writes(primary_url: &str, standby_url: &str) {
     assert!(on_standby && found.is_empty(), "{on_standby} {found:?}");
 
     // Replay resumed: once the standby has caught up, reads go back to it, and see the row.
-    replay(&standby, true).await;
-    caught_up(&primary, &standby).await;
+    replay(standby, true).await;
+    caught_up(primary, standby).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     let (on_standby, found) = read(&db, 1).await.unwrap();
     assert!(on_standby, "the standby has replayed the commit");
     assert_eq!(found, vec![1]);
-    exec(&primary, "DROP TABLE standby_rows").await;
+    exec(primary, "DROP TABLE standby_rows").await;
 }
 
-async fn a_lagging_standby_is_skipped_with_a_warning(primary_url: &str, standby_url: &str) {
-    let primary = Database::connect(pool_options(primary_url, 4))
-        .await
-        .unwrap();
-    let standby = Database::connect(pool_options(standby_url, 4))
-        .await
-        .unwrap();
+async fn a_lagging_standby_is_skipped_with_a_warning(
+    primary: &DatabaseConnection,
+    standby: &DatabaseConnection,
+    standby_url: &str,
+) {
     exec(
-        &primary,
+        primary,
         "CREATE TABLE IF NOT EXISTS standby_lag (id INTEGER)",
     )
     .await;
-    caught_up(&primary, &standby).await;
+    caught_up(primary, standby).await;
     let _resume = ResumeReplay(standby_url.to_owned());
-    replay(&standby, false).await;
+    replay(standby, false).await;
     // Written by someone else (not through the Db below): WAL the standby has received
     // but not replayed, growing older than the bound.
-    exec(&primary, "INSERT INTO standby_lag VALUES (1)").await;
+    exec(primary, "INSERT INTO standby_lag VALUES (1)").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let db =
         Db::new(primary.clone(), Some(standby.clone())).max_replica_lag(Duration::from_secs(1));
     let (captured, _guard) = capture::start();
     let on_standby = where_ran(&db).await.unwrap();
-    replay(&standby, true).await;
+    replay(standby, true).await;
     assert!(!on_standby, "a standby lagging beyond the bound is skipped");
     assert!(
         captured.all_text().contains("lags beyond its bound"),
         "{}",
         captured.all_text()
     );
-    exec(&primary, "DROP TABLE standby_lag").await;
+    exec(primary, "DROP TABLE standby_lag").await;
 }
 
 async fn a_stopped_standby_is_skipped_and_used_again_once_back(
-    primary_url: &str,
-    standby_url: &str,
+    primary: &DatabaseConnection,
+    standby: &DatabaseConnection,
 ) {
     let (Some(stop), Some(start)) = (
         env("SAFE_DB_TEST_STANDBY_STOP"),
@@ -238,13 +241,7 @@ async fn a_stopped_standby_is_skipped_and_used_again_once_back(
             .unwrap();
         assert!(status.success(), "{cmd}");
     };
-    let primary = Database::connect(pool_options(primary_url, 4))
-        .await
-        .unwrap();
-    let standby = Database::connect(pool_options(standby_url, 2))
-        .await
-        .unwrap();
-    let db = Db::new(primary, Some(standby));
+    let db = Db::new(primary.clone(), Some(standby.clone()));
     assert!(where_ran(&db).await.unwrap(), "the standby serves at first");
     run(&stop);
     // Started again whatever happens below, for the tests after this one.

@@ -1109,6 +1109,29 @@ impl Tx {
         }
     }
 
+    /// Takes the tree's turn for `stmt` and makes it what is sent (see [`Tx::admit`]):
+    /// bounded by the deadline on MariaDB, or replaced by its injected failure
+    /// (`safe_db::testing`; an injected failure made on the client is noted and returned).
+    async fn prepared(
+        &self,
+        mut stmt: Statement,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Statement), DbErr> {
+        let (turn, bounded) = self.admit(&stmt.sql).await?;
+        if let Some(sql) = bounded {
+            stmt.sql = sql;
+        }
+        #[cfg(feature = "testing")]
+        match self.injected() {
+            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
+            Some(Err(err)) => {
+                self.note_failure(&err).await;
+                return Err(err);
+            }
+            None => {}
+        }
+        Ok((turn, stmt))
+    }
+
     /// The statement as it is sent: on MariaDB with a deadline, told to stop there.
     fn bounded(&self, sql: &str) -> Option<String> {
         let deadline = self.deadline?;
@@ -1176,22 +1199,9 @@ impl Tx {
     #[cfg(feature = "stream")]
     pub(crate) async fn open_stream(
         &self,
-        mut stmt: Statement,
+        stmt: Statement,
     ) -> Result<crate::stream::TxStream<'_>, DbErr> {
-        let (turn, bounded) = self.admit(&stmt.sql).await?;
-        if let Some(sql) = bounded {
-            stmt.sql = sql;
-        }
-        #[cfg(feature = "testing")]
-        match self.injected() {
-            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
-            Some(Err(err)) => {
-                drop(turn);
-                self.note_failure(&err).await;
-                return Err(err);
-            }
-            None => {}
-        }
+        let (turn, stmt) = self.prepared(stmt).await?;
         let flight = InFlight(Some(&self.tree));
         match sea_orm::StreamTrait::stream_raw(&self.txn, stmt).await {
             Ok(inner) => Ok(crate::stream::TxStream {
@@ -1245,17 +1255,8 @@ impl ConnectionTrait for Tx {
         self.txn.get_database_backend()
     }
 
-    async fn execute_raw(&self, mut stmt: Statement) -> Result<ExecResult, DbErr> {
-        let (_turn, bounded) = self.admit(&stmt.sql).await?;
-        if let Some(sql) = bounded {
-            stmt.sql = sql;
-        }
-        #[cfg(feature = "testing")]
-        match self.injected() {
-            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
-            Some(Err(err)) => return self.noted(Err(err)).await,
-            None => {}
-        }
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        let (_turn, stmt) = self.prepared(stmt).await?;
         let flight = InFlight(Some(&self.tree));
         let result = self.txn.execute_raw(stmt).await;
         flight.landed();
@@ -1277,34 +1278,16 @@ impl ConnectionTrait for Tx {
         self.noted(result).await
     }
 
-    async fn query_one_raw(&self, mut stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        let (_turn, bounded) = self.admit(&stmt.sql).await?;
-        if let Some(sql) = bounded {
-            stmt.sql = sql;
-        }
-        #[cfg(feature = "testing")]
-        match self.injected() {
-            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
-            Some(Err(err)) => return self.noted(Err(err)).await,
-            None => {}
-        }
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        let (_turn, stmt) = self.prepared(stmt).await?;
         let flight = InFlight(Some(&self.tree));
         let result = self.txn.query_one_raw(stmt).await;
         flight.landed();
         self.noted(result).await
     }
 
-    async fn query_all_raw(&self, mut stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let (_turn, bounded) = self.admit(&stmt.sql).await?;
-        if let Some(sql) = bounded {
-            stmt.sql = sql;
-        }
-        #[cfg(feature = "testing")]
-        match self.injected() {
-            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
-            Some(Err(err)) => return self.noted(Err(err)).await,
-            None => {}
-        }
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let (_turn, stmt) = self.prepared(stmt).await?;
         let flight = InFlight(Some(&self.tree));
         let result = self.txn.query_all_raw(stmt).await;
         flight.landed();

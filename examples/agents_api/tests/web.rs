@@ -4,17 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use agents_api::{self, create_agent, routes, with_transactions};
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, StatusCode};
 use axum::routing::post;
-use http_body_util::BodyExt;
+use common::call;
 use safe_db::axum::{RequestTx, TxLayer};
 use safe_db::{Db, Error};
 use safe_db_test_support::{Backend, TestDb};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 /// A namespace with the API's schema (ids assigned by the database).
 async fn api_db(test: &str, backends: &[Backend], pool: u32) -> Vec<(TestDb, Db)> {
@@ -28,40 +29,6 @@ async fn api_db(test: &str, backends: &[Backend], pool: u32) -> Vec<(TestDb, Db)
 }
 
 const ALL: &[Backend] = &[Backend::Sqlite, Backend::Postgres, Backend::MySql];
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value, Option<String>) {
-    let mut request = Request::builder().method(method).uri(uri);
-    let body = match body {
-        Some(json) => {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-            Body::from(json.to_string())
-        }
-        None => Body::empty(),
-    };
-    let response = app
-        .clone()
-        .oneshot(request.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    (status, value, content_type)
-}
 
 async fn names(t: &TestDb) -> Vec<(i32, String)> {
     let stmt = sea_orm::Statement::from_string(
