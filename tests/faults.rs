@@ -46,6 +46,65 @@ async fn killed_midway(tx: &Tx, killer: &Killer) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes, then has its own session killed on the server and returns `Ok`: the COMMIT goes
+/// to a connection that is gone. Counts its attempts.
+#[safe_db_operation(retries = 3)]
+async fn killed_before_commit(
+    tx: &Tx,
+    killer: &Killer,
+    attempts: &std::sync::atomic::AtomicU32,
+) -> Result<(), Error> {
+    attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tx.execute_unprepared("INSERT INTO agents (id, name) VALUES (1, 'before the kill')")
+        .await?;
+    let sql = match tx.get_database_backend() {
+        DbBackend::Postgres => "SELECT pg_backend_pid()::text",
+        _ => "SELECT CAST(CONNECTION_ID() AS CHAR)",
+    };
+    let row = tx
+        .query_one_raw(sea_orm::Statement::from_string(
+            tx.get_database_backend(),
+            sql,
+        ))
+        .await?
+        .expect("one row");
+    let session: String = row.try_get_by_index(0)?;
+    killer.kill(session.parse().expect("a session id")).await;
+    // pg_terminate_backend only signals the session: let it end.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+/// A COMMIT on a lost connection: the client cannot know the outcome, so it is reported as
+/// `CommitUnknown` and not re-run, even with `retries` (here the session was killed before
+/// the COMMIT: nothing is committed, read back).
+#[tokio::test]
+async fn a_commit_on_a_lost_connection_is_commit_unknown_and_not_rerun() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "commit_unknown", 2).await {
+        let killer = Killer {
+            admin: t.pool(1).await,
+        };
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let err = killed_before_commit(&t.db, &killer, &attempts)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::CommitUnknown,
+            "{:?}: {err}",
+            t.backend
+        );
+        assert_eq!(
+            attempts.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "not re-run"
+        );
+        assert_eq!(t.agent_ids().await, Vec::<i32>::new(), "{:?}", t.backend);
+        t.assert_plain_write_committed(&t.db, 5).await;
+        t.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn a_connection_killed_mid_transaction_commits_nothing() {
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "killed", 2).await {

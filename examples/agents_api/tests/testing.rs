@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+mod common;
+
 use agents_api::{app, create_agent, get_agent, list_agents, rename_agent};
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
+use common::call;
 use safe_db::testing::{Failure, Faults, Template, TestTx};
 use safe_db::{Db, Error, ErrorKind, Tx, safe_db_operation};
 use safe_db_test_support::{Backend, TestDb, server_url};
 use sea_orm::ConnectionTrait;
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use serde_json::json;
 
 const ALL: &[Backend] = &[Backend::Sqlite, Backend::Postgres, Backend::MySql];
 
@@ -43,26 +42,6 @@ async fn committed_names(t: &TestDb) -> Vec<String> {
         .iter()
         .map(|r| r.try_get_by_index::<String>(0).unwrap())
         .collect()
-}
-
-async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(uri);
-    let body = match body {
-        Some(json) => {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-            Body::from(json.to_string())
-        }
-        None => Body::empty(),
-    };
-    let response = app
-        .clone()
-        .oneshot(request.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, value)
 }
 
 #[tokio::test]
@@ -107,20 +86,21 @@ async fn http_handlers_in_a_test_transaction_leave_nothing() {
     for t in api_db("testing_http").await {
         let test = TestTx::begin(&t.db).await.unwrap();
         let router = app(test.db());
-        let (status, created) =
+        let (status, created, _) =
             call(&router, "POST", "/agents", Some(json!({"name": "ada"}))).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         let id = created["id"].as_i64().unwrap();
         // Another request sees what the first "committed" (a savepoint of the test).
-        let (status, shown) = call(&router, "GET", &format!("/agents/{id}"), None).await;
+        let (status, shown, _) = call(&router, "GET", &format!("/agents/{id}"), None).await;
         assert_eq!(
             (status, shown["name"].as_str()),
             (StatusCode::OK, Some("ada"))
         );
         // A request answered 409 rolls back its own work only.
-        let (status, _) = call(&router, "POST", "/agents/batch", Some(json!(["b", "ada"]))).await;
+        let (status, _, _) =
+            call(&router, "POST", "/agents/batch", Some(json!(["b", "ada"]))).await;
         assert_eq!(status, StatusCode::CONFLICT);
-        let (_, list) = call(&router, "GET", "/agents", None).await;
+        let (_, list, _) = call(&router, "GET", "/agents", None).await;
         assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
         drop(router);
         test.rollback().await.unwrap();
@@ -226,7 +206,7 @@ async fn injected_failures_map_to_the_right_http_status() {
             (Failure::LostConnection, StatusCode::SERVICE_UNAVAILABLE),
         ] {
             let faults = Faults::new().fail_statement("create_agent", 1, failure);
-            let (got, body) = faults
+            let (got, body, _) = faults
                 .run(call(
                     &router,
                     "POST",
@@ -243,7 +223,7 @@ async fn injected_failures_map_to_the_right_http_status() {
         }
         // A failed commit of the request's transaction: an error status, nothing kept.
         let faults = Faults::new().fail_commit("request", Failure::SerializationFailure);
-        let (got, _) = faults
+        let (got, _, _) = faults
             .run(call(
                 &router,
                 "POST",
@@ -254,7 +234,7 @@ async fn injected_failures_map_to_the_right_http_status() {
         assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE, "{:?}", t.backend);
         assert!(committed_names(&t).await.is_empty(), "{:?}", t.backend);
         // With no faults the same request commits.
-        let (got, _) = call(&router, "POST", "/agents", Some(json!({"name": "ada"}))).await;
+        let (got, _, _) = call(&router, "POST", "/agents", Some(json!({"name": "ada"}))).await;
         assert_eq!(got, StatusCode::CREATED);
         assert_eq!(committed_names(&t).await, vec!["ada"], "{:?}", t.backend);
         t.cleanup().await;
@@ -354,5 +334,9 @@ async fn a_nested_use_of_the_tests_db_fails_instead_of_hanging() {
     assert!(err.to_string().contains("take turns"), "{err}");
     drop(registry);
     test.rollback().await.unwrap();
+    assert!(
+        committed_names(&t).await.is_empty(),
+        "nothing of the test remains"
+    );
     t.cleanup().await;
 }
