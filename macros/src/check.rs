@@ -22,10 +22,7 @@ fn last_segment(ty: &Type) -> Option<String> {
 }
 
 fn is_transaction_type(ty: &Type) -> bool {
-    matches!(
-        last_segment(ty).as_deref(),
-        Some("Tx" | "DatabaseTransaction")
-    )
+    matches!(last_segment(ty).as_deref(), Some("Tx"))
 }
 
 /// Whether a parameter type can run queries outside the transaction: it names a SeaORM
@@ -170,18 +167,6 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
         Some(FnArg::Typed(PatType { ty, .. })) => {
             if let Some(err) = check_transaction_type(ty) {
                 errors.push(err);
-            } else if args.no_savepoint
-                && let Type::Reference(r) = &**ty
-                && last_segment(&r.elem).as_deref() == Some("DatabaseTransaction")
-            {
-                errors.push(syn::Error::new_spanned(
-                    ty,
-                    "with `savepoint = false` declare the transaction as `&Tx`, not \
-                     `&DatabaseTransaction`: the operation's statements run in its caller's \
-                     transaction, and only through a `Tx` does safe-db see one fail (after \
-                     which PostgreSQL would roll the caller's transaction back at its COMMIT, \
-                     silently)",
-                ));
             }
         }
         Some(FnArg::Receiver(_)) => unreachable!("position() found a typed argument"),
@@ -252,6 +237,14 @@ pub(crate) fn check(item: ItemFn, args: &Args) -> syn::Result<Checked> {
 
 fn check_transaction_type(ty: &Type) -> Option<syn::Error> {
     match ty {
+        Type::Reference(r) if last_segment(&r.elem).as_deref() == Some("DatabaseTransaction") => {
+            Some(syn::Error::new_spanned(
+                ty,
+                "declare the transaction as `&Tx`, not `&DatabaseTransaction`: safe-db owns \
+                 the transaction's connection, so there is no SeaORM `DatabaseTransaction` \
+                 underneath; every SeaORM query and mutation accepts `&Tx` in its place",
+            ))
+        }
         Type::Reference(r) => r.mutability.map(|_| {
             syn::Error::new_spanned(
                 r,
@@ -286,7 +279,7 @@ mod tests {
 
     #[test]
     fn accepts_the_supported_shapes() {
-        let ok: [ItemFn; 4] = [
+        let ok: [ItemFn; 3] = [
             parse_quote!(
                 async fn f(tx: &Tx) -> Result<(), E> {}
             ),
@@ -295,9 +288,6 @@ mod tests {
             ),
             parse_quote!(
                 async fn f<'a, T: X>(tx: &'a Tx, t: &'a T) -> Result<T, E> {}
-            ),
-            parse_quote!(
-                async fn f(tx: &sea_orm::DatabaseTransaction) -> Result<(), E> {}
             ),
         ];
         for item in ok {
@@ -381,16 +371,15 @@ mod tests {
     }
 
     #[test]
-    fn savepoint_false_needs_a_tx() {
-        let args: Args = parse_quote!(savepoint = false);
+    fn a_database_transaction_parameter_is_refused() {
         let err = check(
             parse_quote!(
                 async fn f(tx: &sea_orm::DatabaseTransaction) -> Result<(), E> {}
             ),
-            &args,
+            &Args::default(),
         )
         .err()
-        .expect("a DatabaseTransaction with savepoint = false");
+        .expect("a DatabaseTransaction parameter");
         assert!(err.to_string().contains("declare the transaction as `&Tx`"));
     }
 

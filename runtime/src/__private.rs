@@ -8,7 +8,7 @@ pub use core::result::Result;
 /// The types the transaction parameter may be declared with.
 #[diagnostic::on_unimplemented(
     message = "the first parameter of a `#[safe_db_operation]` must be the transaction, `&Tx`",
-    label = "expected `&safe_db::Tx` (or `&sea_orm::DatabaseTransaction`), found `{Self}`",
+    label = "expected `&safe_db::Tx`, found `{Self}`",
     note = "write the function as `async fn name(tx: &Tx, …)`; callers then pass a connection or a `Tx` in its place"
 )]
 pub trait TxParam<'t> {
@@ -19,13 +19,6 @@ impl<'t> TxParam<'t> for &'t Tx {
     #[inline]
     fn from_tx(tx: &'t Tx) -> Self {
         tx
-    }
-}
-
-impl<'t> TxParam<'t> for &'t sea_orm::DatabaseTransaction {
-    #[inline]
-    fn from_tx(tx: &'t Tx) -> Self {
-        tx.as_database_transaction()
     }
 }
 

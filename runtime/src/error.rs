@@ -169,6 +169,21 @@ const SQLITE_CODES: &[(i32, ErrorKind)] = &[
     (20, ErrorKind::Validation),          // SQLITE_MISMATCH
 ];
 
+/// A step of the protocol whose connection has already been given up (a link used after
+/// its transaction ended).
+pub(crate) fn link_gone() -> DbErr {
+    DbErr::Conn(RuntimeErr::Internal(
+        "safe-db: the transaction's connection has already been given back or closed".to_owned(),
+    ))
+}
+
+/// A ROLLBACK that did not answer within `grace`: its connection is given up.
+pub(crate) fn rollback_unanswered(grace: std::time::Duration) -> DbErr {
+    DbErr::Exec(RuntimeErr::Internal(format!(
+        "safe-db: the rollback did not answer within {grace:?}; the connection is closed"
+    )))
+}
+
 /// An outermost COMMIT whose answer was lost with the connection (`err`): classified
 /// [`ErrorKind::CommitUnknown`], with SQLSTATE 08007 (transaction resolution unknown).
 pub(crate) fn commit_unknown(err: &DbErr) -> DbErr {

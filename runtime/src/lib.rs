@@ -71,6 +71,7 @@ pub mod axum;
 mod begin;
 mod config;
 mod db_url;
+mod dialect;
 mod error;
 mod failover;
 mod observe;

@@ -541,7 +541,9 @@ impl Operation {
                 std::panic::resume_unwind(payload)
             }
             Outcome::TimedOut => {
-                self.rollback(tx).await;
+                // The caller has its answer now: an outermost rollback, which may wait
+                // behind a statement the server has not stopped yet, goes on without it.
+                tx.rollback_later().await;
                 self.record_end(End::TimedOut);
                 Next::Done(Err(into(self.timeout_error())))
             }

@@ -10,8 +10,6 @@
 //! (`/*! … */`, `/*M! … */`) are read both ways, as code and as a comment, and a statement
 //! is refused if either reading is.
 
-use std::time::Duration;
-
 use sea_orm::DbBackend;
 
 /// The statements of `sql` (without their `;`), skipping empty ones.
@@ -342,41 +340,6 @@ pub(crate) fn writes(backend: DbBackend, sql: &str) -> Option<String> {
     })
 }
 
-/// `sql` with each of its statements prefixed so that MariaDB stops it once `left` has
-/// passed (`SET STATEMENT max_statement_time = … FOR`), inside an executable comment that
-/// MySQL reads as a plain comment. `None` when no statement of `sql` is one that `SET
-/// STATEMENT` takes (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, `REPLACE`, `WITH`, `CALL`,
-/// `DO`, `VALUES`, `TABLE`).
-///
-/// `left` is rounded up to a multiple of 100 ms: the statement is stopped at most that
-/// long after the deadline, and a statement run many times gets a few prepared forms, not
-/// one per call.
-pub(crate) fn with_statement_time(sql: &str, left: Duration) -> Option<String> {
-    const BOUNDED: [&str; 10] = [
-        "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "CALL", "DO", "VALUES", "TABLE",
-    ];
-    let ms = left.as_millis().div_ceil(100).max(1) * 100;
-    let prefix = format!(
-        "/*M! SET STATEMENT max_statement_time={}.{:03} FOR */ ",
-        ms / 1000,
-        ms % 1000
-    );
-    let mut bounded = false;
-    let mut out = String::with_capacity(sql.len() + prefix.len());
-    for (n, statement) in statements(DbBackend::MySql, sql).enumerate() {
-        if n > 0 {
-            out.push(';');
-        }
-        let first = words(DbBackend::MySql, statement, false).next();
-        if first.is_some_and(|w| BOUNDED.iter().any(|k| w.eq_ignore_ascii_case(k))) {
-            out.push_str(&prefix);
-            bounded = true;
-        }
-        out.push_str(statement);
-    }
-    bounded.then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,32 +532,5 @@ mod tests {
             Some("DELETE")
         );
         assert_eq!(writes(MY, "SHOW TABLES"), None);
-    }
-
-    #[test]
-    fn bounds_each_data_statement_for_mariadb() {
-        assert_eq!(
-            with_statement_time("SELECT SLEEP(8)", Duration::from_millis(301)).as_deref(),
-            Some("/*M! SET STATEMENT max_statement_time=0.400 FOR */ SELECT SLEEP(8)")
-        );
-        assert_eq!(
-            with_statement_time("insert into t values (1)", Duration::ZERO).as_deref(),
-            Some("/*M! SET STATEMENT max_statement_time=0.100 FOR */ insert into t values (1)")
-        );
-        assert_eq!(
-            with_statement_time("SELECT 1; SELECT SLEEP(2)", Duration::from_secs(1)).as_deref(),
-            Some(
-                "/*M! SET STATEMENT max_statement_time=1.000 FOR */ SELECT 1;\
-                 /*M! SET STATEMENT max_statement_time=1.000 FOR */  SELECT SLEEP(2)"
-            )
-        );
-        assert_eq!(
-            with_statement_time("SET @a = 1", Duration::from_secs(1)),
-            None
-        );
-        assert_eq!(
-            with_statement_time("SAVEPOINT s", Duration::from_secs(1)),
-            None
-        );
     }
 }

@@ -7,9 +7,10 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, StreamTrait};
+use tokio::sync::{MutexGuard, mpsc};
 
 use crate::Tx;
-use crate::tx::InFlight;
+use crate::tx::Link;
 
 impl StreamTrait for Tx {
     type Stream<'a> = TxStream<'a>;
@@ -34,11 +35,25 @@ impl StreamTrait for Tx {
 /// refuses the commit, a conflict is retried, and on MySQL/MariaDB the server is asked
 /// before the commit whether it ended the transaction).
 pub struct TxStream<'a> {
-    pub(crate) inner: sea_orm::TransactionStream<'a>,
-    pub(crate) tx: &'a Tx,
-    pub(crate) _turn: tokio::sync::MutexGuard<'a, ()>,
-    /// Landed when the stream ends; dropped before, the statement may still be running.
-    pub(crate) flight: Option<InFlight<'a>>,
+    /// Reads the rows on the transaction's connection, which it holds, and hands them
+    /// over one at a time; `None` once it has ended.
+    reader: Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
+    rows: mpsc::Receiver<Result<QueryResult, DbErr>>,
+    tx: &'a Tx,
+}
+
+impl<'a> TxStream<'a> {
+    pub(crate) fn new(tx: &'a Tx, mut link: MutexGuard<'a, Link>, stmt: Statement) -> Self {
+        let (sender, rows) = mpsc::channel(1);
+        let reader = async move {
+            link.stream_into(&stmt, sender).await;
+        };
+        TxStream {
+            reader: Some(Box::pin(reader)),
+            rows,
+            tx,
+        }
+    }
 }
 
 impl Stream for TxStream<'_> {
@@ -46,17 +61,18 @@ impl Stream for TxStream<'_> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let next = std::task::ready!(Pin::new(&mut this.inner).poll_next(cx));
-        match &next {
-            None => {
-                if let Some(flight) = this.flight.take() {
-                    flight.landed();
-                }
-            }
-            // A question for the server, if one is needed, is asked before the next
-            // statement (it is left in the tree).
-            Some(Err(err)) => drop(this.tx.note_failure_now(err)),
-            Some(Ok(_)) => {}
+        // The reader runs only while the stream is polled: it fills the one-row channel,
+        // and ends (giving the connection's turn back) after the last row.
+        if let Some(reader) = &mut this.reader
+            && reader.as_mut().poll(cx).is_ready()
+        {
+            this.reader = None;
+        }
+        let next = std::task::ready!(this.rows.poll_recv(cx));
+        // A question for the server, if one is needed, is asked before the next
+        // statement (it is left in the tree).
+        if let Some(Err(err)) = &next {
+            let _ = this.tx.note_failure_now(err);
         }
         Poll::Ready(next)
     }

@@ -2,7 +2,7 @@
 use std::future::Future;
 
 use safe_db::{Begin, Tx, safe_db_operation};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 
 #[safe_db_operation]
 async fn free(tx: &Tx, id: i32) -> Result<i32, DbErr> {
@@ -26,12 +26,6 @@ async fn with_lifetimes<'a>(tx: &Tx, name: &'a str, rest: &[&'a str]) -> Result<
 async fn named_lifetimes<'a>(tx: &'a Tx, name: &'a str) -> Result<&'a str, DbErr> {
     tx.execute_unprepared("SELECT 1").await?;
     Ok(name)
-}
-
-#[safe_db_operation]
-async fn sea_orm_transaction(tx: &DatabaseTransaction) -> Result<(), DbErr> {
-    tx.execute_unprepared("SELECT 1").await?;
-    Ok(())
 }
 
 #[safe_db_operation]
@@ -110,7 +104,6 @@ fn callers(db: &DatabaseConnection, service: &Service) {
     assert_send(generic(db, 5u8));
     assert_send(with_lifetimes(db, "a", &["b"]));
     assert_send(named_lifetimes(db, "a"));
-    assert_send(sea_orm_transaction(db));
     assert_send(patterns(db, (1, 2), String::new()));
     assert_send(all_options(db, (1, 2), String::new()));
     assert_send(early_return(db, true));
@@ -125,7 +118,6 @@ fn callers(db: &DatabaseConnection, service: &Service) {
 #[safe_db_operation]
 async fn nested_caller(tx: &Tx) -> Result<(), DbErr> {
     free(tx, 1).await?;
-    sea_orm_transaction(tx).await?;
     Ok(())
 }
 

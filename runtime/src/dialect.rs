@@ -1,0 +1,258 @@
+//! Every SQL string safe-db writes itself, per database: the BEGIN with its settings, the
+//! savepoints, the COMMIT and ROLLBACK, the server-side statement bounds, and the one
+//! question it asks MySQL/MariaDB. (What safe-db *reads* of the caller's SQL, to refuse a
+//! statement, is `sql.rs`'s business; safe-db never rewrites the caller's SQL.)
+//!
+//! Settings go in the message of the step they belong to, so that they cost no round
+//! trip of their own: PostgreSQL takes `BEGIN ISOLATION LEVEL … READ ONLY;
+//! SET LOCAL statement_timeout = …` as one simple query, MariaDB
+//! `SET TRANSACTION ISOLATION LEVEL …; SET … max_statement_time = …; START TRANSACTION
+//! READ ONLY` as one multi-statement query.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use sea_orm::DbBackend;
+
+use crate::Isolation;
+
+/// What an outermost BEGIN asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Begin {
+    pub(crate) isolation: Option<Isolation>,
+    pub(crate) read_only: bool,
+    /// The statements' server-side bound: what is left until the deadline.
+    pub(crate) bound: Option<Duration>,
+}
+
+fn isolation_sql(isolation: Isolation) -> &'static str {
+    match isolation {
+        Isolation::ReadUncommitted => "READ UNCOMMITTED",
+        Isolation::ReadCommitted => "READ COMMITTED",
+        Isolation::RepeatableRead => "REPEATABLE READ",
+        Isolation::Serializable => "SERIALIZABLE",
+    }
+}
+
+/// The outermost BEGIN with its settings, as one message.
+pub(crate) fn begin(backend: DbBackend, begin: Begin) -> String {
+    match backend {
+        DbBackend::Postgres => {
+            let mut sql = "BEGIN".to_owned();
+            if let Some(isolation) = begin.isolation {
+                let _ = write!(sql, " ISOLATION LEVEL {}", isolation_sql(isolation));
+            }
+            if begin.read_only {
+                sql.push_str(" READ ONLY");
+            }
+            if let Some(left) = begin.bound {
+                let _ = write!(sql, "; {}", statement_timeout(Some(left)));
+            }
+            sql
+        }
+        DbBackend::MySql => {
+            let mut sql = String::new();
+            if let Some(isolation) = begin.isolation {
+                let _ = write!(
+                    sql,
+                    "SET TRANSACTION ISOLATION LEVEL {}; ",
+                    isolation_sql(isolation)
+                );
+            }
+            if let Some(left) = begin.bound {
+                let _ = write!(sql, "{}; ", max_statement_time(Some(left)));
+            }
+            sql.push_str(if begin.read_only {
+                "START TRANSACTION READ ONLY"
+            } else {
+                "START TRANSACTION"
+            });
+            sql
+        }
+        // SQLite has no isolation levels or access modes. A writer takes the write lock at
+        // BEGIN, where a busy database is waited out, instead of failing with "database is
+        // locked" when a read lock cannot be upgraded mid-transaction.
+        _ if begin.read_only => "BEGIN DEFERRED".to_owned(),
+        _ => "BEGIN IMMEDIATE".to_owned(),
+    }
+}
+
+/// The outermost COMMIT. On MySQL/MariaDB the session's statement bound, if one was set,
+/// is reset first, in the same message.
+pub(crate) fn commit(backend: DbBackend, bounded: bool) -> &'static str {
+    match backend {
+        DbBackend::MySql if bounded => concat!(
+            "SET @safe_db_bound = NULL /*M! , max_statement_time = DEFAULT */; ",
+            "COMMIT"
+        ),
+        _ => "COMMIT",
+    }
+}
+
+/// The outermost ROLLBACK (see [`commit`]).
+pub(crate) fn rollback(backend: DbBackend, bounded: bool) -> &'static str {
+    match backend {
+        DbBackend::MySql if bounded => concat!(
+            "SET @safe_db_bound = NULL /*M! , max_statement_time = DEFAULT */; ",
+            "ROLLBACK"
+        ),
+        _ => "ROLLBACK",
+    }
+}
+
+/// A savepoint's name: one per depth, since siblings take turns.
+fn savepoint_name(depth: u32) -> String {
+    format!("safe_db_{depth}")
+}
+
+/// Begins the savepoint of a nested level, with its settings in the same message: a
+/// PostgreSQL `read_only` savepoint, and the level's own statement bound.
+pub(crate) fn savepoint(
+    backend: DbBackend,
+    depth: u32,
+    read_only: bool,
+    bound: Option<Option<Duration>>,
+) -> String {
+    let mut parts = vec![format!("SAVEPOINT {}", savepoint_name(depth))];
+    if read_only && backend == DbBackend::Postgres {
+        parts.push("SET LOCAL transaction_read_only = on".to_owned());
+    }
+    parts.extend(bound.and_then(|bound| bound_sql(backend, bound)));
+    parts.join("; ")
+}
+
+/// Releases a nested level's savepoint, giving the enclosing level its statement bound
+/// back first when this level set its own (a `SET LOCAL` outlives a `RELEASE`).
+pub(crate) fn release(backend: DbBackend, depth: u32, restore: Option<Option<Duration>>) -> String {
+    let mut parts: Vec<String> = restore
+        .and_then(|bound| bound_sql(backend, bound))
+        .into_iter()
+        .collect();
+    parts.push(format!("RELEASE SAVEPOINT {}", savepoint_name(depth)));
+    parts.join("; ")
+}
+
+/// Rolls a nested level back to its savepoint (which undoes its `SET LOCAL`s on
+/// PostgreSQL), giving MariaDB's session bound back to the enclosing level if this one set
+/// its own.
+pub(crate) fn rollback_to(
+    backend: DbBackend,
+    depth: u32,
+    restore: Option<Option<Duration>>,
+) -> String {
+    let mut parts = vec![format!("ROLLBACK TO SAVEPOINT {}", savepoint_name(depth))];
+    if backend == DbBackend::MySql {
+        parts.extend(restore.and_then(|bound| bound_sql(backend, bound)));
+    }
+    parts.join("; ")
+}
+
+/// The statement that bounds the statements after it on the server, if the database has
+/// one.
+pub(crate) fn bound_sql(backend: DbBackend, bound: Option<Duration>) -> Option<String> {
+    match backend {
+        DbBackend::Postgres => Some(statement_timeout(bound)),
+        DbBackend::MySql => Some(max_statement_time(bound)),
+        _ => None,
+    }
+}
+
+/// PostgreSQL: `SET LOCAL statement_timeout` for what is left; with none, the session's
+/// own setting.
+pub(crate) fn statement_timeout(left: Option<Duration>) -> String {
+    match left {
+        Some(left) => {
+            let ms = left.as_millis().clamp(1, i32::MAX as u128);
+            format!("SET LOCAL statement_timeout = {ms}")
+        }
+        None => "SET LOCAL statement_timeout TO DEFAULT".to_owned(),
+    }
+}
+
+/// MariaDB: the session's `max_statement_time` for what is left (rounded up to 100 ms,
+/// the server's granularity in practice); with none, the server's default. MySQL has no
+/// such setting: the executable comment `/*M! … */` is read by MariaDB only, and MySQL
+/// sets a user variable and nothing else.
+pub(crate) fn max_statement_time(left: Option<Duration>) -> String {
+    match left {
+        Some(left) => {
+            let ms = left.as_millis().div_ceil(100).max(1) * 100;
+            format!(
+                "SET @safe_db_bound = 1 /*M! , max_statement_time = {}.{:03} */",
+                ms / 1000,
+                ms % 1000
+            )
+        }
+        None => "SET @safe_db_bound = NULL /*M! , max_statement_time = DEFAULT */".to_owned(),
+    }
+}
+
+/// MySQL/MariaDB: whether the session is still inside a transaction (after an error that
+/// ends it only under some settings). MySQL has no `@@in_transaction`: the question then
+/// fails, and the transaction is taken as ended.
+pub(crate) const IN_TRANSACTION: &str = "SELECT CAST(@@in_transaction AS SIGNED)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_begin_carries_its_settings_in_one_message() {
+        let sql = begin(
+            DbBackend::Postgres,
+            Begin {
+                isolation: Some(Isolation::Serializable),
+                read_only: true,
+                bound: Some(Duration::from_millis(1500)),
+            },
+        );
+        assert_eq!(
+            sql,
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY; SET LOCAL statement_timeout = 1500"
+        );
+        assert_eq!(begin(DbBackend::Postgres, Begin::default()), "BEGIN");
+    }
+
+    #[test]
+    fn mariadb_begin_sets_isolation_and_bound_before_start_transaction() {
+        let sql = begin(
+            DbBackend::MySql,
+            Begin {
+                isolation: Some(Isolation::RepeatableRead),
+                read_only: true,
+                bound: Some(Duration::from_millis(1234)),
+            },
+        );
+        assert_eq!(
+            sql,
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET @safe_db_bound = 1 \
+             /*M! , max_statement_time = 1.300 */; START TRANSACTION READ ONLY"
+        );
+    }
+
+    #[test]
+    fn savepoints_carry_their_settings() {
+        assert_eq!(
+            savepoint(
+                DbBackend::Postgres,
+                2,
+                true,
+                Some(Some(Duration::from_millis(20)))
+            ),
+            "SAVEPOINT safe_db_2; SET LOCAL transaction_read_only = on; SET LOCAL \
+             statement_timeout = 20"
+        );
+        assert_eq!(
+            release(DbBackend::Postgres, 2, Some(None)),
+            "SET LOCAL statement_timeout TO DEFAULT; RELEASE SAVEPOINT safe_db_2"
+        );
+        assert_eq!(
+            release(DbBackend::Sqlite, 1, None),
+            "RELEASE SAVEPOINT safe_db_1"
+        );
+        assert_eq!(
+            rollback_to(DbBackend::Postgres, 1, Some(None)),
+            "ROLLBACK TO SAVEPOINT safe_db_1"
+        );
+    }
+}

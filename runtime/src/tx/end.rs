@@ -1,0 +1,310 @@
+//! The protocol: end. COMMIT (which hands back the callbacks to run) and ROLLBACK, the
+//! savepoint's and the outermost level's apart, and what a level dropped before it ended
+//! leaves to do.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sea_orm::{DbBackend, DbErr};
+
+use super::guard::Critical;
+use super::tree::Tree;
+use super::{Callback, Link, ROLLBACK_GRACE, Tx, left, savepoint_end_failed};
+use crate::{ErrorKind, dialect};
+
+impl Tx {
+    /// Commits (a savepoint: releases), and returns the callbacks to run now: those of
+    /// the outermost transaction, once its COMMIT has succeeded; none for a savepoint,
+    /// whose callbacks pass to its parent. The caller has asked [`Tx::why_not_commit`].
+    ///
+    /// No deadline here: once COMMIT is sent the server carries it out, and cutting the
+    /// wait would report as failed a transaction that committed. (The deadline's
+    /// server-side statement bound still applies.)
+    pub(crate) async fn commit(mut self) -> Result<Vec<Callback>, DbErr> {
+        // An injected failure (`safe_db::testing`): rolled back, as by a failed COMMIT.
+        #[cfg(feature = "testing")]
+        if let Some(armed) = self.armed()
+            && let Some(err) = Box::pin(self.commit_fault(armed)).await
+        {
+            // A lost connection at an outermost COMMIT is reported as a real one would be,
+            // on a server (SQLite has no connection to lose).
+            let unknown = self.parent.is_none()
+                && self.tree.commit_visible
+                && self.backend != DbBackend::Sqlite
+                && ErrorKind::of(&err) == ErrorKind::Unavailable;
+            if let Err(rollback) = Box::pin(self.rollback()).await {
+                tracing::warn!(error = %crate::error::redact(&rollback.to_string()), "rollback failed");
+            }
+            return Err(if unknown {
+                crate::error::commit_unknown(&err)
+            } else {
+                err
+            });
+        }
+        let tree = Arc::clone(&self.tree);
+        let mut link = tree.link.lock().await;
+        // A nested level dropped unended: its rollback comes first, and may break the tree.
+        let settled = self.settle_dropped(&mut link).await;
+        if let Err(err) = settled.and_then(|()| tree.broken().map_or(Ok(()), Err)) {
+            drop(link);
+            // Boxed: this rare path would otherwise add a whole rollback to the size of
+            // every commit's future.
+            if let Err(rollback) = Box::pin(self.rollback()).await {
+                tracing::warn!(error = %crate::error::redact(&rollback.to_string()), "rollback failed");
+            }
+            return Err(err);
+        }
+        let ended = match self.parent {
+            Some(_) => self.release_savepoint(&mut link).await,
+            None => self.commit_outermost(&mut link).await,
+        };
+        drop(link);
+        self.ended = true;
+        // The next sibling may begin its savepoint.
+        self.turn = None;
+        ended?;
+        // A commit that may have written, on a `Db` whose standby serves `read_only`
+        // operations: they must not read older data than this.
+        if self.parent.is_none()
+            && !self.read_only
+            && let Some(home) = &tree.home
+        {
+            home.note_commit();
+        }
+        Ok(hand_over_callbacks(&tree, self.id, self.parent))
+    }
+
+    /// A savepoint's end on success: `RELEASE` (its statement bound given back to the
+    /// enclosing level first), or `ROLLBACK TO` for a PostgreSQL read-only savepoint: a
+    /// `RELEASE` would leave the caller read-only, and it wrote nothing.
+    async fn release_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
+        let restore = self.restore_bound.map(left);
+        let sql = if self.read_only_savepoint {
+            dialect::rollback_to(self.backend, self.depth, restore)
+        } else {
+            dialect::release(self.backend, self.depth, restore)
+        };
+        let step = Critical::step(Some(&self.tree));
+        let ended = link.execute_unprepared(&sql).await;
+        step.done();
+        if let Err(err) = &ended {
+            if ErrorKind::of(err).is_retryable() {
+                self.tree.lost_conflict(err);
+            }
+            savepoint_end_failed(&self.tree, err);
+        }
+        ended.map(drop)
+    }
+
+    /// The outermost COMMIT. The connection goes back to the pool as soon as the COMMIT
+    /// has answered, before any callback runs (a callback may begin an operation on a
+    /// pool of one). A COMMIT whose answer was lost with the connection may have committed,
+    /// or not: said as such (`CommitUnknown`), never re-run, and the connection closed.
+    async fn commit_outermost(&self, link: &mut Link) -> Result<(), DbErr> {
+        let ended = if link.is_sea_orm() {
+            // A transaction begun by hand: this level is SeaORM's savepoint, which keeps
+            // a `SET LOCAL` made in it when released. Give the statement bound back first.
+            if let Some(restore) = self.restore_bound
+                && let Some(sql) = dialect::bound_sql(self.backend, left(restore))
+            {
+                link.execute_unprepared(&sql).await?;
+            }
+            link.end_sea_orm(true).await
+        } else {
+            let bounded = self.tree.session_bound.load(Ordering::Relaxed);
+            let sql = dialect::commit(self.backend, bounded);
+            let ended = link.execute_unprepared(sql).await.map(drop);
+            if ended.is_ok() {
+                link.set_open(false);
+                link.release();
+            }
+            ended
+        };
+        let Err(err) = ended else {
+            return Ok(());
+        };
+        if ErrorKind::of(&err).is_retryable() {
+            self.tree.lost_conflict(&err);
+        }
+        if self.tree.commit_visible
+            && self.backend != DbBackend::Sqlite
+            && ErrorKind::of(&err) == ErrorKind::Unavailable
+        {
+            link.distrust();
+            link.release();
+            if let (Some(home), Some(node)) = (&self.tree.home, self.tree.node.get()) {
+                home.node_lost(*node, &err);
+            }
+            return Err(crate::error::commit_unknown(&err));
+        }
+        // A COMMIT refused (a conflict found at COMMIT): the link, still marked open, is
+        // rolled back before the pool sees it again, or closed.
+        link.release();
+        Err(err)
+    }
+
+    /// Rolls back (a savepoint: to its start). Callbacks registered at this level are
+    /// dropped with it. A rollback that fails or does not answer within a grace period is
+    /// given up: the connection is then closed (and an enclosing transaction is broken),
+    /// since its state is unknown. An outermost transaction whose connection still owes
+    /// the answer of a statement its caller abandoned is rolled back off the caller's
+    /// path (see `link.rs`), so as not to wait behind that statement.
+    pub(crate) async fn rollback(mut self) -> Result<(), DbErr> {
+        // Its callbacks (and those its released savepoints handed it) will never run: drop
+        // them now, with whatever they hold, rather than with the tree.
+        let id = self.id;
+        self.tree.callbacks().retain(|(owner, _)| *owner != id);
+        let tree = Arc::clone(&self.tree);
+        let mut link = tree.link.lock().await;
+        let rolled_back = match self.parent {
+            Some(_) => self.rollback_savepoint(&mut link).await,
+            None => self.rollback_outermost(&mut link).await,
+        };
+        drop(link);
+        self.ended = true;
+        self.turn = None;
+        rolled_back
+    }
+
+    /// Rolls the outermost transaction back, off the caller's path: the connection goes
+    /// to a task that rolls it back within [`SETTLE_GRACE`](super::link::SETTLE_GRACE)
+    /// and gives it back to the pool, or closes it.
+    pub(crate) async fn rollback_later(mut self) {
+        let id = self.id;
+        self.tree.callbacks().retain(|(owner, _)| *owner != id);
+        if self.parent.is_none() {
+            let tree = Arc::clone(&self.tree);
+            tree.link.lock().await.release();
+            self.ended = true;
+        } else if let Err(err) = self.rollback().await {
+            tracing::warn!(error = %crate::error::redact(&err.to_string()), "rollback failed");
+        }
+    }
+
+    async fn rollback_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
+        // A level below this one that was dropped is rolled back with it.
+        {
+            let mut dropped = self.tree.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            if dropped.is_some_and(|(depth, _)| depth > self.depth) {
+                *dropped = None;
+            }
+        }
+        let restore = self.restore_bound.map(left);
+        let sql = dialect::rollback_to(self.backend, self.depth, restore);
+        let step = Critical::step(Some(&self.tree));
+        // Cut off by the grace period, the step is not done: the tree is broken when
+        // `step` is dropped.
+        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, link.execute_unprepared(&sql))
+            .await
+            .map_err(|_| crate::error::rollback_unanswered(ROLLBACK_GRACE))?;
+        step.done();
+        if let Err(err) = &rolled_back {
+            if ErrorKind::of(err).is_retryable() {
+                self.tree.lost_conflict(err);
+            }
+            savepoint_end_failed(&self.tree, err);
+        }
+        rolled_back.map(drop)
+    }
+
+    async fn rollback_outermost(&self, link: &mut Link) -> Result<(), DbErr> {
+        if link.is_sea_orm() {
+            return tokio::time::timeout(ROLLBACK_GRACE, link.end_sea_orm(false))
+                .await
+                .unwrap_or_else(|_| Err(crate::error::rollback_unanswered(ROLLBACK_GRACE)));
+        }
+        if link.owes() {
+            link.release();
+            return Ok(());
+        }
+        let bounded = self.tree.session_bound.load(Ordering::Relaxed);
+        let sql = dialect::rollback(self.backend, bounded);
+        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, link.execute_unprepared(sql))
+            .await
+            .unwrap_or_else(|_| Err(crate::error::rollback_unanswered(ROLLBACK_GRACE)));
+        match &rolled_back {
+            Ok(_) => link.set_open(false),
+            // SQLite's state is local and known: an error there means no transaction was
+            // left to roll back (the engine ended it itself).
+            Err(_) if self.backend == DbBackend::Sqlite => link.set_open(false),
+            // Refused (a Galera node outside the primary component answers 1047 even to
+            // ROLLBACK, and its next BEGIN would commit this work) or unanswered: the
+            // connection is never reused.
+            Err(_) => link.distrust(),
+        }
+        link.release();
+        rolled_back.map(drop)
+    }
+
+    /// Rolls back to the savepoint of a nested level dropped before it ended (its
+    /// operation cancelled), before anything else is sent in the tree. Fails, and breaks
+    /// the tree, if that cannot be done.
+    pub(super) async fn settle_dropped(&self, link: &mut Link) -> Result<(), DbErr> {
+        let dropped = self
+            .tree
+            .dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some((depth, restore)) = dropped else {
+            return Ok(());
+        };
+        let sql = dialect::rollback_to(self.backend, depth, restore.map(left));
+        let step = Critical::step(Some(&self.tree));
+        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, link.execute_unprepared(&sql))
+            .await
+            .map_err(|_| crate::error::rollback_unanswered(ROLLBACK_GRACE))?;
+        step.done();
+        if let Err(err) = rolled_back {
+            self.tree.break_with(err.clone());
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
+/// The callbacks a successful end hands on: the outermost level's, to run now (none when
+/// the transaction was begun by hand, whose COMMIT safe-db cannot see); a savepoint's
+/// pass to its parent.
+fn hand_over_callbacks(tree: &Tree, id: u32, parent: Option<u32>) -> Vec<Callback> {
+    let mut callbacks = tree.callbacks();
+    let Some(parent) = parent else {
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            callbacks.drain(..).partition(|(owner, _)| *owner == id);
+        *callbacks = rest;
+        if !tree.commit_visible && !mine.is_empty() {
+            tracing::warn!(
+                dropped = mine.len(),
+                "on_commit callbacks dropped: the enclosing transaction was begun by \
+                 hand, so safe-db cannot see it commit"
+            );
+            return Vec::new();
+        }
+        return mine.into_iter().map(|(_, callback)| callback).collect();
+    };
+    for (owner, _) in callbacks.iter_mut() {
+        if *owner == id {
+            *owner = parent;
+        }
+    }
+    Vec::new()
+}
+
+/// A level dropped before it ended (its operation's future dropped mid-way): its
+/// callbacks go, and a savepoint is rolled back to before the tree's next step. An
+/// outermost level's connection is settled by its link when the tree goes.
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let id = self.id;
+        self.tree.callbacks().retain(|(owner, _)| *owner != id);
+        if self.parent.is_some() {
+            let mut dropped = self.tree.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            if !dropped.is_some_and(|(depth, _)| depth <= self.depth) {
+                *dropped = Some((self.depth, self.restore_bound));
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The statements the body sends: admitted one at a time, checked, bounded, and their
+//! failures noted.
+
+use std::sync::atomic::Ordering;
+
+use sea_orm::{DbBackend, DbErr, Statement};
+use tokio::sync::MutexGuard;
+
+use super::{Link, Tx};
+use crate::ErrorKind;
+
+/// The statements the body sends: checked, bounded, and their failures noted.
+impl Tx {
+    /// Takes the tree's turn for one statement and checks it: refused before it is sent
+    /// when the tree is broken or the statement would end the transaction (or write, in
+    /// a read-only savepoint on MySQL). Returns the link, held until the statement's
+    /// outcome is noted. A nested level dropped unended is rolled back to first.
+    pub(super) async fn admit(&self, sql: &str) -> Result<MutexGuard<'_, Link>, DbErr> {
+        let mut link = self.tree.link.lock().await;
+        self.settle_dropped(&mut link).await?;
+        self.refuse(&mut link, sql).await?;
+        Ok(link)
+    }
+
+    /// Refuses a statement before it is sent: in a broken tree, or one that would end
+    /// the transaction (see [`crate::sql::ends_transaction`]).
+    pub(super) async fn refuse(&self, link: &mut Link, sql: &str) -> Result<(), DbErr> {
+        let suspect = self.tree.suspect().clone();
+        if let Some(err) = suspect {
+            self.settle_suspicion(link, err).await;
+        }
+        if let Some(err) = self.tree.broken() {
+            return Err(err);
+        }
+        if let Some(err) = self.doomed() {
+            return Err(err);
+        }
+        let backend = self.backend;
+        if self.refuse_writes
+            && let Some(what) = crate::sql::writes(backend, sql)
+        {
+            return Err(crate::error::read_only_refused(&what));
+        }
+        match crate::sql::ends_transaction(backend, sql) {
+            None => Ok(()),
+            Some(what) => {
+                let why = match what.as_str() {
+                    "COMMIT"
+                    | "ROLLBACK"
+                    | "BEGIN"
+                    | "END"
+                    | "ABORT"
+                    | "START TRANSACTION"
+                    | "PREPARE TRANSACTION" => "the operation ends its transaction itself",
+                    "SAVEPOINT" | "RELEASE" => {
+                        "call another operation with `tx` instead, which manages its savepoint"
+                    }
+                    "EXECUTE" | "PREPARE" | "IF" | "WHILE" | "LOOP" | "REPEAT" | "CASE" => {
+                        "MySQL and MariaDB could commit the transaction implicitly in SQL that \
+                         safe-db cannot read before it runs"
+                    }
+                    _ => {
+                        "MySQL and MariaDB commit the transaction implicitly before it, so a \
+                         later rollback could not undo the work before it; run it outside the \
+                         operation, on the connection"
+                    }
+                };
+                Err(DbErr::Exec(sea_orm::RuntimeErr::Internal(format!(
+                    "safe-db: `{what}` is refused inside a safe-db operation: {why} (nothing \
+                     was sent)"
+                ))))
+            }
+        }
+    }
+
+    /// Takes the tree's turn for `stmt` (see [`Tx::admit`]) and makes it what is sent:
+    /// itself, or its injected failure (`safe_db::testing`; an injected failure made on
+    /// the client is noted and returned).
+    pub(super) async fn prepared(
+        &self,
+        #[allow(unused_mut)] mut stmt: Statement,
+    ) -> Result<(MutexGuard<'_, Link>, Statement), DbErr> {
+        #[allow(unused_mut)]
+        let mut link = self.admit(&stmt.sql).await?;
+        #[cfg(feature = "testing")]
+        match self.injected() {
+            Some(Ok(sql)) => stmt = Statement::from_string(stmt.db_backend, sql),
+            Some(Err(err)) => {
+                self.note_failure(&mut link, &err).await;
+                return Err(err);
+            }
+            None => {}
+        }
+        Ok((link, stmt))
+    }
+
+    /// A statement's result, its failure noted first (see [`Tx::note_failure`]).
+    pub(super) async fn noted<T>(
+        &self,
+        link: &mut Link,
+        result: Result<T, DbErr>,
+    ) -> Result<T, DbErr> {
+        if let Err(err) = &result {
+            self.note_failure(link, err).await;
+        }
+        result
+    }
+
+    /// Records a failed statement: a conflict for the retry, and on MySQL/MariaDB, where
+    /// the server may have rolled the whole transaction back, breaks the tree if it has.
+    pub(super) async fn note_failure(&self, link: &mut Link, err: &DbErr) {
+        if self.note_failure_now(err) {
+            self.settle_suspicion(link, err.clone()).await;
+        }
+    }
+
+    /// What of [`Tx::note_failure`] needs no round trip. Returns whether the server must
+    /// be asked if the transaction survived (the question is also left in `suspect`, so
+    /// that the next statement asks it if this caller does not).
+    pub(crate) fn note_failure_now(&self, err: &DbErr) -> bool {
+        self.statement_failed.store(true, Ordering::Relaxed);
+        if ErrorKind::of(err) == ErrorKind::Unavailable {
+            self.lost_connection(err);
+        }
+        if ErrorKind::of(err).is_retryable() {
+            self.tree.lost_conflict(err);
+        }
+        if self.backend == DbBackend::MySql {
+            match crate::error::mysql_number(err) {
+                // A deadlock always ends the transaction.
+                Some(1213) => self.tree.break_with(err.clone()),
+                // These end it only under some settings: ask.
+                Some(1205 | 1206 | 1020) => {
+                    *self.tree.suspect() = Some(err.clone());
+                    return true;
+                }
+                // A session the server ended (a `KILL`) ends the transaction with it.
+                Some(_) if ErrorKind::of(err) == ErrorKind::Unavailable => {
+                    self.tree.break_with(err.clone())
+                }
+                // Every other server error undoes its own statement only.
+                Some(_) => {}
+                // A lost connection ends it.
+                None if ErrorKind::of(err) == ErrorKind::Unavailable => {
+                    self.tree.break_with(err.clone())
+                }
+                None => {}
+            }
+        }
+        false
+    }
+
+    /// Opens a stream of a statement's rows (feature `stream`): the statement is checked
+    /// like any other, and holds the tree's statement turn until the stream ends or is
+    /// dropped.
+    #[cfg(feature = "stream")]
+    pub(crate) async fn open_stream(
+        &self,
+        stmt: Statement,
+    ) -> Result<crate::stream::TxStream<'_>, DbErr> {
+        let (link, stmt) = self.prepared(stmt).await?;
+        Ok(crate::stream::TxStream::new(self, link, stmt))
+    }
+
+    /// Asks MySQL/MariaDB whether the transaction survived `err`, and breaks the tree
+    /// with it if not (or if the answer cannot be had: MySQL, unlike MariaDB, has no
+    /// `@@in_transaction`). One round trip, after those errors only.
+    pub(super) async fn settle_suspicion(&self, link: &mut Link, err: DbErr) {
+        let asked = link
+            .query_one(&Statement::from_string(
+                DbBackend::MySql,
+                crate::dialect::IN_TRANSACTION,
+            ))
+            .await;
+        let open = matches!(
+            asked.map(|row| row.map(|r| r.try_get_by_index::<i64>(0))),
+            Ok(Some(Ok(1)))
+        );
+        if !open {
+            self.tree.break_with(err);
+        }
+        *self.tree.suspect() = None;
+    }
+}

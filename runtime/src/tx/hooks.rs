@@ -1,0 +1,94 @@
+//! The testing kit's hooks into the protocol (feature `testing`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+
+use super::{Callback, Tx};
+use crate::ErrorKind;
+
+impl Tx {
+    /// Makes this (outermost) transaction a test's (`safe_db::testing::TestTx`).
+    pub(crate) fn enter_test(&mut self) {
+        self.tree.test.store(true, Ordering::Relaxed);
+    }
+
+    /// The primary pool this transaction's tree was begun on.
+    pub(crate) fn home_primary(&self) -> DatabaseConnection {
+        match &self.tree.home {
+            Some(home) => home.primary().clone(),
+            None => unreachable!("a test's transaction begins on a connection"),
+        }
+    }
+
+    /// Arms this attempt's injected failures.
+    pub(crate) fn arm(&mut self, armed: Option<Box<crate::testing::Armed>>) {
+        if let Some(armed) = armed {
+            let mut all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|(id, _)| *id != self.id);
+            all.push((self.id, Arc::from(armed)));
+        }
+    }
+
+    /// The failures injected into this level, if any.
+    pub(super) fn armed(&self) -> Option<Arc<crate::testing::Armed>> {
+        let all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .find(|(id, _)| *id == self.id)
+            .map(|(_, armed)| Arc::clone(armed))
+    }
+
+    /// The after-commit callbacks held at this level.
+    pub(crate) fn captured_callbacks(&self) -> usize {
+        let id = self.id;
+        self.tree
+            .callbacks()
+            .iter()
+            .filter(|(owner, _)| *owner == id)
+            .count()
+    }
+
+    /// Takes the after-commit callbacks held at this level, in registration order.
+    pub(crate) fn take_callbacks(&self) -> Vec<Callback> {
+        let mut callbacks = self.tree.callbacks();
+        let (mine, rest): (Vec<_>, Vec<_>) = callbacks
+            .drain(..)
+            .partition(|(owner, _)| *owner == self.id);
+        *callbacks = rest;
+        mine.into_iter().map(|(_, callback)| callback).collect()
+    }
+
+    /// The injected failure of this attempt's commit, if one is armed: the server is made
+    /// to raise it for real where it can. The caller rolls back.
+    pub(super) async fn commit_fault(&self, armed: Arc<crate::testing::Armed>) -> Option<DbErr> {
+        let (failure, injection) = armed.commit(self.get_database_backend())?;
+        let err = match injection {
+            crate::testing::Injection::Fail(err) => err,
+            crate::testing::Injection::Send(sql) => {
+                match self.tree.link.lock().await.execute_unprepared(&sql).await {
+                    Err(err) => err,
+                    Ok(_) => crate::testing::not_raised(failure),
+                }
+            }
+        };
+        if ErrorKind::of(&err).is_retryable() {
+            self.tree.lost_conflict(&err);
+        }
+        Some(err)
+    }
+
+    /// The statement about to be sent, if its failure is injected: `Ok(sql)` to send
+    /// instead (the server raises the failure), `Err` to fail with unsent.
+    pub(super) fn injected(&self) -> Option<Result<String, DbErr>> {
+        match self.armed()?.statement(self.get_database_backend())? {
+            crate::testing::Injection::Send(sql) => Some(Ok(sql)),
+            crate::testing::Injection::Fail(err) => {
+                if ErrorKind::of(&err) == ErrorKind::Unavailable {
+                    self.tree.break_with(err.clone());
+                }
+                Some(Err(err))
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The connection a transaction owns, and what it knows of its state.
+//!
+//! A `Tx` begun on an sqlx pool (every `DatabaseConnection` made by `Database::connect` or
+//! `DbConfig`) takes one connection from it and sends every statement of its tree on it
+//! itself: the BEGIN with its settings, the statements, savepoints, and the COMMIT or
+//! ROLLBACK. It therefore knows, at every moment, whether the connection is idle, inside
+//! the transaction, or owes an answer it has not read, and it never gives back to the pool
+//! a connection whose state it does not know (diesel_async's broken-connection rule):
+//!
+//! | the link is dropped while | what happens |
+//! |---|---|
+//! | idle (committed or rolled back, answered) | the connection goes back to the pool |
+//! | inside the transaction, or an answer owed | a task rolls back within [`SETTLE_GRACE`], then gives it back; if the ROLLBACK fails or does not answer in time, the connection is closed |
+//! | untrusted (a step refused or unanswered) | the connection is closed at once |
+//! | no tokio runtime to roll back on | the connection is closed at once |
+//!
+//! A transaction begun by hand (a `DatabaseTransaction` passed to an operation) or on a
+//! SeaORM connection that is not an sqlx pool (mock, proxy) is run through SeaORM's own
+//! `DatabaseTransaction` instead ([`Conn::SeaOrm`]): its connection is SeaORM's to manage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::{
+    ConnAcquireErr, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    QueryResult, RuntimeErr, Statement,
+};
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+use sea_orm::sqlx;
+
+/// How long a ROLLBACK run for a dropped transaction may take before its connection is
+/// closed instead of reused.
+pub(crate) const SETTLE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the answer of a statement whose caller stopped waiting may take to come
+/// before its connection is closed instead of reused: the next user of a pool's slot
+/// would otherwise wait for it (seconds, or for ever). Closed, the connection leaves the
+/// statement to the server, which PostgreSQL 14+ stops once it notices the client gone
+/// (`client_connection_check_interval`).
+pub(crate) const OWED_GRACE: Duration = Duration::from_millis(500);
+
+/// The connection under a transaction's tree.
+pub(crate) enum Conn {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::pool::PoolConnection<sqlx::MySql>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    /// A transaction SeaORM runs: begun by hand, or on a connection that is not an sqlx
+    /// pool.
+    SeaOrm(DatabaseTransaction),
+}
+
+/// An owned connection and what is known of its state.
+pub(crate) struct Link {
+    conn: Option<Conn>,
+    backend: DbBackend,
+    /// BEGIN has answered and no COMMIT or ROLLBACK has yet.
+    open: bool,
+    /// Something was sent whose answer has not been read (its caller stopped waiting).
+    owed: bool,
+    /// The connection's state cannot be settled by a ROLLBACK: it is closed when dropped.
+    untrusted: bool,
+}
+
+/// Applies `$body` to the sqlx connection of whichever driver `$conn` holds (the code is
+/// the same, the types differ), or `$sea` to a SeaORM transaction.
+macro_rules! dispatch {
+    ($conn:expr, $c:ident => $body:expr, $t:ident => $sea:expr) => {
+        match $conn {
+            #[cfg(feature = "postgres")]
+            Conn::Postgres($c) => $body,
+            #[cfg(feature = "mysql")]
+            Conn::MySql($c) => $body,
+            #[cfg(feature = "sqlite")]
+            Conn::Sqlite($c) => $body,
+            Conn::SeaOrm($t) => $sea,
+        }
+    };
+}
+
+/// A statement with its values bound, as SeaORM's drivers build it.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+fn query<DB>(stmt: &Statement) -> sqlx::query::Query<'_, DB, sea_query_sqlx::SqlxValues>
+where
+    DB: sqlx::Database,
+    sea_query_sqlx::SqlxValues: sqlx::IntoArguments<DB>,
+{
+    let values = stmt
+        .values
+        .clone()
+        .unwrap_or_else(|| sea_orm::sea_query::Values(Vec::new()));
+    sqlx::query_with(
+        sqlx::AssertSqlSafe(stmt.sql.as_str()),
+        sea_query_sqlx::SqlxValues(values),
+    )
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+fn exec_err(err: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+fn query_err(err: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)))
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+fn acquire_err(err: sqlx::Error) -> DbErr {
+    match err {
+        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        other => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(other))),
+    }
+}
+
+/// What is owed marks the link until the answer is read: a future dropped while it is
+/// awaited leaves the mark.
+macro_rules! owing {
+    ($link:expr, $fut:expr) => {{
+        $link.owed = true;
+        let out = $fut.await;
+        $link.owed = false;
+        out
+    }};
+}
+
+impl Link {
+    /// Takes a connection from `db`'s pool, or `None` when `db` is not an sqlx pool.
+    pub(crate) async fn acquire(db: &DatabaseConnection) -> Option<Result<Link, DbErr>> {
+        use sea_orm::DatabaseConnectionType as Type;
+        let conn = match &db.inner {
+            #[cfg(feature = "postgres")]
+            Type::SqlxPostgresPoolConnection(_) => db
+                .get_postgres_connection_pool()
+                .acquire()
+                .await
+                .map(Conn::Postgres),
+            #[cfg(feature = "mysql")]
+            Type::SqlxMySqlPoolConnection(_) => db
+                .get_mysql_connection_pool()
+                .acquire()
+                .await
+                .map(Conn::MySql),
+            #[cfg(feature = "sqlite")]
+            Type::SqlxSqlitePoolConnection(_) => db
+                .get_sqlite_connection_pool()
+                .acquire()
+                .await
+                .map(Conn::Sqlite),
+            #[allow(unreachable_patterns)]
+            _ => return None,
+        };
+        #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+        return Some(
+            conn.map(|conn| Link::new(conn, db.get_database_backend()))
+                .map_err(acquire_err),
+        );
+        #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+        {
+            let _ = conn;
+            None
+        }
+    }
+
+    /// A link on a transaction SeaORM runs (already open).
+    pub(crate) fn sea_orm(txn: DatabaseTransaction) -> Link {
+        use sea_orm::ConnectionTrait;
+        let backend = txn.get_database_backend();
+        let mut link = Link::new(Conn::SeaOrm(txn), backend);
+        link.open = true;
+        link
+    }
+
+    fn new(conn: Conn, backend: DbBackend) -> Link {
+        Link {
+            conn: Some(conn),
+            backend,
+            open: false,
+            owed: false,
+            untrusted: false,
+        }
+    }
+
+    pub(crate) fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    /// Whether SeaORM runs the transaction (it begins and ends it itself).
+    pub(crate) fn is_sea_orm(&self) -> bool {
+        matches!(self.conn, Some(Conn::SeaOrm(_)))
+    }
+
+    /// The transaction is open (its BEGIN answered), or over (its COMMIT or ROLLBACK did).
+    pub(crate) fn set_open(&mut self, open: bool) {
+        self.open = open;
+    }
+
+    /// From now on this connection is closed rather than reused: a step was refused or
+    /// went unanswered, and nobody knows what state the server keeps for it.
+    pub(crate) fn distrust(&mut self) {
+        self.untrusted = true;
+    }
+
+    /// Whether an answer is still owed (a statement whose caller stopped waiting).
+    pub(crate) fn owes(&self) -> bool {
+        self.owed
+    }
+
+    /// Reads what an abandoned statement still owes, so that its answer (an error, maybe)
+    /// is not taken for the next statement's.
+    async fn read_owed(&mut self) -> Result<(), DbErr> {
+        if !self.owed {
+            return Ok(());
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            dispatch!(conn, c => drain(&mut **c).await.map_err(exec_err)?, _t => {});
+        }
+        self.owed = false;
+        Ok(())
+    }
+
+    /// Sends a prepared statement.
+    pub(crate) async fn execute(&mut self, stmt: &Statement) -> Result<ExecResult, DbErr> {
+        self.read_owed().await?;
+        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
+        let fut = async move {
+            dispatch!(conn,
+                c => query(stmt).execute(&mut **c).await.map(Into::into).map_err(exec_err),
+                t => sea_orm::ConnectionTrait::execute_raw(t, stmt.clone()).await)
+        };
+        owing!(self, fut)
+    }
+
+    /// Sends SQL as it is, unprepared (several statements may go in one message).
+    pub(crate) async fn execute_unprepared(&mut self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.read_owed().await?;
+        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
+        let fut = async move {
+            dispatch!(conn,
+                c => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut **c)
+                    .await
+                    .map(Into::into)
+                    .map_err(exec_err),
+                t => sea_orm::ConnectionTrait::execute_unprepared(t, sql).await)
+        };
+        owing!(self, fut)
+    }
+
+    /// Sends a query and reads its first row.
+    pub(crate) async fn query_one(
+        &mut self,
+        stmt: &Statement,
+    ) -> Result<Option<QueryResult>, DbErr> {
+        self.read_owed().await?;
+        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
+        let fut = async move {
+            dispatch!(conn,
+                c => match query(stmt).fetch_optional(&mut **c).await {
+                    Ok(row) => Ok(row.map(Into::into)),
+                    Err(err) => Err(query_err(err)),
+                },
+                t => sea_orm::ConnectionTrait::query_one_raw(t, stmt.clone()).await)
+        };
+        owing!(self, fut)
+    }
+
+    /// Sends a query and reads all its rows.
+    pub(crate) async fn query_all(&mut self, stmt: &Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.read_owed().await?;
+        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
+        let fut = async move {
+            dispatch!(conn,
+                c => match query(stmt).fetch_all(&mut **c).await {
+                    Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
+                    Err(err) => Err(query_err(err)),
+                },
+                t => sea_orm::ConnectionTrait::query_all_raw(t, stmt.clone()).await)
+        };
+        owing!(self, fut)
+    }
+
+    /// Ends a SeaORM-run transaction (`commit`: its COMMIT or RELEASE); the link is then
+    /// empty.
+    pub(crate) async fn end_sea_orm(&mut self, commit: bool) -> Result<(), DbErr> {
+        match self.conn.take() {
+            Some(Conn::SeaOrm(txn)) => {
+                self.open = false;
+                if commit {
+                    txn.commit().await
+                } else {
+                    txn.rollback().await
+                }
+            }
+            other => {
+                self.conn = other;
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives the connection back now: to the pool when its state is known to be idle,
+    /// otherwise as described in this module's documentation.
+    pub(crate) fn release(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if let Conn::SeaOrm(txn) = conn {
+            // SeaORM queues its rollback if it is still open.
+            drop(txn);
+            return;
+        }
+        if !self.open && !self.owed && !self.untrusted {
+            drop(conn);
+            return;
+        }
+        if self.untrusted {
+            close(conn);
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let rollback = crate::dialect::rollback(self.backend, self.deadline_set());
+                runtime.spawn(settle(conn, self.owed, rollback));
+            }
+            Err(_) => close(conn),
+        }
+    }
+
+    fn deadline_set(&self) -> bool {
+        // The MariaDB session bound is reset with every outermost end; a dropped link may
+        // still carry it.
+        self.backend == DbBackend::MySql
+    }
+
+    /// Streams a query's rows (feature `stream`) into `rows`, one at a time.
+    #[cfg(feature = "stream")]
+    pub(crate) async fn stream_into(
+        &mut self,
+        stmt: &Statement,
+        rows: tokio::sync::mpsc::Sender<Result<QueryResult, DbErr>>,
+    ) {
+        use futures_util::StreamExt;
+        if let Err(err) = self.read_owed().await {
+            let _ = rows.send(Err(err)).await;
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            let _ = rows.send(Err(crate::error::link_gone())).await;
+            return;
+        };
+        self.owed = true;
+        dispatch!(conn,
+        c => {
+            let mut stream = query(stmt).fetch(&mut **c);
+            while let Some(row) = stream.next().await {
+                let row = row.map(Into::into).map_err(query_err);
+                if rows.send(row).await.is_err() {
+                    // The reader went away: what is left of the answer is owed.
+                    return;
+                }
+            }
+        },
+        t => {
+            match sea_orm::StreamTrait::stream_raw(t, stmt.clone()).await {
+                Ok(mut stream) => {
+                    while let Some(row) = stream.next().await {
+                        if rows.send(row).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(err) => {
+                    let _ = rows.send(Err(err)).await;
+                }
+            }
+        });
+        self.owed = false;
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn is_sqlite(conn: &Conn) -> bool {
+    #[cfg(feature = "sqlite")]
+    if let Conn::Sqlite(_) = conn {
+        return true;
+    }
+    let _ = conn;
+    false
+}
+
+/// Reads what a connection still owes (the answers of statements whose callers stopped
+/// waiting), sending nothing: their errors are read past.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+async fn drain<C: sqlx::Connection>(conn: &mut C) -> Result<(), sqlx::Error> {
+    loop {
+        match conn.flush().await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::Error::Database(_)) => continue,
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// Closes a connection at once, without the graceful goodbye (which over TLS waits for a
+/// server that may never answer): the server ends the session and rolls back.
+fn close(conn: Conn) {
+    dispatch!(conn, c => drop(c.detach()), t => drop(t));
+}
+
+/// Rolls back a transaction its owner dropped, reading first what it still owes, and
+/// gives the connection back; closes it if that fails or takes longer than
+/// [`SETTLE_GRACE`].
+async fn settle(mut conn: Conn, owed: bool, rollback: &'static str) {
+    let sqlite = is_sqlite(&conn);
+    if owed {
+        let drained = tokio::time::timeout(OWED_GRACE, async {
+            dispatch!(&mut conn, c => drain(&mut **c).await.is_ok(), _t => true)
+        })
+        .await;
+        if drained != Ok(true) {
+            tracing::debug!(
+                "safe-db: a statement abandoned by its caller did not end within \
+                 {OWED_GRACE:?}; its connection is closed"
+            );
+            close(conn);
+            return;
+        }
+    }
+    let rolled_back = tokio::time::timeout(SETTLE_GRACE, async {
+        dispatch!(&mut conn,
+            c => {
+                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(rollback)).execute(&mut **c).await;
+                // SQLite's state is local: an error means no transaction was left.
+                done.is_ok() || sqlite
+            },
+            _t => true)
+    })
+    .await;
+    if rolled_back != Ok(true) {
+        tracing::warn!(
+            "safe-db: a dropped transaction's connection could not be rolled back within \
+             {SETTLE_GRACE:?}; it is closed"
+        );
+        close(conn);
+    }
+}
