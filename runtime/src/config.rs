@@ -35,6 +35,22 @@ pub enum ConfigError {
     /// The URL is not of the form `scheme://…` (nothing of it is repeated, since a
     /// malformed URL may hold a password where a host was expected).
     MalformedUrl,
+    /// A URL query parameter safe-db will not pass on (`sslpassword`: a secret the driver
+    /// cannot use). Its value is not kept.
+    UnsupportedParameter {
+        /// The parameter, as the user wrote it.
+        parameter: String,
+        /// Why it is refused, and what to do instead.
+        reason: &'static str,
+    },
+    /// An entry of `DATABASE_FAILOVER_HOSTS` that is neither `host[:port]` nor a full
+    /// database URL. Nothing of it is repeated: it may hold a password.
+    FailoverHost {
+        /// Which entry, counting from 1.
+        position: usize,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -50,7 +66,20 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::MalformedUrl => f.write_str(
                 "malformed database URL: expected scheme://…, e.g. postgres://user@host/db \
-                 (a password holding `?` and `=` must be percent-encoded)",
+                 (a password holding `?` and `=`, and an `@` in a query parameter, must be \
+                 percent-encoded)",
+            ),
+            ConfigError::UnsupportedParameter { parameter, reason } => {
+                write!(
+                    f,
+                    "unsupported database URL parameter {parameter:?}: {reason}"
+                )
+            }
+            ConfigError::FailoverHost { position, problem } => write!(
+                f,
+                "invalid DATABASE_FAILOVER_HOSTS entry {position} (counting from 1): \
+                 {problem}; expected `host[:port]` entries or full database URLs, separated \
+                 by commas"
             ),
         }
     }
