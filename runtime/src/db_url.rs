@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use sea_orm::ConnectOptions;
+
 use crate::ConfigError;
 
 /// A database URL without its password, and the password.
@@ -111,29 +113,53 @@ impl DbUrl {
     }
 
     /// The URL for the driver: without the password.
+    #[cfg(test)]
     pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
-    /// The same URL on another host (`host:port`), for another node of a cluster.
-    pub(crate) fn on_host(&self, host_port: &str) -> Result<DbUrl, ConfigError> {
-        let bad = || ConfigError::InvalidValue {
-            parameter: "DATABASE_FAILOVER_HOSTS".to_owned(),
-            value: host_port.to_owned(),
-            expected: "host:port pairs separated by commas, e.g. `db2:3306,db3:3306`",
-        };
-        let (host, port) = host_port.trim().rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let mut url = url::Url::parse(&self.url).map_err(|_| bad())?;
-        url.set_host(Some(host)).map_err(|_| bad())?;
-        url.set_port(Some(port)).map_err(|_| bad())?;
-        Ok(DbUrl {
-            url: url.to_string(),
+    /// The same URL on another `host` (and `port`, if given), for another node of a
+    /// cluster; `None` if `host` is no host name or address.
+    pub(crate) fn on_host(&self, host: &str, port: Option<u16>) -> Option<DbUrl> {
+        let mut url = url::Url::parse(&self.url).ok()?;
+        url.set_host(Some(host)).ok()?;
+        if let Some(port) = port {
+            url.set_port(Some(port)).ok()?;
+        }
+        Some(DbUrl {
+            url: url.into(),
             password: self.password.clone(),
         })
     }
 
-    /// The password, for the driver's own options.
+    /// The canonical scheme: `postgres`, `mysql` or `sqlite`.
+    pub(crate) fn scheme(&self) -> &str {
+        self.url.split(':').next().unwrap_or_default()
+    }
+
+    /// SeaORM's options for this URL. SeaORM records them (URL included) in trace-level
+    /// spans: the password goes to the driver through its own options, never the URL.
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
+        #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(unused_mut))]
+        let mut options = ConnectOptions::new(self.url.as_str());
+        #[cfg(any(feature = "postgres", feature = "mysql"))]
+        if let Some(password) = &self.password {
+            #[cfg(feature = "postgres")]
+            {
+                let password = password.clone();
+                options.map_sqlx_postgres_opts(move |o| o.password(&password));
+            }
+            #[cfg(feature = "mysql")]
+            {
+                let password = password.clone();
+                options.map_sqlx_mysql_opts(move |o| o.password(&password));
+            }
+        }
+        options
+    }
+
+    /// The password, which [`DbUrl::connect_options`] gives the driver.
+    #[cfg(test)]
     pub(crate) fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }
