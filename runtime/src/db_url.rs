@@ -132,6 +132,17 @@ impl DbUrl {
         })
     }
 
+    /// The same server and user with database `name` (the URL's path).
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_database(&self, name: &str) -> DbUrl {
+        let mut url = self.clone();
+        if let Ok(mut parsed) = url::Url::parse(&self.url) {
+            parsed.set_path(&format!("/{name}"));
+            url.url = parsed.into();
+        }
+        url
+    }
+
     /// The canonical scheme: `postgres`, `mysql` or `sqlite`.
     pub(crate) fn scheme(&self) -> &str {
         self.url.split(':').next().unwrap_or_default()
