@@ -6,11 +6,14 @@
 //! ```
 //! use safe_db::testing::TestTx;
 //! use safe_db::{safe_db_operation, Error, Tx};
-//! use sea_orm::ConnectionTrait;
+//! use sea_orm::{ConnectionTrait, Statement};
 //!
 //! #[safe_db_operation]
 //! async fn add_note(tx: &Tx, text: &str) -> Result<(), Error> {
-//!     tx.execute_unprepared(&format!("INSERT INTO notes (text) VALUES ('{text}')")).await?;
+//!     // The text is bound as a value, never formatted into the SQL.
+//!     let sql = "INSERT INTO notes (text) VALUES ($1)";
+//!     let insert = Statement::from_sql_and_values(tx.get_database_backend(), sql, [text.into()]);
+//!     tx.execute_raw(insert).await?;
 //!     tx.on_commit(async { /* send an e-mail */ });
 //!     Ok(())
 //! }
