@@ -190,8 +190,10 @@ impl DbConfig {
     /// A configuration from a URL, its pool parameters taken out of the query.
     ///
     /// The password may hold any character, raw or percent-encoded (`/`, `?`, `#`, `@`,
-    /// `:`, …), in the userinfo or as a `password=` parameter: it is split off here and
-    /// reaches the driver through its own options, never through a URL.
+    /// `:`, …), in the userinfo or as a `password=` parameter (any case): it is split off
+    /// here and reaches the driver through its own options, never through a URL. A raw
+    /// password holding both `?` and `=` is refused (it reads as a query parameter: encode
+    /// it), and so is `sslpassword=`, by name.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         let mut pool = Pool::default();
         let mut echo = false;
