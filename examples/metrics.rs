@@ -6,12 +6,17 @@
 use std::time::Duration;
 
 use safe_db::{DbConfig, Error, PoolStats, Stats, Tx, safe_db_operation};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, Statement};
 
 #[safe_db_operation(timeout = "1s")]
 async fn work(tx: &Tx, id: i32, fail: bool) -> Result<(), Error> {
-    tx.execute_unprepared(&format!("INSERT INTO jobs (id) VALUES ({id})"))
-        .await?;
+    let sql = "INSERT INTO jobs (id) VALUES ($1)";
+    tx.execute_raw(Statement::from_sql_and_values(
+        tx.get_database_backend(),
+        sql,
+        [id.into()],
+    ))
+    .await?;
     if fail {
         return Err(Error::validation("refused"));
     }

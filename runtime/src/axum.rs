@@ -6,12 +6,15 @@
 //! use axum::{Router, extract::Path, routing::patch};
 //! use safe_db::axum::{RequestTx, TxLayer};
 //! use safe_db::{Error, Tx, safe_db_operation};
-//! use sea_orm::ConnectionTrait;
+//! use sea_orm::{ConnectionTrait, Statement};
 //!
 //! #[safe_db_operation]
 //! async fn rename(tx: &Tx, id: i32, name: String) -> Result<(), Error> {
-//!     let sql = format!("UPDATE agents SET name = '{name}' WHERE id = {id}");
-//!     if tx.execute_unprepared(&sql).await?.rows_affected() == 0 {
+//!     // `name` comes from the request: bound as a value, never formatted into the SQL.
+//!     let sql = "UPDATE agents SET name = $1 WHERE id = $2";
+//!     let values = [name.into(), id.into()];
+//!     let update = Statement::from_sql_and_values(tx.get_database_backend(), sql, values);
+//!     if tx.execute_raw(update).await?.rows_affected() == 0 {
 //!         return Err(Error::not_found("agent", id));
 //!     }
 //!     Ok(())

@@ -9,54 +9,13 @@ use sea_orm::{ConnectOptions, Database};
 use crate::db_url::DbUrl;
 use crate::{Db, Error};
 
+mod error;
+mod hosts;
+
+pub use error::ConfigError;
+
 /// The SQLite file used when `DATABASE_URL` is unset.
 pub const DEFAULT_URL: &str = "sqlite://safe-db.sqlite?mode=rwc";
-
-/// A configuration value that could not be used. Never contains a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A pool parameter (URL query or environment variable) has an invalid value.
-    InvalidValue {
-        /// The parameter, as the user wrote it (`pool_size`, `DATABASE_POOL_SIZE`, …).
-        parameter: String,
-        /// The value given.
-        value: String,
-        /// What would have been accepted.
-        expected: &'static str,
-    },
-    /// The URL's scheme names no database safe-db can reach with its enabled features.
-    UnsupportedScheme {
-        /// The scheme given.
-        scheme: String,
-        /// Why it is not supported.
-        reason: &'static str,
-    },
-    /// The URL is not of the form `scheme://…` (nothing of it is repeated, since a
-    /// malformed URL may hold a password where a host was expected).
-    MalformedUrl,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::InvalidValue {
-                parameter,
-                value,
-                expected,
-            } => write!(f, "invalid {parameter} {value:?}: expected {expected}"),
-            ConfigError::UnsupportedScheme { scheme, reason } => {
-                write!(f, "unsupported database URL scheme {scheme:?}: {reason}")
-            }
-            ConfigError::MalformedUrl => f.write_str(
-                "malformed database URL: expected scheme://…, e.g. postgres://user@host/db \
-                 (a password holding `?` and `=` must be percent-encoded)",
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Pool settings, under the seed's SQLAlchemy names.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -231,8 +190,10 @@ impl DbConfig {
     /// A configuration from a URL, its pool parameters taken out of the query.
     ///
     /// The password may hold any character, raw or percent-encoded (`/`, `?`, `#`, `@`,
-    /// `:`, …), in the userinfo or as a `password=` parameter: it is split off here and
-    /// reaches the driver through its own options, never through a URL.
+    /// `:`, …), in the userinfo or as a `password=` parameter (any case): it is split off
+    /// here and reaches the driver through its own options, never through a URL. A raw
+    /// password holding both `?` and `=` is refused (it reads as a query parameter: encode
+    /// it), and so is `sslpassword=`, by name.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         let mut pool = Pool::default();
         let mut echo = false;
@@ -273,15 +234,15 @@ impl DbConfig {
         Ok(self)
     }
 
-    /// More nodes that take writes, as `host:port` pairs separated by commas (a Galera
-    /// cluster's other nodes): the primary's URL, user and password on each. See
+    /// More nodes that take writes (a Galera cluster's other nodes), separated by commas:
+    /// each `host[:port]` (the primary's URL, user and password on that host, on its port
+    /// if none is given) or a full URL of the same kind of database (its own user and
+    /// password; a `,` in it percent-encoded). Nodes take the primary's pool settings. See
     /// [`Db::with_failover`](crate::Db::with_failover).
     pub fn with_failover_hosts(mut self, hosts: &str) -> Result<Self, ConfigError> {
-        self.failover = hosts
-            .split(',')
-            .filter(|h| !h.trim().is_empty())
-            .map(|h| self.url.on_host(h))
-            .collect::<Result<_, _>>()?;
+        self.failover = hosts::parse(&self.url, hosts, |name| {
+            name == "echo" || PARAMETERS.iter().any(|(p, _)| *p == name)
+        })?;
         Ok(self)
     }
 
@@ -313,12 +274,8 @@ impl DbConfig {
     }
 
     fn options_for(&self, url: &DbUrl) -> ConnectOptions {
-        // SeaORM records its `ConnectOptions` (URL included) in trace-level spans: the
-        // password goes to the driver through its own options, never through the URL.
-        let mut options = ConnectOptions::new(url.url());
-        if let Some(password) = url.password() {
-            set_password(&mut options, password.to_owned());
-        }
+        // The password is in the driver's options, not in the URL SeaORM records in spans.
+        let mut options = url.connect_options();
         options
             .max_connections(self.max_connections())
             .min_connections(self.pool.pool_size.unwrap_or(0))
@@ -423,17 +380,6 @@ impl fmt::Debug for DbConfig {
     }
 }
 
-#[allow(unused_variables)]
-fn set_password(options: &mut ConnectOptions, password: String) {
-    #[cfg(feature = "postgres")]
-    {
-        let password = password.clone();
-        options.map_sqlx_postgres_opts(move |o| o.password(&password));
-    }
-    #[cfg(feature = "mysql")]
-    options.map_sqlx_mysql_opts(move |o| o.password(&password));
-}
-
 fn parse_bool(parameter: &str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -449,29 +395,6 @@ fn parse_bool(parameter: &str, value: &str) -> Result<bool, ConfigError> {
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn failover_hosts_take_the_primary_url_and_hide_the_password() {
-        let config = DbConfig::from_url("mysql://app:s3cret@db1:3307/shop?pool_size=2")
-            .unwrap()
-            .with_failover_hosts("db2:3308, db3:3309")
-            .unwrap();
-        let urls: Vec<&str> = config.failover.iter().map(DbUrl::url).collect();
-        assert_eq!(
-            urls,
-            ["mysql://app@db2:3308/shop", "mysql://app@db3:3309/shop"]
-        );
-        assert!(
-            config
-                .failover
-                .iter()
-                .all(|u| u.password() == Some("s3cret"))
-        );
-        assert!(!format!("{config:?}").contains("s3cret"));
-        let bad = DbConfig::from_url("mysql://app@db1/shop")
-            .unwrap()
-            .with_failover_hosts("db2");
-        assert!(bad.is_err());
-    }
     use super::*;
 
     fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

@@ -3,11 +3,13 @@
 //! taken out, and a form that may be shown.
 //!
 //! Passwords from secret stores hold raw `/`, `?`, `#`, `@` or `:`: the userinfo is found
-//! before the URL is parsed (it ends at the last `@` that is not inside a query parameter),
-//! and the rest is parsed by the `url` crate. Nothing of input that cannot be parsed is
-//! ever repeated.
+//! before the URL is parsed (it ends at the last `@`), and the rest is parsed by the `url`
+//! crate. Secret query parameters (`password`, `sslpassword`, in any case) are split off
+//! or refused, never passed on. Nothing of input that cannot be parsed is ever repeated.
 
 use std::fmt;
+
+use sea_orm::ConnectOptions;
 
 use crate::ConfigError;
 
@@ -21,7 +23,8 @@ pub(crate) struct DbUrl {
 
 impl DbUrl {
     /// Parses `raw`, handing each query parameter to `take`, which keeps it out of the URL
-    /// by returning `Ok(true)`. A `password=` parameter is taken as the password.
+    /// by returning `Ok(true)`. A `password=` parameter (any case) is taken as the
+    /// password; `sslpassword=` is refused (see [`Secret`]).
     pub(crate) fn parse(
         raw: &str,
         mut take: impl FnMut(&str, &str) -> Result<bool, ConfigError>,
@@ -40,6 +43,12 @@ impl DbUrl {
                 .filter(|p| !p.is_empty())
             {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if Secret::of(name).is_some() {
+                    return Err(ConfigError::UnsupportedParameter {
+                        parameter: name.to_owned(),
+                        reason: "SQLite takes no password: remove it from the URL",
+                    });
+                }
                 if !take(name, value)? {
                     kept.push(pair);
                 }
@@ -76,12 +85,20 @@ impl DbUrl {
         }
         let mut kept = Vec::new();
         for (name, value) in url.query_pairs() {
-            if name == "password" {
-                if !value.is_empty() {
-                    password = Some(value.into_owned());
+            match Secret::of(&name) {
+                Some(Secret::Password) => {
+                    if !value.is_empty() {
+                        password = Some(value.into_owned());
+                    }
                 }
-            } else if !take(&name, &value)? {
-                kept.push((name.into_owned(), value.into_owned()));
+                Some(Secret::Refused(reason)) => {
+                    return Err(ConfigError::UnsupportedParameter {
+                        parameter: name.into_owned(),
+                        reason,
+                    });
+                }
+                None if take(&name, &value)? => {}
+                None => kept.push((name.into_owned(), value.into_owned())),
             }
         }
         if kept.is_empty() {
@@ -96,29 +113,64 @@ impl DbUrl {
     }
 
     /// The URL for the driver: without the password.
+    #[cfg(test)]
     pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
-    /// The same URL on another host (`host:port`), for another node of a cluster.
-    pub(crate) fn on_host(&self, host_port: &str) -> Result<DbUrl, ConfigError> {
-        let bad = || ConfigError::InvalidValue {
-            parameter: "DATABASE_FAILOVER_HOSTS".to_owned(),
-            value: host_port.to_owned(),
-            expected: "host:port pairs separated by commas, e.g. `db2:3306,db3:3306`",
-        };
-        let (host, port) = host_port.trim().rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let mut url = url::Url::parse(&self.url).map_err(|_| bad())?;
-        url.set_host(Some(host)).map_err(|_| bad())?;
-        url.set_port(Some(port)).map_err(|_| bad())?;
-        Ok(DbUrl {
-            url: url.to_string(),
+    /// The same URL on another `host` (and `port`, if given), for another node of a
+    /// cluster; `None` if `host` is no host name or address.
+    pub(crate) fn on_host(&self, host: &str, port: Option<u16>) -> Option<DbUrl> {
+        let mut url = url::Url::parse(&self.url).ok()?;
+        url.set_host(Some(host)).ok()?;
+        if let Some(port) = port {
+            url.set_port(Some(port)).ok()?;
+        }
+        Some(DbUrl {
+            url: url.into(),
             password: self.password.clone(),
         })
     }
 
-    /// The password, for the driver's own options.
+    /// The same server and user with database `name` (the URL's path).
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_database(&self, name: &str) -> DbUrl {
+        let mut url = self.clone();
+        if let Ok(mut parsed) = url::Url::parse(&self.url) {
+            parsed.set_path(&format!("/{name}"));
+            url.url = parsed.into();
+        }
+        url
+    }
+
+    /// The canonical scheme: `postgres`, `mysql` or `sqlite`.
+    pub(crate) fn scheme(&self) -> &str {
+        self.url.split(':').next().unwrap_or_default()
+    }
+
+    /// SeaORM's options for this URL. SeaORM records them (URL included) in trace-level
+    /// spans: the password goes to the driver through its own options, never the URL.
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
+        #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(unused_mut))]
+        let mut options = ConnectOptions::new(self.url.as_str());
+        #[cfg(any(feature = "postgres", feature = "mysql"))]
+        if let Some(password) = &self.password {
+            #[cfg(feature = "postgres")]
+            {
+                let password = password.clone();
+                options.map_sqlx_postgres_opts(move |o| o.password(&password));
+            }
+            #[cfg(feature = "mysql")]
+            {
+                let password = password.clone();
+                options.map_sqlx_mysql_opts(move |o| o.password(&password));
+            }
+        }
+        options
+    }
+
+    /// The password, which [`DbUrl::connect_options`] gives the driver.
+    #[cfg(test)]
     pub(crate) fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }
@@ -188,28 +240,49 @@ fn scheme(raw: &str) -> Result<(&'static str, &str), ConfigError> {
     Ok((canonical, rest))
 }
 
-/// Where the userinfo of `body` (the URL after `scheme://`) ends: its last `@`, unless
-/// that one is inside a query parameter (after a `?` and a `=`), then the last `@` before
-/// that query.
-///
-/// An `@` taken for part of a query parameter but followed by a `/` is ambiguous (a raw
-/// password holding `?` and `=`, as in `user:Ab?c=d@host/db`, reads the same way): the URL
-/// is refused, since guessing wrong would show the password as a path or query.
-fn userinfo_end(body: &str) -> Result<Option<usize>, ConfigError> {
-    let mut end = body.len();
-    loop {
-        let Some(at) = body[..end].rfind('@') else {
-            return Ok(None);
-        };
-        match body[..at].rfind('?') {
-            Some(query) if body[query..at].contains('=') => {
-                if body[at..end].contains('/') {
-                    return Err(ConfigError::MalformedUrl);
-                }
-                end = query;
-            }
-            _ => return Ok(Some(at)),
+/// A query parameter that holds a secret, whatever its case (`Password=` too: the driver
+/// would not recognise it and would log it, value included, as an unknown parameter).
+enum Secret {
+    /// The password: split off like the userinfo's.
+    Password,
+    /// A secret the driver cannot use: refused, by name only.
+    Refused(&'static str),
+}
+
+impl Secret {
+    fn of(name: &str) -> Option<Secret> {
+        let name: String = name
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        match name.as_str() {
+            "password" => Some(Secret::Password),
+            // libpq's passphrase of an encrypted client key: sqlx cannot decrypt keys, and
+            // would pass it on as an unknown parameter, logged at WARN on every connect.
+            "sslpassword" => Some(Secret::Refused(
+                "the driver (sqlx) cannot decrypt a client key: give `sslkey` an unencrypted \
+                 key, readable by the service alone",
+            )),
+            _ => None,
         }
+    }
+}
+
+/// Where the userinfo of `body` (the URL after `scheme://`) ends: its last `@`.
+///
+/// An `@` after a `?` and a `=` is ambiguous: inside a query parameter
+/// (`host/db?options=a@b`), or the end of a raw password holding `?` and `=`
+/// (`app:8?x=Kp2@db` also reads as host `app`, port 8 and a parameter `x`). Guessing wrong
+/// would show the password as a host, a path or a parameter, so the URL is refused: such an
+/// `@` in a parameter is written `%40`.
+fn userinfo_end(body: &str) -> Result<Option<usize>, ConfigError> {
+    let Some(at) = body.rfind('@') else {
+        return Ok(None);
+    };
+    match body[..at].find('?') {
+        Some(query) if body[query..at].contains('=') => Err(ConfigError::MalformedUrl),
+        _ => Ok(Some(at)),
     }
 }
 
@@ -263,7 +336,7 @@ mod tests {
                 "postgres://u:***@h/db?application_name=x",
             ),
             (
-                "postgres://u:pw@h/db?options=a@b",
+                "postgres://u:pw@h/db?options=a%40b",
                 Some("pw"),
                 "postgres://u@h/db?options=a%40b",
                 "postgres://u:***@h/db?options=a%40b",
@@ -295,6 +368,58 @@ mod tests {
         }
     }
 
+    /// Issue 30, item 5: a raw password holding `?` and `=` read as a host, a port and a
+    /// query parameter would be shown (by Display, or in a pool parameter's error).
+    #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
+    fn a_raw_password_holding_query_characters_is_refused_unshown() {
+        for raw in [
+            "mysql://app:8?x=Kp2Lm9Qz@db",
+            "mysql://app:8?pool_size=Kp2Lm9Qz@db",
+            "postgres://app:123/Kp2Lm9Qz?y=z@db",
+            "postgres://app:a@b?x=Kp2Lm9Qz@db",
+            "postgres://h/db?options=Kp2Lm9Qz@b",
+        ] {
+            let parsed = parse(raw).map(|url| format!("{url} {url:?} {}", url.url()));
+            let config = crate::DbConfig::from_url(raw).map(|c| format!("{c} {c:?}"));
+            for shown in [format!("{parsed:?}"), format!("{config:?}")] {
+                assert!(!shown.contains("Kp2Lm9Qz"), "{raw}: {shown}");
+            }
+            assert_eq!(parsed.err(), Some(ConfigError::MalformedUrl), "{raw}");
+        }
+    }
+
+    /// Issue 30, item 6: `password` in any case is the password; `sslpassword` (libpq's
+    /// client-key passphrase, which sqlx cannot use) is refused by name, never shown.
+    #[test]
+    #[cfg(feature = "postgres")]
+    fn secret_parameters_are_split_off_or_refused_by_name() {
+        for raw in [
+            "postgres://u@h/db?Password=Kp2Lm9Qz&sslmode=require",
+            "postgres://u@h/db?PASSWORD=Kp2Lm9Qz&sslmode=require",
+        ] {
+            let url = parse(raw).unwrap();
+            assert_eq!(url.password(), Some("Kp2Lm9Qz"), "{raw}");
+            assert_eq!(url.url(), "postgres://u@h/db?sslmode=require", "{raw}");
+        }
+        for (raw, name) in [
+            (
+                "postgres://u@h/db?sslkey=/k.pem&sslpassword=Kp2Lm9Qz",
+                "sslpassword",
+            ),
+            ("postgres://u@h/db?SSLPassword=Kp2Lm9Qz", "SSLPassword"),
+        ] {
+            let err = crate::DbConfig::from_url(raw).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::UnsupportedParameter { parameter, .. } if parameter == name),
+                "{raw}: {err:?}"
+            );
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains("Kp2Lm9Qz"), "{raw}: {shown}");
+            }
+        }
+    }
+
     #[test]
     fn input_that_cannot_be_parsed_is_not_repeated() {
         for raw in [
@@ -306,6 +431,7 @@ mod tests {
             "postgres://app:#s3cr3t?c=d@db/prod",
             "postgres://app:123/s3cr3t?y=z@db/prod",
             "postgres://app:s3cr3t?c=d@db/prod",
+            "postgres://u:s3cr3t@h/db?options=a@b",
         ] {
             let err = parse(raw).err().unwrap_or_else(|| panic!("{raw} parsed"));
             assert!(!err.to_string().contains("s3cr3t"), "{raw}: {err}");

@@ -444,43 +444,55 @@ impl std::error::Error for Error {
 }
 
 /// Replaces the password of every `scheme://user:password@host`, and the value of every
-/// `password=` parameter, in `text` by `***`.
+/// `password=` parameter (`sslpassword=` and any case too), in `text` by `***`.
 pub(crate) fn redact(text: &str) -> String {
     let text = redact_userinfo(text);
+    // ASCII lowercase keeps every byte where it was: indices into `lower` are into `text`.
+    let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find("password=") {
-        let (head, tail) = rest.split_at(at + "password=".len());
-        out.push_str(head);
-        let end = tail
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("password=") {
+        let value = from + at + "password=".len();
+        out.push_str(&text[from..value]);
+        let end = text[value..]
             .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        if end > 0 {
+            .map_or(text.len(), |end| value + end);
+        if end > value {
             out.push_str("***");
         }
-        rest = &tail[end..];
+        from = end;
     }
-    out.push_str(rest);
+    out.push_str(&text[from..]);
     out
 }
 
+/// The password of `scheme://user:password@host` runs from the user's `:` to the last `@`
+/// before the next URL (or the end of the text): passwords hold `/`, spaces, `?`, `#`, `:`
+/// and `@`, so no other character can end it. When a URL without a password is followed
+/// by an `@` (an e-mail address), more than the password is hidden: hiding too much is the
+/// side to err on.
 fn redact_userinfo(text: &str) -> String {
+    let is_scheme = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.';
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..=colon]);
+        // This URL ends where the next one's scheme begins.
+        let end = tail.find("://").map_or(tail.len(), |next| {
+            tail[..next].trim_end_matches(is_scheme).len()
+        });
+        let url = &tail[..end];
+        let user_end = url
+            .find(|c: char| c == ':' || c == '@' || c == '/' || c.is_whitespace())
+            .unwrap_or(url.len());
+        match url.rfind('@') {
+            Some(at) if url[user_end..].starts_with(':') && at > user_end => {
+                out.push_str(&url[..=user_end]);
                 out.push_str("***");
-                out.push_str(&authority[at..]);
+                out.push_str(&url[at..]);
             }
-            _ => out.push_str(authority),
+            _ => out.push_str(url),
         }
         rest = &tail[end..];
     }
@@ -507,6 +519,31 @@ mod tests {
         assert_eq!(
             redact("postgres://u@h/db?sslmode=require&password=s3cret x"),
             "postgres://u@h/db?sslmode=require&password=*** x"
+        );
+    }
+
+    /// Issue 30, item 8: the password of `scheme://user:password@host` runs to the last
+    /// `@` before the host, whatever it holds.
+    #[test]
+    fn redacts_passwords_holding_url_characters() {
+        for password in ["pa/ss", "pa ss", "p?a#s:s", "a@b/c d?e#f:g", "x:y@z"] {
+            for text in [
+                format!("cannot connect to postgres://app:{password}@db:5432/prod now"),
+                format!("'mysql://app:{password}@db/shop' refused"),
+                format!("a://u:{password}@h b://v:{password}@i"),
+            ] {
+                let shown = redact(&text);
+                assert!(!shown.contains(password), "{text} -> {shown}");
+                assert!(shown.contains(":***@"), "{text} -> {shown}");
+            }
+        }
+        assert_eq!(
+            redact("to postgres://app:a/b c@db:5432/prod, then mysql://r:x y@h/s"),
+            "to postgres://app:***@db:5432/prod, then mysql://r:***@h/s"
+        );
+        assert_eq!(
+            redact("url postgres://u@h/db?Password=s3cret&sslpassword=k3y x"),
+            "url postgres://u@h/db?Password=***&sslpassword=*** x"
         );
     }
 

@@ -8,19 +8,21 @@
 //!
 //! ```
 //! use safe_db::{safe_db_operation, Tx};
-//! use sea_orm::{ConnectionTrait, DbErr};
+//! use sea_orm::{ConnectionTrait, DbErr, Statement};
 //!
 //! #[safe_db_operation]
 //! async fn add_note(tx: &Tx, text: &str) -> Result<u64, DbErr> {
-//!     let sql = format!("INSERT INTO notes (text) VALUES ('{text}')");
-//!     Ok(tx.execute_unprepared(&sql).await?.rows_affected())
+//!     // Values are bound, never formatted into the SQL.
+//!     let sql = "INSERT INTO notes (text) VALUES ($1)";
+//!     let insert = Statement::from_sql_and_values(tx.get_database_backend(), sql, [text.into()]);
+//!     Ok(tx.execute_raw(insert).await?.rows_affected())
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), DbErr> {
 //! let db = sea_orm::Database::connect("sqlite::memory:").await?;
 //! # db.execute_unprepared("CREATE TABLE notes (text TEXT)").await?;
-//! assert_eq!(add_note(&db, "hello").await?, 1);
+//! assert_eq!(add_note(&db, "it's here'); DROP TABLE notes; --").await?, 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -65,6 +67,11 @@
 
 extern crate self as safe_db;
 
+/// The README's example, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
@@ -72,6 +79,8 @@ mod begin;
 mod config;
 mod db_url;
 mod dialect;
+#[cfg(test)]
+mod doc_sql;
 mod error;
 mod failover;
 mod observe;
@@ -130,11 +139,13 @@ pub use tx::{CallbackOutput, Tx};
 ///
 /// ```
 /// use safe_db::{safe_db_operation, Tx};
-/// use sea_orm::{ConnectionTrait, DbErr};
+/// use sea_orm::{ConnectionTrait, DbErr, Statement};
 ///
 /// #[safe_db_operation(isolation = "serializable", timeout = "2s", retries = 5)]
 /// async fn bump(tx: &Tx, by: i64) -> Result<(), DbErr> {
-///     tx.execute_unprepared(&format!("UPDATE counter SET n = n + {by}")).await?;
+///     let sql = "UPDATE counter SET n = n + $1";
+///     tx.execute_raw(Statement::from_sql_and_values(tx.get_database_backend(), sql, [by.into()]))
+///         .await?;
 ///     Ok(())
 /// }
 ///
@@ -169,11 +180,13 @@ pub use tx::{CallbackOutput, Tx};
 ///
 /// ```
 /// use safe_db::{safe_db_operation, Error, Tx};
-/// use sea_orm::ConnectionTrait;
+/// use sea_orm::{ConnectionTrait, Statement};
 ///
 /// #[safe_db_operation(mandatory, savepoint = false)]
 /// async fn add_line(tx: &Tx, n: i32) -> Result<(), Error> {
-///     tx.execute_unprepared(&format!("INSERT INTO lines (n) VALUES ({n})")).await?;
+///     let sql = "INSERT INTO lines (n) VALUES ($1)";
+///     tx.execute_raw(Statement::from_sql_and_values(tx.get_database_backend(), sql, [n.into()]))
+///         .await?;
 ///     if n < 0 {
 ///         return Err(Error::validation("negative"));
 ///     }
@@ -218,11 +231,13 @@ pub use tx::{CallbackOutput, Tx};
 ///
 /// ```
 /// use safe_db::{safe_db_operation, Error, Tx};
-/// use sea_orm::{ConnectionTrait, DbErr};
+/// use sea_orm::{ConnectionTrait, DbErr, Statement};
 ///
 /// #[safe_db_operation]
 /// async fn insert(tx: &Tx, id: i32) -> Result<(), Error> {
-///     tx.execute_unprepared(&format!("INSERT INTO t (id) VALUES ({id})")).await?;
+///     let sql = "INSERT INTO t (id) VALUES ($1)";
+///     tx.execute_raw(Statement::from_sql_and_values(tx.get_database_backend(), sql, [id.into()]))
+///         .await?;
 ///     Ok(())
 /// }
 ///
@@ -250,11 +265,13 @@ pub use tx::{CallbackOutput, Tx};
 ///
 /// ```
 /// use safe_db::{Error, Tx};
-/// use sea_orm::ConnectionTrait;
+/// use sea_orm::{ConnectionTrait, Statement};
 ///
 /// async fn insert(db: &impl safe_db::Begin, id: i32) -> Result<(), Error> {
 ///     safe_db::transaction(db, async |tx: &Tx| {
-///         tx.execute_unprepared(&format!("INSERT INTO t (id) VALUES ({id})")).await?;
+///         let sql = "INSERT INTO t (id) VALUES ($1)";
+///         let insert = Statement::from_sql_and_values(tx.get_database_backend(), sql, [id.into()]);
+///         tx.execute_raw(insert).await?;
 ///         Ok(())
 ///     })
 ///     .await

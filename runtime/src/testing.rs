@@ -6,11 +6,14 @@
 //! ```
 //! use safe_db::testing::TestTx;
 //! use safe_db::{safe_db_operation, Error, Tx};
-//! use sea_orm::ConnectionTrait;
+//! use sea_orm::{ConnectionTrait, Statement};
 //!
 //! #[safe_db_operation]
 //! async fn add_note(tx: &Tx, text: &str) -> Result<(), Error> {
-//!     tx.execute_unprepared(&format!("INSERT INTO notes (text) VALUES ('{text}')")).await?;
+//!     // The text is bound as a value, never formatted into the SQL.
+//!     let sql = "INSERT INTO notes (text) VALUES ($1)";
+//!     let insert = Statement::from_sql_and_values(tx.get_database_backend(), sql, [text.into()]);
+//!     tx.execute_raw(insert).await?;
 //!     tx.on_commit(async { /* send an e-mail */ });
 //!     Ok(())
 //! }
@@ -33,11 +36,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::FutureExt;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
+use sea_orm::{DbBackend, DbErr, RuntimeErr};
 use tokio::time::Instant;
 
 use crate::begin::sealed::Sealed;
 use crate::{Begin, Connection, Db, InTransaction, Managed, Options, Tx};
+
+mod template;
+
+pub use template::{Template, TestDatabase};
 
 /// A transaction for one test, rolled back at its end whatever the test did: when
 /// [`TestTx::rollback`] is called, or when it is dropped (a failed assertion, a panic).
@@ -447,128 +454,4 @@ fn inject(failure: Failure, backend: DbBackend) -> Injection {
 /// it): reported rather than letting the operation go on as if nothing was injected.
 pub(crate) fn not_raised(failure: Failure) -> DbErr {
     failure.error()
-}
-
-/// A PostgreSQL database prepared once (migrations run), from which each test gets a
-/// fresh copy in milliseconds (`CREATE DATABASE … TEMPLATE`), dropped after the test: for
-/// code that needs real commits (`requires_new`, several connections, isolation levels).
-///
-/// ```no_run
-/// # async fn migrate(_: &sea_orm::DatabaseConnection) -> Result<(), sea_orm::DbErr> { Ok(()) }
-/// # async fn demo() -> Result<(), sea_orm::DbErr> {
-/// use safe_db::testing::Template;
-/// // Once per test run (e.g. in a `tokio::sync::OnceCell`):
-/// let template = Template::prepare("postgres://postgres@localhost/postgres", "app_template", async |db| {
-///     migrate(db).await
-/// })
-/// .await?;
-/// // In each test:
-/// let test = template.create().await?;
-/// // … test.db is a pool on a database of its own …
-/// test.drop_database().await?;
-/// # Ok(())
-/// # }
-/// ```
-pub struct Template {
-    admin: DatabaseConnection,
-    url: url::Url,
-    name: String,
-    created: AtomicU32,
-}
-
-/// A database of one test, copied from a [`Template`].
-pub struct TestDatabase {
-    /// A pool on the test's database.
-    pub db: DatabaseConnection,
-    /// Its name.
-    pub name: String,
-    admin: DatabaseConnection,
-}
-
-fn valid_name(name: &str) -> Result<(), DbErr> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(DbErr::Custom(format!(
-            "safe-db: template name {name:?}: use 1 to 40 lowercase letters, digits and `_`"
-        )))
-    }
-}
-
-impl Template {
-    /// Creates (or re-creates) database `name` through the server at `admin_url`, runs
-    /// `migrate` on it, and closes it so that it can be copied.
-    pub async fn prepare<F>(admin_url: &str, name: &str, migrate: F) -> Result<Template, DbErr>
-    where
-        F: AsyncFnOnce(&DatabaseConnection) -> Result<(), DbErr>,
-    {
-        valid_name(name)?;
-        let url = url::Url::parse(admin_url)
-            .map_err(|_| DbErr::Custom("safe-db: the admin URL does not parse".to_owned()))?;
-        let admin = Database::connect(admin_url).await?;
-        if admin.get_database_backend() != DbBackend::Postgres {
-            return Err(DbErr::Custom(
-                "safe-db: templates are a PostgreSQL feature".to_owned(),
-            ));
-        }
-        admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await?;
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
-        let template = Template {
-            admin,
-            url,
-            name: name.to_owned(),
-            created: AtomicU32::new(0),
-        };
-        let db = Database::connect(template.url_of(name).as_str()).await?;
-        let migrated = migrate(&db).await;
-        db.close().await?;
-        migrated?;
-        Ok(template)
-    }
-
-    fn url_of(&self, database: &str) -> url::Url {
-        let mut url = self.url.clone();
-        url.set_path(&format!("/{database}"));
-        url
-    }
-
-    /// A fresh copy of the template, for one test.
-    pub async fn create(&self) -> Result<TestDatabase, DbErr> {
-        let n = self.created.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}_{}_{n}", self.name, std::process::id());
-        self.admin
-            .execute_unprepared(&format!("CREATE DATABASE {name} TEMPLATE {}", self.name))
-            .await?;
-        let db = Database::connect(self.url_of(&name).as_str()).await?;
-        Ok(TestDatabase {
-            db,
-            name,
-            admin: self.admin.clone(),
-        })
-    }
-}
-
-impl TestDatabase {
-    /// Drops the database, ending its sessions (`WITH (FORCE)`: connections still checked
-    /// out of the pool do not hold it up), then lets the pool go.
-    pub async fn drop_database(self) -> Result<(), DbErr> {
-        let dropped = self
-            .admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await;
-        drop(self.db);
-        dropped.map(drop)
-    }
 }

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use common::call;
 use safe_db::testing::{Failure, Faults, Template, TestTx};
 use safe_db::{Db, Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_test_support::{Backend, TestDb, server_url};
+use safe_db_test_support::{Backend, TestDb, capture, server_url};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 
@@ -271,6 +271,103 @@ async fn a_postgres_database_per_test_from_a_template() {
     )
     .await;
     assert_eq!(left, vec![0], "the test databases were dropped");
+}
+
+/// Issue 29: a template prepared on a runtime that is gone serves every later runtime (each
+/// `#[tokio::test]` has its own): it keeps no pool of the runtime that prepared it.
+#[test]
+fn a_template_serves_the_runtimes_after_the_one_that_prepared_it() {
+    let Some(url) = server_url(Backend::Postgres) else {
+        return;
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // Prepared on a thread of its own, whose runtime is dropped with it.
+    let template = std::thread::spawn(move || {
+        runtime()
+            .block_on(Template::prepare(
+                &url,
+                "safe_db_runtimes_template",
+                async |db| agents_api::migrate(db).await,
+            ))
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    // 50 runtimes, 5 at a time, as tests running in parallel: each ends while others are
+    // still using the template.
+    std::thread::scope(|threads| {
+        for thread in 0..5 {
+            let template = &template;
+            threads.spawn(move || {
+                for n in 0..10 {
+                    runtime().block_on(async {
+                        let test = template
+                            .create()
+                            .await
+                            .unwrap_or_else(|e| panic!("copy {n} of thread {thread}: {e}"));
+                        create_agent(&test.db, "ada").await.unwrap();
+                        let agents = list_agents(&test.db, 0, 10).await.unwrap();
+                        assert_eq!(agents.items.len(), 1);
+                        test.drop_database()
+                            .await
+                            .unwrap_or_else(|e| panic!("drop {n} of thread {thread}: {e}"));
+                    });
+                }
+            });
+        }
+    });
+}
+
+/// Issue 30, item 7: the template's admin URL goes through safe-db's URL parser. Its
+/// password is in no span or event (SeaORM's connect span records the URL it is given),
+/// and a URL that cannot be used is named, never repeated.
+#[tokio::test]
+async fn a_template_never_shows_its_admin_password() {
+    const PASSWORD: &str = "never-print-this-pw";
+    for bad in [
+        format!("oracle://app:{PASSWORD}@db/x"),
+        format!("app:{PASSWORD}@db"),
+        format!("postgres://app:{PASSWORD}@db:notaport/x"),
+        format!("mysql://app:{PASSWORD}@127.0.0.1:1/x"),
+    ] {
+        let Err(err) = Template::prepare(&bad, "safe_db_never_made", async |_| Ok(())).await else {
+            panic!("a template was prepared from a URL that cannot be used");
+        };
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(PASSWORD), "{shown}");
+    }
+    let Some(url) = server_url(Backend::Postgres) else {
+        return;
+    };
+    // The server trusts local connections: any password is accepted.
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').unwrap();
+    let url = format!("{scheme}://{user}:{PASSWORD}@{host}");
+    let (captured, guard) = capture::start();
+    let template = Template::prepare(&url, "safe_db_secret_template", async |db| {
+        agents_api::migrate(db).await
+    })
+    .await
+    .unwrap();
+    let test = template.create().await.unwrap();
+    create_agent(&test.db, "ada").await.unwrap();
+    test.drop_database().await.unwrap();
+    drop(guard);
+    // SeaORM's connect span records the URL (without the password).
+    let server = host.split('/').next().unwrap();
+    assert!(
+        captured.all_text().contains(server),
+        "no span recorded the URL"
+    );
+    assert!(
+        !captured.all_text().contains(PASSWORD),
+        "the admin password is in a span or event"
+    );
 }
 
 /// A service that keeps a `Db`, as services do.

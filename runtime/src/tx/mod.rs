@@ -200,11 +200,14 @@ impl Tx {
     ///
     /// ```
     /// use safe_db::{safe_db_operation, Tx};
-    /// use sea_orm::{ConnectionTrait, DbErr};
+    /// use sea_orm::{ConnectionTrait, DbErr, Statement};
     ///
     /// #[safe_db_operation]
     /// async fn register(tx: &Tx, name: &str) -> Result<(), DbErr> {
-    ///     tx.execute_unprepared(&format!("INSERT INTO agents (name) VALUES ('{name}')")).await?;
+    ///     // The name is bound as a value, never formatted into the SQL.
+    ///     let sql = "INSERT INTO agents (name) VALUES ($1)";
+    ///     let insert = Statement::from_sql_and_values(tx.get_database_backend(), sql, [name.into()]);
+    ///     tx.execute_raw(insert).await?;
     ///     let welcome = format!("welcome, {name}");
     ///     tx.on_commit(async move { println!("{welcome}") }); // only if the row is committed
     ///     Ok(())
