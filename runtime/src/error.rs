@@ -118,21 +118,23 @@ const MYSQL_NUMBERS: &[(u16, ErrorKind)] = &[
     (1203, ErrorKind::Unavailable),          // ER_TOO_MANY_USER_CONNECTIONS
     (1053, ErrorKind::Unavailable),          // ER_SERVER_SHUTDOWN
     (1927, ErrorKind::Unavailable),          // ER_CONNECTION_KILLED
-    (2002, ErrorKind::Unavailable),          // CR_CONNECTION_ERROR
-    (2003, ErrorKind::Unavailable),          // CR_CONN_HOST_ERROR
-    (2006, ErrorKind::Unavailable),          // CR_SERVER_GONE_ERROR
-    (2013, ErrorKind::Unavailable),          // CR_SERVER_LOST
-    (1048, ErrorKind::Validation),           // ER_BAD_NULL_ERROR: NOT NULL
-    (1364, ErrorKind::Validation),           // ER_NO_DEFAULT_FOR_FIELD
-    (1406, ErrorKind::Validation),           // ER_DATA_TOO_LONG
-    (1264, ErrorKind::Validation),           // ER_WARN_DATA_OUT_OF_RANGE
-    (1690, ErrorKind::Validation),           // ER_DATA_OUT_OF_RANGE (arithmetic)
-    (1365, ErrorKind::Validation),           // ER_DIVISION_BY_ZERO
-    (1366, ErrorKind::Validation),           // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: bad number
-    (1292, ErrorKind::Validation),           // ER_TRUNCATED_WRONG_VALUE: bad date, number
-    (1265, ErrorKind::Validation),           // WARN_DATA_TRUNCATED
-    (3819, ErrorKind::Validation),           // ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
-    (4025, ErrorKind::Validation),           // ER_CONSTRAINT_FAILED (MariaDB CHECK)
+    (1047, ErrorKind::Unavailable), // ER_UNKNOWN_COM_ERROR: a Galera node outside the primary component
+    (1180, ErrorKind::Unavailable), // ER_ERROR_DURING_COMMIT (at COMMIT: CommitUnknown)
+    (2002, ErrorKind::Unavailable), // CR_CONNECTION_ERROR
+    (2003, ErrorKind::Unavailable), // CR_CONN_HOST_ERROR
+    (2006, ErrorKind::Unavailable), // CR_SERVER_GONE_ERROR
+    (2013, ErrorKind::Unavailable), // CR_SERVER_LOST
+    (1048, ErrorKind::Validation),  // ER_BAD_NULL_ERROR: NOT NULL
+    (1364, ErrorKind::Validation),  // ER_NO_DEFAULT_FOR_FIELD
+    (1406, ErrorKind::Validation),  // ER_DATA_TOO_LONG
+    (1264, ErrorKind::Validation),  // ER_WARN_DATA_OUT_OF_RANGE
+    (1690, ErrorKind::Validation),  // ER_DATA_OUT_OF_RANGE (arithmetic)
+    (1365, ErrorKind::Validation),  // ER_DIVISION_BY_ZERO
+    (1366, ErrorKind::Validation),  // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: bad number
+    (1292, ErrorKind::Validation),  // ER_TRUNCATED_WRONG_VALUE: bad date, number
+    (1265, ErrorKind::Validation),  // WARN_DATA_TRUNCATED
+    (3819, ErrorKind::Validation),  // ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+    (4025, ErrorKind::Validation),  // ER_CONSTRAINT_FAILED (MariaDB CHECK)
 ];
 
 /// SQLSTATEs (PostgreSQL, and MySQL where no number above matched), exact or by class.
@@ -179,9 +181,23 @@ pub(crate) fn link_gone() -> DbErr {
 
 /// A ROLLBACK that did not answer within `grace`: its connection is given up.
 pub(crate) fn rollback_unanswered(grace: std::time::Duration) -> DbErr {
-    DbErr::Exec(RuntimeErr::Internal(format!(
-        "safe-db: the rollback did not answer within {grace:?}; the connection is closed"
-    )))
+    step_unanswered("ROLLBACK", grace)
+}
+
+/// A step of the protocol (`step`: BEGIN, SAVEPOINT, …) that the server did not answer
+/// within `bound`: its connection is closed. Classified [`ErrorKind::Timeout`].
+pub(crate) fn step_unanswered(step: &str, bound: std::time::Duration) -> DbErr {
+    let message = format!(
+        "safe-db: the server did not answer the {step} within {bound:?}; the connection is \
+         closed, never reused"
+    );
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    {
+        // SQLSTATE 57014 (query_canceled): a step stopped for time, like a statement.
+        Coded::new(message, "57014", false).into_db_err()
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    DbErr::Exec(RuntimeErr::Internal(message))
 }
 
 /// An outermost COMMIT whose answer was lost with the connection (`err`): classified
@@ -191,6 +207,21 @@ pub(crate) fn commit_unknown(err: &DbErr) -> DbErr {
         "safe-db: the connection was lost while the COMMIT was on the wire, so whether the \
          transaction committed is unknown (it is not re-run): {}",
         redact(&err.to_string())
+    );
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    {
+        Coded::new(message, "08007", false).into_db_err()
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    DbErr::Exec(RuntimeErr::Internal(message))
+}
+
+/// An outermost COMMIT sent and not answered within `bound`: classified
+/// [`ErrorKind::CommitUnknown`].
+pub(crate) fn commit_unanswered(bound: std::time::Duration) -> DbErr {
+    let message = format!(
+        "safe-db: the server did not answer the COMMIT within {bound:?}, so whether the \
+         transaction committed is unknown (it is not re-run); the connection is closed"
     );
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
     {

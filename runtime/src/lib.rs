@@ -108,7 +108,7 @@ pub use pool::guard_pool_release;
 #[cfg(feature = "stream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
 pub use stream::TxStream;
-pub use tx::{CallbackOutput, Tx};
+pub use tx::{CallbackOutput, DEFAULT_STEP_TIMEOUT, Tx, set_step_timeout};
 
 /// Runs an `async fn` in a transaction that commits on `Ok` and rolls back otherwise.
 ///

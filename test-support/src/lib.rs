@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
-/// The seed's agent registry, as a SeaORM entity.
+pub mod proxy;
+
+/// The agent registry of the Python service safe-db started from, as a SeaORM entity.
 pub mod agent {
     use sea_orm::entity::prelude::*;
 
@@ -224,6 +226,23 @@ impl TestDb {
     /// The options of [`TestDb::pool`], to change before connecting.
     pub fn options(&self, max_connections: u32) -> ConnectOptions {
         let mut options = pool_options(&self.url, max_connections);
+        if self.backend == Backend::Postgres {
+            options.set_schema_search_path(self.namespace.clone());
+        }
+        options
+    }
+
+    /// Like [`TestDb::options`], through `proxy` to the test's server, in plain text (the
+    /// proxy reads the messages it is told to freeze after; with TLS compiled in, sqlx
+    /// would otherwise encrypt them).
+    pub fn options_via(&self, proxy: &proxy::FaultProxy, max_connections: u32) -> ConnectOptions {
+        let url = proxy.url(&self.url);
+        let plain = match self.backend {
+            Backend::Postgres => "sslmode=disable",
+            _ => "ssl-mode=DISABLED",
+        };
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let mut options = pool_options(&format!("{url}{separator}{plain}"), max_connections);
         if self.backend == Backend::Postgres {
             options.set_schema_search_path(self.namespace.clone());
         }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::guard::Critical;
 use super::tree::Tree;
-use super::{Link, Tx, left, pool_unknown};
+use super::{Link, Tx, bound, left, pool_unknown};
 use crate::{Begin, Db, Options, dialect};
 
 /// The earlier of two deadlines.
@@ -93,7 +93,18 @@ impl Tx {
                 bound,
             },
         );
-        if let Err(err) = link.execute_unprepared(&sql).await {
+        let limit = bound::step(deadline);
+        let begun = bound::within(backend, limit, link.step(&sql))
+            .await
+            .unwrap_or_else(|| {
+                // Unanswered: the connection is closed (the link owes an answer and is
+                // distrusted below), and nothing can have been committed.
+                Err(crate::error::step_unanswered("BEGIN", limit))
+            });
+        if let Err(err) = begun {
+            if link.owes() {
+                link.distrust();
+            }
             match backend {
                 // One statement: nothing began.
                 DbBackend::Sqlite => {}
@@ -155,7 +166,7 @@ impl Tx {
         if let Some(own) = deadline
             && let Some(sql) = dialect::bound_sql(backend, left(Some(own)))
         {
-            tx.tree.link.lock().await.execute_unprepared(&sql).await?;
+            tx.tree.link.lock().await.step(&sql).await?;
             tx.restore_bound = Some(None);
             tx.note_session_bound();
         }
@@ -201,7 +212,12 @@ impl Tx {
         {
             let mut link = self.tree.link.lock().await;
             self.settle_dropped(&mut link).await?;
-            link.execute_unprepared(&sql).await?;
+            let limit = bound::step(own);
+            let Some(begun) = bound::within(backend, limit, link.step(&sql)).await else {
+                link.distrust();
+                return Err(crate::error::step_unanswered("SAVEPOINT", limit));
+            };
+            begun?;
         }
         step.done();
         let tx = Tx {

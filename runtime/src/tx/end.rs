@@ -9,7 +9,7 @@ use sea_orm::{DbBackend, DbErr};
 
 use super::guard::Critical;
 use super::tree::Tree;
-use super::{Callback, Link, ROLLBACK_GRACE, Tx, left, savepoint_end_failed};
+use super::{Callback, Link, ROLLBACK_GRACE, Tx, bound, left, savepoint_end_failed};
 use crate::{ErrorKind, dialect};
 
 impl Tx {
@@ -85,7 +85,12 @@ impl Tx {
             dialect::release(self.backend, self.depth, restore)
         };
         let step = Critical::step(Some(&self.tree));
-        let ended = link.execute_unprepared(&sql).await;
+        let limit = bound::step(self.deadline);
+        let Some(ended) = bound::within(self.backend, limit, link.step(&sql)).await else {
+            // Unanswered: the tree breaks (`step` dropped) and its connection is closed.
+            link.distrust();
+            return Err(crate::error::step_unanswered("RELEASE", limit));
+        };
         step.done();
         if let Err(err) = &ended {
             if ErrorKind::of(err).is_retryable() {
@@ -107,13 +112,22 @@ impl Tx {
             if let Some(restore) = self.restore_bound
                 && let Some(sql) = dialect::bound_sql(self.backend, left(restore))
             {
-                link.execute_unprepared(&sql).await?;
+                link.step(&sql).await?;
             }
             link.end_sea_orm(true).await
         } else {
+            if link.untrusted() {
+                link.release();
+                return Err(crate::error::link_gone());
+            }
             let bounded = self.tree.session_bound.load(Ordering::Relaxed);
             let sql = dialect::commit(self.backend, bounded);
-            let ended = link.execute_unprepared(sql).await.map(drop);
+            let limit = bound::step(self.deadline);
+            let ended = match bound::within(self.backend, limit, link.step(sql)).await {
+                Some(ended) => ended.map(drop),
+                // Sent and unanswered: committed or not, nobody knows.
+                None => Err(crate::error::commit_unanswered(limit)),
+            };
             if ended.is_ok() {
                 link.set_open(false);
                 link.release();
@@ -126,10 +140,20 @@ impl Tx {
         if ErrorKind::of(&err).is_retryable() {
             self.tree.lost_conflict(&err);
         }
+        if ErrorKind::of(&err) == ErrorKind::CommitUnknown {
+            link.distrust();
+            link.release();
+            if let (Some(home), Some(node)) = (&self.tree.home, self.tree.node.get()) {
+                home.node_lost(*node, &err);
+            }
+            return Err(err);
+        }
         if self.tree.commit_visible
             && self.backend != DbBackend::Sqlite
             && ErrorKind::of(&err) == ErrorKind::Unavailable
         {
+            // The connection lost with the COMMIT on the wire, or (MariaDB 1180) an error
+            // during the COMMIT itself: it may have committed, or not.
             link.distrust();
             link.release();
             if let (Some(home), Some(node)) = (&self.tree.home, self.tree.node.get()) {
@@ -193,10 +217,12 @@ impl Tx {
         let sql = dialect::rollback_to(self.backend, self.depth, restore);
         let step = Critical::step(Some(&self.tree));
         // Cut off by the grace period, the step is not done: the tree is broken when
-        // `step` is dropped.
-        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, link.execute_unprepared(&sql))
-            .await
-            .map_err(|_| crate::error::rollback_unanswered(ROLLBACK_GRACE))?;
+        // `step` is dropped, and its connection closed.
+        let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
+        let Some(rolled_back) = bound::within(self.backend, limit, link.step(&sql)).await else {
+            link.distrust();
+            return Err(crate::error::rollback_unanswered(limit));
+        };
         step.done();
         if let Err(err) = &rolled_back {
             if ErrorKind::of(err).is_retryable() {
@@ -213,15 +239,16 @@ impl Tx {
                 .await
                 .unwrap_or_else(|_| Err(crate::error::rollback_unanswered(ROLLBACK_GRACE)));
         }
-        if link.owes() {
+        if link.owes() || link.untrusted() {
             link.release();
             return Ok(());
         }
         let bounded = self.tree.session_bound.load(Ordering::Relaxed);
         let sql = dialect::rollback(self.backend, bounded);
-        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, link.execute_unprepared(sql))
+        let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
+        let rolled_back = bound::within(self.backend, limit, link.step(sql))
             .await
-            .unwrap_or_else(|_| Err(crate::error::rollback_unanswered(ROLLBACK_GRACE)));
+            .unwrap_or_else(|| Err(crate::error::rollback_unanswered(limit)));
         match &rolled_back {
             Ok(_) => link.set_open(false),
             // SQLite's state is local and known: an error there means no transaction was
@@ -251,9 +278,11 @@ impl Tx {
         };
         let sql = dialect::rollback_to(self.backend, depth, restore.map(left));
         let step = Critical::step(Some(&self.tree));
-        let rolled_back = tokio::time::timeout(ROLLBACK_GRACE, link.execute_unprepared(&sql))
-            .await
-            .map_err(|_| crate::error::rollback_unanswered(ROLLBACK_GRACE))?;
+        let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
+        let Some(rolled_back) = bound::within(self.backend, limit, link.step(&sql)).await else {
+            link.distrust();
+            return Err(crate::error::rollback_unanswered(limit));
+        };
         step.done();
         if let Err(err) = rolled_back {
             self.tree.break_with(err.clone());

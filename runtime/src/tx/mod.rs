@@ -30,6 +30,7 @@
 //! | outermost ROLLBACK | the link | the connection is closed if it fails or does not answer in time |
 
 mod begin;
+mod bound;
 mod end;
 mod gate;
 mod guard;
@@ -49,6 +50,7 @@ use std::time::Duration;
 use sea_orm::{DbBackend, DbErr, RuntimeErr};
 use tokio::time::Instant;
 
+pub use bound::{DEFAULT_STEP_TIMEOUT, set_step_timeout};
 pub(crate) use link::Link;
 use tree::Tree;
 
