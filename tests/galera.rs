@@ -42,6 +42,42 @@ async fn transfer(
     to: i32,
     amount: i64,
 ) -> Result<bool, Error> {
+    move_money(tx, t, tid, from, to, amount).await
+}
+
+/// A transfer as a production user bounds it: a short deadline, a few retries.
+#[safe_db_operation(retries = 5, timeout = "3s")]
+async fn transfer_in_time(
+    tx: &Tx,
+    t: &str,
+    tid: &str,
+    from: i32,
+    to: i32,
+    amount: i64,
+) -> Result<bool, Error> {
+    move_money(tx, t, tid, from, to, amount).await
+}
+
+/// The node (port) and session each transfer's last attempt ran on: for a failure's message.
+static RAN_ON: std::sync::Mutex<Vec<(String, i64, i64)>> = std::sync::Mutex::new(Vec::new());
+
+async fn move_money(
+    tx: &Tx,
+    t: &str,
+    tid: &str,
+    from: i32,
+    to: i32,
+    amount: i64,
+) -> Result<bool, Error> {
+    let row = tx
+        .query_one_raw(Statement::from_string(
+            tx.get_database_backend(),
+            "SELECT CAST(@@port AS SIGNED), CAST(CONNECTION_ID() AS SIGNED)",
+        ))
+        .await?
+        .expect("a row");
+    let (port, session): (i64, i64) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+    RAN_ON.lock().unwrap().push((tid.to_owned(), port, session));
     let debited = tx
         .execute_unprepared(&format!(
             "UPDATE {t}accounts SET balance = balance - {amount} \
@@ -160,6 +196,7 @@ async fn a_galera_cluster_keeps_every_invariant() {
     };
     transfers_through_every_node_at_once_absorb_certification_conflicts(&urls).await;
     a_db_over_the_nodes_keeps_serving_when_one_dies(&urls).await;
+    a_node_cut_off_from_the_cluster_never_commits_what_failed(&urls).await;
 }
 
 async fn transfers_through_every_node_at_once_absorb_certification_conflicts(urls: &[String]) {
@@ -396,9 +433,18 @@ async fn a_db_over_the_nodes_keeps_serving_when_one_dies(urls: &[String]) {
             i64::from(ACCOUNTS) * OPENING,
             "node {n}"
         );
+        let missing: Vec<_> = committed.difference(&logged).cloned().collect();
+        let ran: Vec<_> = RAN_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(tid, _, _)| missing.contains(tid))
+            .cloned()
+            .collect();
         assert!(
-            committed.is_subset(&logged),
-            "node {n}: a committed transfer is missing"
+            missing.is_empty(),
+            "node {n}: committed transfers are missing: {missing:?}; attempts (tid, port, \
+             session): {ran:?}"
         );
         let extra: BTreeSet<_> = logged.difference(&committed).cloned().collect();
         assert!(
@@ -423,4 +469,161 @@ async fn node_port(tx: &Tx) -> Result<i64, Error> {
         .await?
         .expect("a row");
     Ok(row.try_get_by_index(0)?)
+}
+
+/// Node 2 is cut off from the others (`gmcast.isolate=1`: it loses quorum and answers 1047,
+/// even to ROLLBACK) for 3 s while transfers with a 3 s deadline and 5 retries run through
+/// a `Db` over the three nodes, then rejoins. A connection whose ROLLBACK was refused is
+/// closed, never reused: its next BEGIN would otherwise commit the old work (MySQL's implicit
+/// commit) once the node is back. Afterwards, on every node: the total unchanged, every `Ok`
+/// transfer logged once, no transfer reported as failed logged, `CommitUnknown` ones present
+/// or absent; and every call answered by its deadline plus 250 ms.
+async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(urls: &[String]) {
+    let setup = Database::connect(pool_options(&urls[0], 1)).await.unwrap();
+    open_bank(&setup, "i_").await;
+    let mut pools = Vec::new();
+    for url in urls {
+        let mut options = pool_options(url, 6);
+        options.connect_lazy(true);
+        pools.push(Database::connect(options).await.unwrap());
+    }
+    let db = safe_db::Db::new(pools[0].clone(), None).with_failover(pools[1..].to_vec());
+    let node2 = Database::connect(pool_options(&urls[1], 1)).await.unwrap();
+
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let db = db.clone();
+        writers.push(tokio::spawn(async move {
+            let mut seed = w * 104_729 + 3;
+            let (mut committed, mut unknown, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+            let mut slowest = std::time::Duration::ZERO;
+            for i in 0..40 {
+                let from = (next(&mut seed) % ACCOUNTS as u64) as i32 + 1;
+                let to = (from % ACCOUNTS) + 1;
+                let amount = (next(&mut seed) % 50) as i64 + 1;
+                let tid = format!("i{w}-{i}");
+                let started = Instant::now();
+                let outcome = transfer_in_time(&db, "i_", &tid, from, to, amount).await;
+                slowest = slowest.max(started.elapsed());
+                match outcome {
+                    Ok(true) => committed.push(tid),
+                    Ok(false) => {}
+                    Err(err) if err.kind() == safe_db::ErrorKind::CommitUnknown => {
+                        unknown.push(tid)
+                    }
+                    Err(err) => failed.push((tid, err.kind())),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (committed, unknown, failed, slowest)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    exec(
+        &node2,
+        "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    exec(
+        &node2,
+        "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'",
+    )
+    .await;
+    let (mut committed, mut unknown, mut failed) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+    let mut slowest = std::time::Duration::ZERO;
+    for writer in writers {
+        let (c, u, f, s) = writer.await.expect("a writer");
+        committed.extend(c);
+        unknown.extend(u);
+        failed.extend(f);
+        slowest = slowest.max(s);
+    }
+    // Back in the primary component, and synced.
+    let started = Instant::now();
+    while !galera_ready(&node2).await {
+        assert!(started.elapsed().as_secs() < 60, "node 2 did not rejoin");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!(
+        "isolated node: {} committed, {} unknown, {} failed ({:?}), slowest call {slowest:?} \
+         against a 3 s deadline",
+        committed.len(),
+        unknown.len(),
+        failed.len(),
+        failed
+            .iter()
+            .map(|(_, kind)| format!("{kind:?}"))
+            .collect::<BTreeSet<_>>()
+    );
+    assert!(
+        slowest <= std::time::Duration::from_millis(3250),
+        "a call took {slowest:?} against a 3 s deadline"
+    );
+    let failed_tids: BTreeSet<String> = failed.iter().map(|(tid, _)| tid.clone()).collect();
+    let mut first = None;
+    for (n, url) in urls.iter().enumerate() {
+        let node = Database::connect(pool_options(url, 1)).await.unwrap();
+        let (balances, logged) = settled(&node, "i_").await;
+        assert_eq!(
+            balances.iter().map(|b| i64::from(*b)).sum::<i64>(),
+            i64::from(ACCOUNTS) * OPENING,
+            "node {n}: the total"
+        );
+        assert!(
+            balances.iter().all(|b| *b >= 0),
+            "node {n}: a negative balance"
+        );
+        let missing: Vec<_> = committed.difference(&logged).cloned().collect();
+        if !missing.is_empty() {
+            // Which node each ran on, as the others hold it.
+            let mut seen = Vec::new();
+            for (m, url) in urls.iter().enumerate() {
+                let other = Database::connect(pool_options(url, 1)).await.unwrap();
+                let (_, others) = settled(&other, "i_").await;
+                seen.push((m, missing.iter().filter(|t| others.contains(*t)).count()));
+            }
+            let ran: Vec<_> = RAN_ON
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(tid, _, _)| missing.contains(tid))
+                .cloned()
+                .collect();
+            panic!(
+                "node {n}: committed transfers are missing: {missing:?} (of {} logged); \
+                 held by node (index, how many of them): {seen:?}; attempts (tid, port, \
+                 session): {ran:?}",
+                logged.len()
+            );
+        }
+        let failed_but_logged: Vec<_> = failed_tids.intersection(&logged).collect();
+        assert!(
+            failed_but_logged.is_empty(),
+            "node {n}: reported as failed, yet committed: {failed_but_logged:?}"
+        );
+        let extra: BTreeSet<_> = logged.difference(&committed).cloned().collect();
+        assert!(
+            extra.is_subset(&unknown),
+            "node {n}: logged but never reported: {extra:?}"
+        );
+        match &first {
+            None => first = Some(balances),
+            Some(first) => assert_eq!(&balances, first, "node {n} holds other balances"),
+        }
+    }
+}
+
+/// Whether a Galera node is ready and `Synced`.
+async fn galera_ready(node: &DatabaseConnection) -> bool {
+    let ready = node
+        .query_one_raw(Statement::from_string(
+            node.get_database_backend(),
+            "SHOW GLOBAL STATUS LIKE 'wsrep_ready'",
+        ))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.try_get_by_index::<String>(1).ok());
+    ready.as_deref() == Some("ON") && status(node, "wsrep_local_state").await == 4
 }

@@ -134,6 +134,55 @@ async fn a_standby_serves_reads_that_cannot_see_older_data_than_their_writes() {
     read_your_writes(&primary, &standby, &standby_url).await;
     a_lagging_standby_is_skipped_with_a_warning(&primary, &standby, &standby_url).await;
     a_stopped_standby_is_skipped_and_used_again_once_back(&primary, &standby).await;
+    // Last: a promoted standby is a standby no more.
+    a_promoted_standby_is_dropped_with_a_warning(&primary, &standby).await;
+}
+
+/// The standby is promoted while its primary is still up (a failover gone wrong): a `Db`
+/// that used it as its replica must not read there any more (it holds none of the
+/// primary's later writes), and says so once.
+async fn a_promoted_standby_is_dropped_with_a_warning(
+    primary: &DatabaseConnection,
+    standby: &DatabaseConnection,
+) {
+    let Some(promote) = env("SAFE_DB_TEST_STANDBY_PROMOTE") else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "CI=true but SAFE_DB_TEST_STANDBY_PROMOTE is not set");
+        println!("SAFE_DB_TEST_STANDBY_PROMOTE is not set: skipped");
+        return;
+    };
+    exec(primary, "DROP TABLE IF EXISTS standby_rows").await;
+    exec(primary, "CREATE TABLE standby_rows (id INT PRIMARY KEY)").await;
+    caught_up(primary, standby).await;
+    let db = Db::new(primary.clone(), Some(standby.clone()));
+    assert!(where_ran(&db).await.unwrap(), "the standby serves at first");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&promote)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{promote}");
+    let (captured, _guard) = capture::start();
+    // Writes, each followed by reads: every read sees the write before it.
+    for id in 1..=5 {
+        write(&db, id).await.unwrap();
+        // Past the 200 ms for which the standby's answer is reused.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for _ in 0..4 {
+            let (on_standby, found) = read(&db, id).await.unwrap();
+            assert!(
+                !on_standby,
+                "a read ran on a server in recovery after the promotion"
+            );
+            assert_eq!(found, vec![id], "a read after write {id} did not see it");
+        }
+    }
+    assert!(
+        captured.all_text().contains("no longer a standby"),
+        "{}",
+        captured.all_text()
+    );
+    exec(primary, "DROP TABLE standby_rows").await;
 }
 
 /// Where an operation ran: on the standby or not.

@@ -58,6 +58,11 @@ CONF
   resume)
     as_postgres "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w start >/dev/null
     ;;
+  promote)
+    # The standby becomes a primary of its own (a failover gone wrong: the old primary is
+    # still up). It cannot be a standby again; the scenario that promotes it runs last.
+    as_postgres "$bin/pg_ctl" -D "$dir" -w promote >/dev/null
+    ;;
   stop)
     if [ -f "$dir/postmaster.pid" ]; then
       pid=$(head -1 "$dir/postmaster.pid")

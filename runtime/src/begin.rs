@@ -288,11 +288,14 @@ impl Begin for Db {
                                 return Err(err);
                             }
                             Ok(Err(err)) => replica.mark_down(&err),
-                            Err(_) => replica.mark_down(&DbErr::Conn(
-                                sea_orm::RuntimeErr::Internal(format!(
-                                    "no transaction began on it within {:?}",
-                                    crate::replica::BEGIN_TIMEOUT
-                                )),
+                            Err(_) => replica.mark_down(&crate::cause::raise(
+                                crate::Cause::NodeUnreachable {
+                                    node: 1,
+                                    detail: format!(
+                                        "no transaction began on the read replica within {:?}",
+                                        crate::replica::BEGIN_TIMEOUT
+                                    ),
+                                },
                             )),
                         }
                     }

@@ -192,6 +192,14 @@ pub(crate) fn max_statement_time(left: Option<Duration>) -> String {
 /// fails, and the transaction is taken as ended.
 pub(crate) const IN_TRANSACTION: &str = "SELECT CAST(@@in_transaction AS SIGNED)";
 
+/// MariaDB Galera: whether a node is ready (`wsrep_ready`, `ON`) and `Synced`
+/// (`wsrep_local_state`, 4). Both NULL on a server without Galera.
+pub(crate) const GALERA_HEALTH: &str = "SELECT \
+     MAX(IF(VARIABLE_NAME = 'WSREP_READY', VARIABLE_VALUE, NULL)), \
+     MAX(IF(VARIABLE_NAME = 'WSREP_LOCAL_STATE', VARIABLE_VALUE, NULL)) \
+     FROM information_schema.GLOBAL_STATUS \
+     WHERE VARIABLE_NAME IN ('WSREP_READY', 'WSREP_LOCAL_STATE')";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,9 @@ impl ErrorKind {
     /// Classifies a SeaORM error by SQLSTATE, driver error code and [`DbErr::sql_err`],
     /// on SQLite, PostgreSQL and MySQL/MariaDB alike.
     pub fn of(err: &DbErr) -> ErrorKind {
+        if let Some(cause) = crate::Cause::of(err) {
+            return cause.kind();
+        }
         match err.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(_)) => return ErrorKind::UniqueViolation,
             Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
@@ -174,9 +177,17 @@ const SQLITE_CODES: &[(i32, ErrorKind)] = &[
 /// A step of the protocol whose connection has already been given up (a link used after
 /// its transaction ended).
 pub(crate) fn link_gone() -> DbErr {
-    DbErr::Conn(RuntimeErr::Internal(
-        "safe-db: the transaction's connection has already been given back or closed".to_owned(),
-    ))
+    crate::cause::raise(crate::Cause::ConnectionGone)
+}
+
+/// A Galera node that is not fit to serve (`ready`: `wsrep_ready`; `state`:
+/// `wsrep_local_state`, 4 when `Synced`): left aside like one that cannot be reached.
+pub(crate) fn node_unfit(node: usize, ready: &str, state: &str) -> DbErr {
+    crate::cause::raise(crate::Cause::NodeUnfit {
+        node,
+        ready: ready.to_owned(),
+        state: state.to_owned(),
+    })
 }
 
 /// A ROLLBACK that did not answer within `grace`: its connection is given up.
@@ -186,49 +197,25 @@ pub(crate) fn rollback_unanswered(grace: std::time::Duration) -> DbErr {
 
 /// A step of the protocol (`step`: BEGIN, SAVEPOINT, …) that the server did not answer
 /// within `bound`: its connection is closed. Classified [`ErrorKind::Timeout`].
-pub(crate) fn step_unanswered(step: &str, bound: std::time::Duration) -> DbErr {
-    let message = format!(
-        "safe-db: the server did not answer the {step} within {bound:?}; the connection is \
-         closed, never reused"
-    );
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    {
-        // SQLSTATE 57014 (query_canceled): a step stopped for time, like a statement.
-        Coded::new(message, "57014", false).into_db_err()
-    }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-    DbErr::Exec(RuntimeErr::Internal(message))
+pub(crate) fn step_unanswered(step: &'static str, limit: std::time::Duration) -> DbErr {
+    crate::cause::raise(crate::Cause::StepUnanswered { step, limit })
 }
 
 /// An outermost COMMIT whose answer was lost with the connection (`err`): classified
 /// [`ErrorKind::CommitUnknown`], with SQLSTATE 08007 (transaction resolution unknown).
 pub(crate) fn commit_unknown(err: &DbErr) -> DbErr {
-    let message = format!(
-        "safe-db: the connection was lost while the COMMIT was on the wire, so whether the \
-         transaction committed is unknown (it is not re-run): {}",
-        redact(&err.to_string())
-    );
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    {
-        Coded::new(message, "08007", false).into_db_err()
-    }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-    DbErr::Exec(RuntimeErr::Internal(message))
+    crate::cause::raise_with(crate::Cause::CommitUnknown, Some(&redact(&err.to_string())))
 }
 
 /// An outermost COMMIT sent and not answered within `bound`: classified
 /// [`ErrorKind::CommitUnknown`].
 pub(crate) fn commit_unanswered(bound: std::time::Duration) -> DbErr {
-    let message = format!(
-        "safe-db: the server did not answer the COMMIT within {bound:?}, so whether the \
-         transaction committed is unknown (it is not re-run); the connection is closed"
-    );
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    {
-        Coded::new(message, "08007", false).into_db_err()
-    }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-    DbErr::Exec(RuntimeErr::Internal(message))
+    crate::cause::raise_with(
+        crate::Cause::CommitUnknown,
+        Some(&format!(
+            "no answer within {bound:?}; the connection is closed"
+        )),
+    )
 }
 
 /// A database error made by safe-db (a refusal, an unknown commit, an injected failure
@@ -298,16 +285,9 @@ impl sea_orm::sqlx::error::DatabaseError for Coded {
 /// A write refused by safe-db in a read-only savepoint (MySQL/MariaDB cannot make one
 /// read-only): classified [`ErrorKind::ReadOnly`], with PostgreSQL's SQLSTATE for it.
 pub(crate) fn read_only_refused(what: &str) -> DbErr {
-    let message = format!(
-        "safe-db: `{what}` refused: a read_only operation must not write, and it runs in a \
-         savepoint of a transaction that may (nothing was sent)"
-    );
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    {
-        Coded::new(message, "25006", false).into_db_err()
-    }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-    DbErr::Exec(RuntimeErr::Internal(message))
+    crate::cause::raise(crate::Cause::ReadOnly {
+        keyword: what.to_owned(),
+    })
 }
 
 /// The database's own error inside `err`, if the server (or SQLite) reported one.
@@ -437,6 +417,12 @@ impl Error {
     /// The database error this was classified from, if any.
     pub fn db_err(&self) -> Option<&DbErr> {
         self.source.as_ref()
+    }
+
+    /// What safe-db found or refused, if it raised this error itself (a refused statement,
+    /// an unknown commit, a timeout, …): match on it rather than on the message.
+    pub fn cause(&self) -> Option<&crate::Cause> {
+        self.source.as_ref().and_then(crate::Cause::of)
     }
 }
 

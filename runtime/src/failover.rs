@@ -1,13 +1,14 @@
 //! A `Db` over several nodes that all take writes (a MariaDB Galera cluster): each
 //! operation begins on the next node in turn that is not known to be down; a node that
-//! cannot be reached is left aside for a while and used again after. See
+//! cannot be reached, does not answer in time, or (Galera) is not `Synced` and ready is
+//! left aside for a while and used again after. See
 //! [`Db::with_failover`](crate::Db::with_failover).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::time::Instant;
 
 use crate::{Db, ErrorKind, Options, Tx};
@@ -15,23 +16,31 @@ use crate::{Db, ErrorKind, Options, Tx};
 /// How long a node that could not be reached is left aside before it is tried again.
 const DOWN_FOR: Duration = Duration::from_secs(2);
 /// How long a BEGIN on one node may take (a connection included) before the next node is
-/// tried: a pool waits for a connection up to its acquire timeout (30 s by default).
+/// tried: a pool waits for a connection up to its acquire timeout (30 s by default). With
+/// a deadline, at most a third of the time left, so that a node that does not answer
+/// leaves time for the others.
 const BEGIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a Galera node found `Synced` and ready is taken as such before it is asked
+/// again (one round trip, inside the transaction begun on it).
+const HEALTHY_FOR: Duration = Duration::from_secs(1);
 
 /// The nodes of a `Db` with failover; the first is its primary pool.
 #[derive(Debug)]
 pub(crate) struct Nodes {
     pools: Vec<DatabaseConnection>,
     down_until: Vec<Mutex<Option<Instant>>>,
+    healthy_until: Vec<Mutex<Option<Instant>>>,
     next: AtomicUsize,
 }
 
 impl Nodes {
     pub(crate) fn new(pools: Vec<DatabaseConnection>) -> Self {
         let down_until = pools.iter().map(|_| Mutex::new(None)).collect();
+        let healthy_until = pools.iter().map(|_| Mutex::new(None)).collect();
         Nodes {
             pools,
             down_until,
+            healthy_until,
             next: AtomicUsize::new(0),
         }
     }
@@ -92,10 +101,16 @@ impl Nodes {
         let candidates = if up.is_empty() { order } else { up };
         let mut last = None;
         for node in candidates {
-            let begun = tokio::time::timeout(
-                BEGIN_TIMEOUT,
-                Tx::begin(&self.pools[node], Some(db), options, deadline),
-            )
+            let limit = match deadline {
+                Some(deadline) => {
+                    BEGIN_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()) / 3)
+                }
+                None => BEGIN_TIMEOUT,
+            };
+            let begun = tokio::time::timeout(limit, async {
+                let tx = Tx::begin(&self.pools[node], Some(db), options, deadline).await?;
+                self.check_health(node, tx).await
+            })
             .await;
             let err = match begun {
                 Ok(Ok(mut tx)) => {
@@ -111,15 +126,63 @@ impl Nodes {
                     return Err(err);
                 }
                 Ok(Err(err)) => err,
-                Err(_) => DbErr::Conn(RuntimeErr::Internal(format!(
-                    "safe-db: no transaction began on node {node} within {BEGIN_TIMEOUT:?}"
-                ))),
+                Err(_) => crate::cause::raise(crate::Cause::NodeUnreachable {
+                    node,
+                    detail: format!("no transaction began on it within {limit:?}"),
+                }),
             };
             self.mark_down(node, &err);
             last = Some(err);
         }
         Err(last.unwrap_or_else(|| {
-            DbErr::Conn(RuntimeErr::Internal("safe-db: no database node".to_owned()))
+            crate::cause::raise(crate::Cause::NodeUnreachable {
+                node: 0,
+                detail: "no database node is configured".to_owned(),
+            })
         }))
+    }
+
+    /// The transaction `tx` just begun on `node`, if the node is fit to serve: a Galera
+    /// node that is not `Synced` with `wsrep_ready = ON` (a donor, a joiner, a node cut off
+    /// from the primary component) is not, as ProxySQL and MaxScale judge it. Asked once
+    /// per [`HEALTHY_FOR`] per node; a server without Galera is fit.
+    async fn check_health(&self, node: usize, tx: Tx) -> Result<Tx, DbErr> {
+        use sea_orm::ConnectionTrait;
+        let fresh = self.healthy_until[node]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until);
+        if fresh || tx.get_database_backend() != sea_orm::DbBackend::MySql {
+            return Ok(tx);
+        }
+        let row = tx
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::MySql,
+                crate::dialect::GALERA_HEALTH,
+            ))
+            .await?;
+        let state = |i| {
+            row.as_ref()
+                .and_then(|r| r.try_get_by_index::<Option<String>>(i).ok().flatten())
+        };
+        let (ready, local_state) = (state(0), state(1));
+        let fit = match (ready.as_deref(), local_state.as_deref()) {
+            // Not a Galera node.
+            (None, None) => true,
+            (Some(ready), Some(local_state)) => ready == "ON" && local_state == "4",
+            _ => false,
+        };
+        if fit {
+            *self.healthy_until[node]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + HEALTHY_FOR);
+            return Ok(tx);
+        }
+        let _ = tx.rollback().await;
+        Err(crate::error::node_unfit(
+            node,
+            ready.as_deref().unwrap_or("?"),
+            local_state.as_deref().unwrap_or("?"),
+        ))
     }
 }

@@ -76,6 +76,7 @@ struct ReadmeExample;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod begin;
+mod cause;
 mod config;
 mod db_url;
 mod dialect;
@@ -100,6 +101,7 @@ use sea_orm::DbErr;
 
 pub use begin::Db;
 pub use begin::{Begin, Connection, InTransaction, Managed};
+pub use cause::{Cause, Refusal};
 pub use config::{ConfigError, DEFAULT_URL, DbConfig};
 pub use error::{Error, ErrorKind};
 pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};

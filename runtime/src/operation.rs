@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::DbErr;
 use tokio::time::Instant;
 
 use tracing::Instrument;
@@ -766,18 +766,9 @@ impl Drop for Operation {
     }
 }
 
-/// A timeout that [`ErrorKind::of`] classifies as [`ErrorKind::Timeout`].
-fn timeout_error(name: &str, limit: Duration) -> DbErr {
-    let message = format!("safe-db: operation `{name}` exceeded its timeout of {limit:?}");
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    {
-        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, message);
-        DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(
-            sea_orm::sqlx::Error::Io(io),
-        )))
-    }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-    DbErr::Exec(RuntimeErr::Internal(message))
+/// The operation's timeout ran out ([`Cause::TimedOut`](crate::Cause::TimedOut)).
+fn timeout_error(operation: &'static str, limit: Duration) -> DbErr {
+    crate::cause::raise(crate::Cause::TimedOut { operation, limit })
 }
 
 /// A number in [0, 1): xorshift over a per-thread state seeded from the clock, which is
@@ -819,9 +810,16 @@ mod tests {
     fn timeout_error_is_classified_as_timeout() {
         let err = timeout_error("f", Duration::from_millis(250));
         assert_eq!(ErrorKind::of(&err), ErrorKind::Timeout);
+        assert_eq!(
+            crate::Cause::of(&err),
+            Some(&crate::Cause::TimedOut {
+                operation: "f",
+                limit: Duration::from_millis(250)
+            })
+        );
         assert!(
             err.to_string()
-                .contains("operation `f` exceeded its timeout of 250ms")
+                .contains("operation `f` did not complete within its timeout of 250ms")
         );
     }
 

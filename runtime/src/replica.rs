@@ -3,7 +3,8 @@
 //! (read-your-writes), lags beyond a bound, or is down; then on the primary.
 //!
 //! PostgreSQL streaming standbys only: after each outermost commit that may have written,
-//! the `Db` reads the primary's WAL position (`pg_current_wal_lsn()`, one round trip); a
+//! the `Db` reads the primary's WAL insert position (`pg_current_wal_insert_lsn()`, one
+//! round trip); a
 //! `read_only` operation then asks the standby how far it has replayed
 //! (`pg_last_wal_replay_lsn()`, one round trip, skipped while a recent answer suffices).
 //! A replica that is not a PostgreSQL standby (a MySQL replica, a second database) is used
@@ -52,6 +53,9 @@ pub(crate) struct Replica {
 struct Known {
     /// Not a PostgreSQL standby: used without checks.
     unchecked: bool,
+    /// Seen in recovery at least once: a standby, whose role is checked with each answer
+    /// (promoted, it is no replica of this primary any more).
+    was_standby: bool,
     /// Its last answer: replayed up to, when asked, whether it lagged beyond the bound.
     replayed: u64,
     asked: Option<Instant>,
@@ -102,7 +106,12 @@ impl Replica {
     pub(crate) fn note_commit(self: &Arc<Self>, primary: &DatabaseConnection) {
         self.pending.fetch_add(1, Ordering::SeqCst);
         let (replica, primary) = (Arc::clone(self), primary.clone());
+        // Whatever becomes of the task (its runtime shut down before it ran or ended), the
+        // mark goes with it: the position is then unknown, and reads go to the primary
+        // until a later commit's is read.
+        let mark = Pending(Arc::clone(self), false);
         let note = async move {
+            let mut mark = mark;
             let asked = tokio::time::timeout(
                 NOTE_TIMEOUT,
                 primary.query_one_raw(Statement::from_string(
@@ -122,6 +131,7 @@ impl Replica {
                 Some(lsn) => {
                     replica.last_commit.fetch_max(lsn, Ordering::SeqCst);
                     replica.unknown.store(false, Ordering::SeqCst);
+                    mark.1 = true;
                 }
                 None => {
                     replica.unknown.store(true, Ordering::SeqCst);
@@ -132,14 +142,12 @@ impl Replica {
                     );
                 }
             }
-            replica.pending.fetch_sub(1, Ordering::SeqCst);
+            drop(mark);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(note)),
-            Err(_) => {
-                self.unknown.store(true, Ordering::SeqCst);
-                self.pending.fetch_sub(1, Ordering::SeqCst);
-            }
+            // Dropped unrun: the mark goes, the position unknown.
+            Err(_) => drop(note),
         }
     }
 
@@ -174,9 +182,10 @@ impl Replica {
         let asked = tokio::time::timeout(ASK_TIMEOUT, self.ask())
             .await
             .unwrap_or_else(|_| {
-                Err(DbErr::Conn(sea_orm::RuntimeErr::Internal(format!(
-                    "no answer within {ASK_TIMEOUT:?}"
-                ))))
+                Err(crate::cause::raise(crate::Cause::NodeUnreachable {
+                    node: 1,
+                    detail: format!("the read replica gave no answer within {ASK_TIMEOUT:?}"),
+                }))
             });
         match asked {
             Err(err) => {
@@ -184,15 +193,32 @@ impl Replica {
                 false
             }
             Ok(None) => {
-                // In no recovery: not a standby; used as a plain second database.
-                self.known().unchecked = true;
-                true
+                let mut known = self.known();
+                if !known.was_standby {
+                    // Never in recovery: not a standby; used as a plain second database.
+                    known.unchecked = true;
+                    return true;
+                }
+                // It was a standby and is not any more: promoted. Whatever it holds now is
+                // not this primary's, and reading it would break read-your-writes: left
+                // aside, asked again after a while, taken back once a standby again.
+                let fresh = known.down_until.is_none();
+                known.down_until = Some(Instant::now() + DOWN_FOR);
+                known.asked = None;
+                if fresh {
+                    tracing::warn!(
+                        "the read replica is no longer a standby (promoted?): read_only \
+                         operations run on the primary until it is a standby again"
+                    );
+                }
+                false
             }
             Ok(Some((replayed, lag))) => {
                 let max_lag = *self.max_lag.lock().unwrap_or_else(|e| e.into_inner());
                 let lagging = lag.is_some_and(|lag| lag > max_lag);
                 {
                     let mut known = self.known();
+                    known.was_standby = true;
                     known.replayed = replayed;
                     known.asked = Some(now);
                     known.lagging = lagging;
@@ -264,6 +290,19 @@ impl Replica {
             _ => None,
         };
         Ok(Some((replayed, lag)))
+    }
+}
+
+/// A commit's WAL position being read: dropped (read or not, its task ended or gone), the
+/// mark goes; unread (`.1` false), the position is unknown.
+struct Pending(Arc<Replica>, bool);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.unknown.store(true, Ordering::SeqCst);
+        }
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -250,6 +250,9 @@ where
     };
     let (second, third, fourth) = (second.as_ref(), third.as_ref(), fourth.as_ref());
     let ends = match first_upper {
+        // `ROLLBACK TO` manages a savepoint rather than ending the transaction: named so,
+        // for the reason given with its refusal.
+        "ROLLBACK" if is(second, "TO") => Some(named(2)),
         "BEGIN" | "COMMIT" | "END" | "ABORT" | "SAVEPOINT" | "RELEASE" | "ROLLBACK" => {
             Some(named(1))
         }
@@ -423,6 +426,10 @@ mod tests {
             assert!(ends_transaction(MY, sql).is_some(), "{sql}");
             assert!(ends_transaction(LITE, sql).is_some(), "{sql}");
         }
+        assert_eq!(
+            ends_transaction(PG, "rollback to savepoint a").as_deref(),
+            Some("ROLLBACK TO")
+        );
         for sql in [
             "SELECT 1",
             "INSERT INTO commit_log VALUES (1)",

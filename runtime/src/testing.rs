@@ -162,12 +162,7 @@ pub(crate) const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// The error of an operation on a `TestTx::db()` handle that waited [`TURN_WAIT`] for
 /// another one to end in the test's transaction.
 pub(crate) fn turn_waited() -> DbErr {
-    DbErr::Conn(RuntimeErr::Internal(format!(
-        "safe-db testing: an operation on `TestTx::db()` waited {TURN_WAIT:?} for another \
-         operation of the test's transaction to end; operations on it take turns in one \
-         transaction, so one begun from inside another (where production takes a second \
-         connection from the pool) cannot run: pass that operation the caller's `tx`"
-    )))
+    crate::cause::raise(crate::Cause::TestTurnWaited)
 }
 
 /// A failure to inject.

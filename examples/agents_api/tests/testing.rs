@@ -287,13 +287,14 @@ fn a_template_serves_the_runtimes_after_the_one_that_prepared_it() {
             .unwrap()
     };
     // Prepared on a thread of its own, whose runtime is dropped with it.
+    // Named after the process: two runs of the suite on one server (two checkouts) would
+    // otherwise drop each other's template.
+    let name = format!("safe_db_runtimes_{}", std::process::id());
     let template = std::thread::spawn(move || {
         runtime()
-            .block_on(Template::prepare(
-                &url,
-                "safe_db_runtimes_template",
-                async |db| agents_api::migrate(db).await,
-            ))
+            .block_on(Template::prepare(&url, &name, async |db| {
+                agents_api::migrate(db).await
+            }))
             .unwrap()
     })
     .join()

@@ -7,7 +7,7 @@ use sea_orm::{DbBackend, DbErr, Statement};
 use tokio::sync::MutexGuard;
 
 use super::{Link, Tx};
-use crate::ErrorKind;
+use crate::{Cause, ErrorKind, Refusal};
 
 /// The statements the body sends: checked, bounded, and their failures noted.
 impl Tx {
@@ -43,32 +43,22 @@ impl Tx {
         }
         match crate::sql::ends_transaction(backend, sql) {
             None => Ok(()),
-            Some(what) => {
-                let why = match what.as_str() {
+            Some(keyword) => {
+                let reason = match keyword.as_str() {
                     "COMMIT"
                     | "ROLLBACK"
                     | "BEGIN"
                     | "END"
                     | "ABORT"
                     | "START TRANSACTION"
-                    | "PREPARE TRANSACTION" => "the operation ends its transaction itself",
-                    "SAVEPOINT" | "RELEASE" => {
-                        "call another operation with `tx` instead, which manages its savepoint"
-                    }
+                    | "PREPARE TRANSACTION" => Refusal::EndsTransaction,
+                    "SAVEPOINT" | "RELEASE" | "ROLLBACK TO" => Refusal::ManagesSavepoint,
                     "EXECUTE" | "PREPARE" | "IF" | "WHILE" | "LOOP" | "REPEAT" | "CASE" => {
-                        "MySQL and MariaDB could commit the transaction implicitly in SQL that \
-                         safe-db cannot read before it runs"
+                        Refusal::Unreadable
                     }
-                    _ => {
-                        "MySQL and MariaDB commit the transaction implicitly before it, so a \
-                         later rollback could not undo the work before it; run it outside the \
-                         operation, on the connection"
-                    }
+                    _ => Refusal::ImplicitCommit,
                 };
-                Err(DbErr::Exec(sea_orm::RuntimeErr::Internal(format!(
-                    "safe-db: `{what}` is refused inside a safe-db operation: {why} (nothing \
-                     was sent)"
-                ))))
+                Err(crate::cause::raise(Cause::Refused { keyword, reason }))
             }
         }
     }

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use sea_orm::{DbBackend, DbErr, RuntimeErr};
+use sea_orm::{DbBackend, DbErr};
 use tokio::time::Instant;
 
 pub use bound::{DEFAULT_STEP_TIMEOUT, set_step_timeout};
@@ -120,32 +120,18 @@ pub(crate) type Callback = Pin<Box<dyn Future<Output = Result<(), String>> + Sen
 
 /// The error of every statement and commit in a tree broken by a step cut off.
 fn cut_off() -> DbErr {
-    DbErr::Exec(RuntimeErr::Internal(
-        "safe-db: a nested operation was cancelled or failed while it began or ended its \
-         savepoint, which leaves the enclosing transaction in an unknown state; no further \
-         statement runs in it and nothing is committed"
-            .to_owned(),
-    ))
+    crate::cause::raise(crate::Cause::TreeBroken)
 }
 
 /// The error of a `requires_new` operation called inside a transaction begun by hand.
 pub(crate) fn pool_unknown() -> DbErr {
-    DbErr::Exec(RuntimeErr::Internal(
-        "safe-db: a `requires_new` operation was called inside a transaction begun by hand \
-         (a `DatabaseTransaction`), whose pool safe-db does not know; call it with the \
-         connection instead"
-            .to_owned(),
-    ))
+    crate::cause::raise(crate::Cause::PoolUnknown)
 }
 
 /// The error of every statement and commit at a level that a `savepoint = false`
 /// operation failed in.
-fn doomed_error(operation: &str) -> DbErr {
-    DbErr::Exec(RuntimeErr::Internal(format!(
-        "safe-db: operation `{operation}` failed inside this transaction without a savepoint \
-         of its own (`savepoint = false`), so its work cannot be undone alone: no further \
-         statement runs in this transaction and it rolls back; nothing is committed"
-    )))
+fn doomed_error(operation: &'static str) -> DbErr {
+    crate::cause::raise(crate::Cause::Doomed { operation })
 }
 
 /// A savepoint's `RELEASE` or `ROLLBACK TO` failed with `err`: the enclosing

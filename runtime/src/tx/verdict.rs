@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use sea_orm::{DbBackend, DbErr, RuntimeErr};
+use sea_orm::{DbBackend, DbErr};
 
 use super::{Tx, doomed_error};
 use crate::Db;
@@ -42,7 +42,7 @@ impl Tx {
     /// aborts the transaction so that a COMMIT would silently roll back. A MySQL/MariaDB
     /// error that may have ended the transaction and has not been asked about yet (a
     /// streamed row's) is asked about first: one round trip, after those errors only.
-    pub(crate) async fn why_not_commit(&self, operation: &str) -> Option<DbErr> {
+    pub(crate) async fn why_not_commit(&self, operation: &'static str) -> Option<DbErr> {
         let suspect = self.tree.suspect().clone();
         if let Some(err) = suspect {
             let mut link = self.tree.link.lock().await;
@@ -55,21 +55,16 @@ impl Tx {
             // The conflict itself (a serialization failure, deadlock or busy error), so
             // that it is classified, and retried, as what it is.
             return Some(self.tree.first_conflict.get().cloned().unwrap_or_else(|| {
-                DbErr::Exec(RuntimeErr::Internal(format!(
-                    "safe-db: operation `{operation}` returned Ok after its transaction lost \
-                     a conflict; nothing was committed"
-                )))
+                crate::cause::raise(crate::Cause::ConflictSwallowed { operation })
             }));
         }
         if let Some(err) = self.doomed() {
             return Some(err);
         }
         if self.statement_failed.load(Ordering::Relaxed) && self.backend == DbBackend::Postgres {
-            return Some(DbErr::Exec(RuntimeErr::Internal(format!(
-                "safe-db: operation `{operation}` returned Ok after a statement in its \
-                 transaction failed, and PostgreSQL aborts a transaction on any error; \
-                 nothing was committed (run the statement that may fail in a nested operation)"
-            ))));
+            return Some(crate::cause::raise(
+                crate::Cause::FailedStatementSwallowed { operation },
+            ));
         }
         None
     }
