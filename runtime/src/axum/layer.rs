@@ -124,7 +124,7 @@ where
     /// The request's slot, whose transaction begins on demand: when the handler first
     /// uses it, as the same operation as any other (the server stops a statement still
     /// running at the request's deadline).
-    fn slot(&self) -> Slot {
+    fn slot(&self) -> (Arc<Slot>, Handle) {
         let (conn, options, arrived, deadline) =
             (self.conn.clone(), self.options, self.arrived, self.deadline);
         let request_span = self.span.clone();
@@ -151,7 +151,7 @@ where
                 };
                 Box::pin(async move { conn.__begin(&options, deadline).await })
             };
-        Slot::new(Box::new(begin), Box::new(begin_new))
+        Slot::open(Box::new(begin), Box::new(begin_new))
     }
 
     /// Runs the handler in the request's span, under the request's deadline, catching a
@@ -180,8 +180,13 @@ where
 
     /// Ends the request once its handler has returned (or panicked), before the response
     /// body is sent: no transaction is held open while a body streams.
-    async fn end<E>(&self, slot: Arc<Slot>, called: Called<E>) -> Result<Response, E> {
-        match slot.close().await {
+    async fn end<E>(
+        &self,
+        slot: Arc<Slot>,
+        handle: Handle,
+        called: Called<E>,
+    ) -> Result<Response, E> {
+        match slot.close(handle).await {
             Closed::Began(tx, operation) => self.conclude(tx, operation, called).await,
             Closed::Unused { tried } => {
                 if !tried && !self.span.is_disabled() {
@@ -289,12 +294,12 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let this = Scope::new(self.conn.clone(), self.options, self.timeout);
-        let slot = Arc::new(this.slot());
-        request.extensions_mut().insert(Handle(Arc::clone(&slot)));
+        let (slot, handle) = this.slot();
+        request.extensions_mut().insert(handle.clone());
         let handler = inner.call(request);
         Box::pin(async move {
             let called = this.run(handler, &slot).await;
-            this.end(slot, called).await
+            this.end(slot, handle, called).await
         })
     }
 }

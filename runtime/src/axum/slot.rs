@@ -1,10 +1,15 @@
 //! The request's slot: its transaction, begun on first use through [`RequestTx`], and
 //! ended by the layer.
+//!
+//! As in axum-sqlx-tx, the transaction is leased: the layer owns the slot, the request's
+//! extensions hold a [`Handle`] that only hands out leases, and each `RequestTx` is one.
+//! Only a live lease keeps the layer from committing; a copy of the extensions (an audit
+//! logger's, kept past the response) is no holder.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use axum_core::extract::FromRequestParts;
 use http::request::Parts;
@@ -21,8 +26,8 @@ pub(super) type BeginNewFn =
 pub(super) type BeginFuture = Pin<Box<dyn Future<Output = (Operation, Result<Tx, DbErr>)> + Send>>;
 pub(super) type NewFuture = Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send>>;
 
-/// The request's transaction, shared by the layer (which ends it) and the extractor
-/// (which begins it on first use), with the operation that drives it.
+/// The request's transaction, owned by the layer (which ends it) and leased by each
+/// `RequestTx` (which begins it on first use), with the operation that drives it.
 pub(super) struct Slot {
     /// Begins the request's operation; `true` on the first try, which takes the span
     /// made when the request arrived (a later try, after one failed or was cut off, is an
@@ -36,20 +41,23 @@ pub(super) struct Slot {
     /// Whether a BEGIN was tried (the first try's operation gets the request's span).
     tried: AtomicBool,
     /// Held while the transaction begins; `true` once the request is over, after which
-    /// nothing begins (a copy of the request's extensions may outlive it).
+    /// nothing begins (a `RequestTx` may outlive it).
     gate: tokio::sync::Mutex<bool>,
 }
 
 impl Slot {
-    pub(super) fn new(begin: BeginFn, begin_new: BeginNewFn) -> Self {
-        Slot {
+    /// The request's slot, owned by the layer, and the handle for its extensions.
+    pub(super) fn open(begin: BeginFn, begin_new: BeginNewFn) -> (Arc<Self>, Handle) {
+        let slot = Arc::new(Slot {
             begin,
             begin_new,
             tx: std::sync::OnceLock::new(),
             operation: std::sync::Mutex::new(None),
             tried: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
-        }
+        });
+        let handle = Handle(Arc::new(std::sync::Mutex::new(Arc::downgrade(&slot))));
+        (slot, handle)
     }
 
     async fn get(&self) -> Result<&Tx, DbErr> {
@@ -80,10 +88,13 @@ impl Slot {
         self.tx.get().is_some()
     }
 
-    /// The request is over: nothing may begin from now on. Returns whether a BEGIN was
-    /// tried, and the operation and transaction if one began (still in the slot while a
-    /// `RequestTx` lives).
-    pub(super) async fn close(self: Arc<Self>) -> Closed {
+    /// The request is over: no lease is handed out and nothing begins from now on.
+    /// Returns whether a BEGIN was tried, and the operation and transaction if one began
+    /// and no lease is still held.
+    pub(super) async fn close(self: Arc<Self>, handle: Handle) -> Closed {
+        // Revoked first: from here on only the leases already taken (live `RequestTx`s)
+        // share the slot, whoever holds a copy of the request's extensions.
+        handle.revoke();
         *self.gate.lock().await = true;
         let tried = self.tried.load(Ordering::Relaxed);
         let operation = self.operation().take();
@@ -112,7 +123,8 @@ pub(super) enum Closed {
     Unused { tried: bool },
     /// The request's transaction, for the layer to end.
     Began(Tx, Operation),
-    /// A `RequestTx` outlived the handler: the transaction cannot be committed under it.
+    /// A lease (a `RequestTx`) outlived the handler: the transaction cannot be committed
+    /// under it.
     StillHeld(Option<Operation>),
 }
 
@@ -125,9 +137,31 @@ fn request_over() -> DbErr {
     ))
 }
 
-/// What the request's extensions hold: the way to the request's slot.
+/// What the request's extensions hold: a way to lease the request's slot, not the slot.
+/// Copies of it (of the extensions) neither keep the layer from committing nor keep the
+/// transaction alive; once the layer has revoked it, it leases nothing.
+//
+// Weak, not a strong reference the layer takes back: when the client goes away the layer's
+// future is dropped, and the slot with it, so the transaction rolls back then, not when the
+// last copy of the extensions dies. Behind a lock, not a bare `Weak`: a copy could upgrade
+// between the layer's last look and its taking the transaction, and fail a request that
+// no `RequestTx` held; revoked under the lock, no lease is taken after the layer's look.
 #[derive(Clone)]
-pub(super) struct Handle(pub(super) Arc<Slot>);
+pub(super) struct Handle(Arc<std::sync::Mutex<Weak<Slot>>>);
+
+impl Handle {
+    /// A lease on the slot, unless the request is over.
+    fn lease(&self) -> Option<RequestTx> {
+        let slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Upgraded under the lock: no lease is taken once `revoke` has returned.
+        slot.upgrade().map(RequestTx)
+    }
+
+    /// No lease is handed out from now on.
+    fn revoke(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Weak::new();
+    }
+}
 
 /// The request's transaction, as a handler argument: it begins on first use, and
 /// [`TxLayer`](super::TxLayer) commits it after the handler when the response is a success
@@ -136,6 +170,10 @@ pub(super) struct Handle(pub(super) Arc<Slot>);
 /// Pass `&tx` to a `#[safe_db_operation]` (it runs in a savepoint inside the request's
 /// transaction), or call [`RequestTx::get`] for plain SeaORM queries. Used after its
 /// request has ended (kept in a spawned task), every statement fails.
+///
+/// Each `RequestTx` is a lease on the request's transaction, returned when it is dropped:
+/// one still alive once the handler has returned makes the request a 500, rolled back.
+/// Copies of the request's extensions (an audit logger's, say) hold no lease.
 pub struct RequestTx(Arc<Slot>);
 
 impl RequestTx {
@@ -150,7 +188,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTx {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
         match parts.extensions.get::<Handle>() {
-            Some(Handle(slot)) => Ok(RequestTx(Arc::clone(slot))),
+            Some(handle) => handle.lease().ok_or_else(|| request_over().into()),
             None => Err(Error::new(
                 ErrorKind::Database,
                 "RequestTx used on a route without safe_db::axum::TxLayer: add \
