@@ -1,5 +1,6 @@
 //! The axum integration: every route and error mapping in-process, a real socket, a
-//! client that goes away, a streaming body, and 200 concurrent renames.
+//! client that goes away, a streaming body, 200 concurrent renames, and an audit
+//! middleware whose copy of the extensions outlives the request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -782,6 +783,69 @@ async fn propagation_through_the_request_transaction() {
             "{:?}: nothing of the request",
             t.backend
         );
+        t.cleanup().await;
+    }
+}
+
+/// What `audit_log` got when it asked its copy of the extensions for the request's
+/// transaction after the response, one entry per request.
+static AUDITED: std::sync::Mutex<Vec<Result<(), String>>> = std::sync::Mutex::new(Vec::new());
+
+/// An audit logger, as a middleware inside `TxLayer`: it copies the request's extensions
+/// (where `TxLayer` put the request's transaction) and logs from a task of its own, 50 ms
+/// after the response, so the copy outlives the request. It then tries to take the
+/// request's transaction from its copy, which must fail.
+async fn audit_log(
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let extensions = request.extensions().clone();
+    let response = next.run(request).await;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.extensions = extensions;
+        let late =
+            <RequestTx as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &())
+                .await;
+        AUDITED
+            .lock()
+            .unwrap()
+            .push(late.map(drop).map_err(|e| e.to_string()));
+    });
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_middleware_that_copies_the_extensions_does_not_hold_the_transaction() {
+    for (t, db) in api_db("web_audit", ALL, 5).await {
+        // Only a live RequestTx keeps the request from committing; a copy of the request's
+        // extensions, alive when the handler has returned, is no holder.
+        let app = with_transactions(routes().layer(axum::middleware::from_fn(audit_log)), db);
+        let addr = serve(app).await;
+        AUDITED.lock().unwrap().clear();
+        let body = r#"{"name":"audited"}"#;
+        let answer = raw_http(addr, &format!(
+            "POST /agents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 201"),
+            "{:?}: {answer}",
+            t.backend
+        );
+        let kept: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(kept, ["audited"], "{:?}", t.backend);
+        // The copy was still alive when the request committed; used after the request,
+        // it gives no transaction.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let audited = AUDITED.lock().unwrap().clone();
+        assert_eq!(audited.len(), 1, "{:?}", t.backend);
+        let err = audited[0]
+            .clone()
+            .expect_err("no transaction after the request");
+        assert!(err.contains("used after its request ended"), "{err}");
         t.cleanup().await;
     }
 }

@@ -1,0 +1,305 @@
+//! [`TxLayer`]: each request's transaction, begun on demand, ended after the handler.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum_core::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use http::Request;
+use sea_orm::DbErr;
+
+use super::slot::{BeginFuture, Closed, Handle, NewFuture, Slot};
+use crate::operation::{Began, Operation, Outcome};
+use crate::{Begin, Error, ErrorKind, Options, Tx};
+
+/// The layer that gives each request its transaction: see [`RequestTx`](super::RequestTx).
+#[derive(Clone)]
+pub struct TxLayer<C> {
+    conn: C,
+    options: Options,
+    timeout: Option<std::time::Duration>,
+}
+
+impl<C> TxLayer<C>
+where
+    C: Begin + Clone + Send + Sync + 'static,
+{
+    /// Request transactions on `conn` (a `DatabaseConnection` or a [`Db`](crate::Db)).
+    pub fn new(conn: C) -> Self {
+        TxLayer {
+            conn,
+            options: Options::new(),
+            timeout: None,
+        }
+    }
+
+    /// A deadline for each request, counted from its arrival: a handler still running
+    /// then is dropped, its transaction rolled back (the running statement stopped by the
+    /// server: PostgreSQL's `statement_timeout`, MariaDB's `max_statement_time`, both set
+    /// from this deadline), and the response is a 504 problem. The COMMIT after a handler
+    /// that returned in time is never cut short, nor are after-commit callbacks.
+    ///
+    /// Prefer this to a tower timeout layer. Placed outside `TxLayer`, such a layer can
+    /// answer with a timeout for a request that committed (its COMMIT or callbacks were
+    /// still running); placed inside, it is safe and answers in time, but the statement it
+    /// abandoned runs on in the server, which was not told to stop it.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Request transactions at this isolation level. (A request is not re-run, so there
+    /// is no `retries`; its deadline is [`TxLayer::timeout`].)
+    pub fn isolation(mut self, isolation: crate::Isolation) -> Self {
+        self.options = self.options.isolation(isolation);
+        self
+    }
+
+    /// Read-only request transactions (on a [`Db`](crate::Db) with a replica, on the
+    /// replica).
+    pub fn read_only(mut self) -> Self {
+        self.options = self.options.read_only();
+        self
+    }
+}
+
+impl<S, C: Clone> tower_layer::Layer<S> for TxLayer<C> {
+    type Service = TxService<S, C>;
+
+    fn layer(&self, inner: S) -> TxService<S, C> {
+        TxService {
+            inner,
+            conn: self.conn.clone(),
+            options: self.options,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service of [`TxLayer`].
+#[derive(Clone)]
+pub struct TxService<S, C> {
+    inner: S,
+    conn: C,
+    options: Options,
+    timeout: Option<std::time::Duration>,
+}
+
+/// How the handler ended: `None` when it overran the request's deadline and was dropped,
+/// `Some(Err(payload))` when it panicked.
+type Called<E> = Option<std::thread::Result<Result<Response, E>>>;
+
+/// One request, from its arrival to its response: what the layer's steps share.
+struct Scope<C> {
+    conn: C,
+    options: Options,
+    timeout: Option<std::time::Duration>,
+    arrived: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+    /// The request's span, entered while the handler runs: the operations it calls are
+    /// its children. It becomes the request's operation's span if the transaction is
+    /// used, and records `outcome = "unused"` if not.
+    span: tracing::Span,
+}
+
+impl<C> Scope<C>
+where
+    C: Begin + Clone + Send + Sync + 'static,
+{
+    fn new(conn: C, options: Options, timeout: Option<std::time::Duration>) -> Self {
+        let arrived = tokio::time::Instant::now();
+        Scope {
+            conn,
+            span: Operation::request_span(&options),
+            options,
+            timeout,
+            arrived,
+            deadline: timeout.and_then(|t| arrived.checked_add(t)),
+        }
+    }
+
+    /// The request's slot, whose transaction begins on demand: when the handler first
+    /// uses it, as the same operation as any other (the server stops a statement still
+    /// running at the request's deadline).
+    fn slot(&self) -> (Arc<Slot>, Handle) {
+        let (conn, options, arrived, deadline) =
+            (self.conn.clone(), self.options, self.arrived, self.deadline);
+        let request_span = self.span.clone();
+        let begin = move |first: bool| -> BeginFuture {
+            let conn = conn.clone();
+            let span = if first {
+                request_span.clone()
+            } else {
+                Operation::request_span(&options)
+            };
+            Box::pin(async move {
+                let mut operation = Operation::for_request(&options, arrived, deadline, span);
+                let begun = operation.begin_tx(&conn).await;
+                (operation, begun)
+            })
+        };
+        let own = self.conn.clone();
+        let begin_new =
+            move |options: Options, own_deadline: Option<tokio::time::Instant>| -> NewFuture {
+                let conn = own.clone();
+                let deadline = match (own_deadline, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                Box::pin(async move { conn.__begin(&options, deadline).await })
+            };
+        Slot::open(Box::new(begin), Box::new(begin_new))
+    }
+
+    /// Runs the handler in the request's span, under the request's deadline, catching a
+    /// panic.
+    async fn run<F, E>(&self, handler: F, slot: &Arc<Slot>) -> Called<E>
+    where
+        F: Future<Output = Result<Response, E>>,
+    {
+        let mut handler = std::pin::pin!(AssertUnwindSafe(handler).catch_unwind());
+        let span = &self.span;
+        let begun = Arc::downgrade(slot);
+        let handler = std::future::poll_fn(move |cx| {
+            let _entered = (!span.is_disabled()).then(|| span.enter());
+            // Once the request's transaction holds a connection, an operation in the
+            // handler that cannot get one says it may be waiting for the request.
+            let holds = begun.upgrade().is_some_and(|slot| slot.began());
+            crate::operation::holding_while(holds.then_some("request"), || {
+                handler.as_mut().poll(cx)
+            })
+        });
+        match self.deadline {
+            None => Some(handler.await),
+            Some(deadline) => tokio::time::timeout_at(deadline, handler).await.ok(),
+        }
+    }
+
+    /// Ends the request once its handler has returned (or panicked), before the response
+    /// body is sent: no transaction is held open while a body streams.
+    async fn end<E>(
+        &self,
+        slot: Arc<Slot>,
+        handle: Handle,
+        called: Called<E>,
+    ) -> Result<Response, E> {
+        match slot.close(handle).await {
+            Closed::Began(tx, operation) => self.conclude(tx, operation, called).await,
+            Closed::Unused { tried } => {
+                if !tried && !self.span.is_disabled() {
+                    self.span.record("outcome", "unused");
+                }
+                match called {
+                    None => Ok(self.timed_out().into_response()),
+                    Some(Ok(result)) => result,
+                    Some(Err(payload)) => std::panic::resume_unwind(payload),
+                }
+            }
+            Closed::StillHeld(operation) => {
+                let reason = "a RequestTx outlived its request (moved into a spawned task?): \
+                              the request fails, and its transaction is rolled back when that \
+                              copy is dropped (until then it holds its connection and locks)";
+                if let Some(mut operation) = operation {
+                    operation.abandon(reason);
+                }
+                tracing::error!("{reason}");
+                Ok(
+                    Error::new(ErrorKind::Database, "request transaction still in use")
+                        .into_response(),
+                )
+            }
+        }
+    }
+
+    /// Commits or rolls back the request's transaction from how the handler ended: commit
+    /// on a 2xx or 3xx response, rollback on any other, on an error, a panic (resumed) or
+    /// the deadline.
+    async fn conclude<E>(
+        &self,
+        tx: Tx,
+        mut operation: Operation,
+        called: Called<E>,
+    ) -> Result<Response, E> {
+        match called {
+            None => {
+                let _ = finish(operation, tx, Outcome::TimedOut).await;
+                Ok(self.timed_out().into_response())
+            }
+            Some(Err(payload)) => {
+                let _ = finish(operation, tx, Outcome::Panicked(payload)).await;
+                unreachable!("a panic is resumed")
+            }
+            Some(Ok(Err(err))) => {
+                operation.decline(tx, "the service failed").await;
+                Err(err)
+            }
+            Some(Ok(Ok(response))) => {
+                let status = response.status();
+                if !(status.is_success() || status.is_redirection()) {
+                    let reason = format!("the response was {status}");
+                    operation.decline(tx, &reason).await;
+                    return Ok(response);
+                }
+                match finish(operation, tx, Outcome::Returned(Ok(()))).await {
+                    Ok(()) => Ok(response),
+                    // The commit failed: the client must not see a success.
+                    Err(commit_error) => Ok(Error::from(commit_error).into_response()),
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self) -> Error {
+        let limit = self.timeout.unwrap_or_default();
+        Error::new(
+            ErrorKind::Timeout,
+            format!("the request did not complete within its timeout of {limit:?}"),
+        )
+    }
+}
+
+/// Ends the request's operation with `outcome` through the same commit and rollback as any
+/// other operation.
+async fn finish(
+    mut operation: Operation,
+    tx: Tx,
+    outcome: Outcome<(), DbErr>,
+) -> Result<(), DbErr> {
+    operation
+        .conclude::<(), DbErr>(Began::Own(tx), outcome, std::convert::identity)
+        .await
+}
+
+impl<S, C, B> tower_service::Service<Request<B>> for TxService<S, C>
+where
+    S: tower_service::Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    C: Begin + Clone + Send + Sync + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this request.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let this = Scope::new(self.conn.clone(), self.options, self.timeout);
+        let (slot, handle) = this.slot();
+        request.extensions_mut().insert(handle.clone());
+        let handler = inner.call(request);
+        Box::pin(async move {
+            let called = this.run(handler, &slot).await;
+            this.end(slot, handle, called).await
+        })
+    }
+}
