@@ -255,7 +255,8 @@ impl fmt::Display for Cause {
                  wsrep_local_state = {state}; Synced is 4)"
             ),
             Cause::RequestEnded => f.write_str(
-                "the request this transaction belongs to has ended; nothing more runs in it",
+                "the request's transaction was used after its request ended (a RequestTx \
+                 kept in a spawned task?); it has been ended, and no statement runs in it",
             ),
             Cause::TestTurnWaited => f.write_str(
                 "an operation on `TestTx::db()` waited 5 s for another operation of the \
@@ -327,15 +328,6 @@ pub(crate) fn raise_with(cause: Cause, detail: Option<&str>) -> DbErr {
             DbErr::Conn(RuntimeErr::SqlxError(sqlx))
         } else {
             DbErr::Exec(RuntimeErr::SqlxError(sqlx))
-        }
-    }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-    {
-        let _ = cause;
-        if connection {
-            DbErr::Conn(RuntimeErr::Internal(message))
-        } else {
-            DbErr::Exec(RuntimeErr::Internal(message))
         }
     }
 }

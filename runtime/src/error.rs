@@ -218,9 +218,9 @@ pub(crate) fn commit_unanswered(bound: std::time::Duration) -> DbErr {
     )
 }
 
-/// A database error made by safe-db (a refusal, an unknown commit, an injected failure
-/// of `safe_db::testing`), with a SQLSTATE that [`ErrorKind::of`] reads.
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+/// A server's error as `safe_db::testing` injects it on SQLite (where the server cannot
+/// be made to raise it), with a SQLSTATE that [`ErrorKind::of`] reads.
+#[cfg(feature = "testing")]
 #[derive(Debug)]
 pub(crate) struct Coded {
     message: String,
@@ -228,7 +228,7 @@ pub(crate) struct Coded {
     unique: bool,
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "testing")]
 impl Coded {
     /// `unique`: a unique violation, as sqlx's error kind says it.
     pub(crate) fn new(message: String, code: &'static str, unique: bool) -> Self {
@@ -246,17 +246,17 @@ impl Coded {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "testing")]
 impl fmt::Display for Coded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "testing")]
 impl std::error::Error for Coded {}
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "testing")]
 impl sea_orm::sqlx::error::DatabaseError for Coded {
     fn message(&self) -> &str {
         &self.message

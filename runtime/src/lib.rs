@@ -72,6 +72,10 @@ extern crate self as safe_db;
 #[doc = include_str!("../README.md")]
 struct ReadmeExample;
 
+// A `Tx` owns an sqlx connection: with no database, there is nothing to own.
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!("safe-db needs at least one of its features `sqlite`, `postgres`, `mysql`");
+
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;

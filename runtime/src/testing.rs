@@ -246,8 +246,6 @@ impl Failure {
             let unique = self == Failure::UniqueViolation;
             crate::error::Coded::new(message, self.sqlstate(), unique).into_db_err()
         }
-        #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-        DbErr::Exec(RuntimeErr::Internal(message))
     }
 }
 

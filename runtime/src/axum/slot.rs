@@ -130,11 +130,7 @@ pub(super) enum Closed {
 
 /// The error of a request transaction used after its request.
 fn request_over() -> DbErr {
-    DbErr::Exec(sea_orm::RuntimeErr::Internal(
-        "safe-db: the request's transaction was used after its request ended (a RequestTx \
-         kept in a spawned task?); it has been ended, and no statement runs in it"
-            .to_owned(),
-    ))
+    crate::cause::raise(crate::Cause::RequestEnded)
 }
 
 /// What the request's extensions hold: a way to lease the request's slot, not the slot.

@@ -120,16 +120,16 @@ impl Tx {
                 link.release();
                 return Err(crate::error::link_gone());
             }
-            let bounded = self.tree.session_bound.load(Ordering::Relaxed);
-            let sql = dialect::commit(self.backend, bounded);
             let limit = bound::step(self.deadline);
-            let ended = match bound::within(self.backend, limit, link.step(sql)).await {
+            let ended = match bound::within(self.backend, limit, link.step(dialect::COMMIT)).await {
                 Some(ended) => ended.map(drop),
                 // Sent and unanswered: committed or not, nobody knows.
                 None => Err(crate::error::commit_unanswered(limit)),
             };
             if ended.is_ok() {
                 link.set_open(false);
+                // Committed, whatever happens to the session's bound.
+                self.reset_bound(link).await;
                 link.release();
             }
             ended
@@ -243,10 +243,8 @@ impl Tx {
             link.release();
             return Ok(());
         }
-        let bounded = self.tree.session_bound.load(Ordering::Relaxed);
-        let sql = dialect::rollback(self.backend, bounded);
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
-        let rolled_back = bound::within(self.backend, limit, link.step(sql))
+        let rolled_back = bound::within(self.backend, limit, link.step(dialect::ROLLBACK))
             .await
             .unwrap_or_else(|| Err(crate::error::rollback_unanswered(limit)));
         match &rolled_back {
@@ -259,8 +257,24 @@ impl Tx {
             // connection is never reused.
             Err(_) => link.distrust(),
         }
+        if rolled_back.is_ok() {
+            self.reset_bound(link).await;
+        }
         link.release();
         rolled_back.map(drop)
+    }
+
+    /// Gives a MariaDB session its own statement bound back after a transaction that set
+    /// one; a connection where that fails is closed rather than handed on with it.
+    async fn reset_bound(&self, link: &mut Link) {
+        if !self.tree.session_bound.load(Ordering::Relaxed) {
+            return;
+        }
+        let limit = bound::step(self.deadline).max(bound::MARGIN);
+        let reset = bound::within(self.backend, limit, link.step(dialect::RESET_BOUND)).await;
+        if !matches!(reset, Some(Ok(()))) {
+            link.distrust();
+        }
     }
 
     /// Rolls back to the savepoint of a nested level dropped before it ended (its

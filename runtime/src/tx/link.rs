@@ -374,17 +374,10 @@ impl Link {
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let rollback = crate::dialect::rollback(self.backend, self.deadline_set());
-                runtime.spawn(settle(conn, self.owed, rollback));
+                runtime.spawn(settle(conn, self.owed));
             }
             Err(_) => close(conn),
         }
-    }
-
-    fn deadline_set(&self) -> bool {
-        // The MariaDB session bound is reset with every outermost end; a dropped link may
-        // still carry it.
-        self.backend == DbBackend::MySql
     }
 
     /// Streams a query's rows (feature `stream`) into `rows`, one at a time.
@@ -470,8 +463,12 @@ fn close(conn: Conn) {
 /// Rolls back a transaction its owner dropped, reading first what it still owes, and
 /// gives the connection back; closes it if that fails or takes longer than
 /// [`SETTLE_GRACE`].
-async fn settle(mut conn: Conn, owed: bool, rollback: &'static str) {
+async fn settle(mut conn: Conn, owed: bool) {
     let sqlite = is_sqlite(&conn);
+    #[cfg(feature = "mysql")]
+    let mysql = matches!(conn, Conn::MySql(_));
+    #[cfg(not(feature = "mysql"))]
+    let mysql = false;
     if owed {
         let drained = tokio::time::timeout(OWED_GRACE, async {
             dispatch!(&mut conn, c => drain(&mut **c).await.is_ok(), _t => true)
@@ -489,9 +486,17 @@ async fn settle(mut conn: Conn, owed: bool, rollback: &'static str) {
     let rolled_back = tokio::time::timeout(SETTLE_GRACE, async {
         dispatch!(&mut conn,
             c => {
-                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(rollback)).execute(&mut **c).await;
-                // SQLite's state is local: an error means no transaction was left.
-                done.is_ok() || sqlite
+                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(crate::dialect::ROLLBACK))
+                    .execute(&mut **c)
+                    .await;
+                // SQLite's state is local: an error means no transaction was left. A MariaDB
+                // session may still carry the transaction's statement bound.
+                (done.is_ok() || sqlite)
+                    && (!mysql
+                        || sqlx::raw_sql(sqlx::AssertSqlSafe(crate::dialect::RESET_BOUND))
+                            .execute(&mut **c)
+                            .await
+                            .is_ok())
             },
             _t => true)
     })
