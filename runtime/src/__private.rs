@@ -5,6 +5,17 @@ pub use crate::operation::{Began, Next, Operation, Outcome, Run};
 pub use crate::{Begin, Connection, InTransaction, Isolation, Managed, Options, Tx};
 pub use core::result::Result;
 
+/// Names the never type `!` on stable Rust, as the return type of `fn() -> !` (for
+/// `CallbackOutput`).
+pub trait Returns {
+    /// What the function returns.
+    type Output;
+}
+
+impl<T> Returns for fn() -> T {
+    type Output = T;
+}
+
 /// The types the transaction parameter may be declared with.
 #[diagnostic::on_unimplemented(
     message = "the first parameter of a `#[safe_db_operation]` must be the transaction, `&Tx`",
