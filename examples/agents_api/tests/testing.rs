@@ -437,3 +437,40 @@ async fn a_nested_use_of_the_tests_db_fails_instead_of_hanging() {
     );
     t.cleanup().await;
 }
+
+/// Registers an agent and a welcome, then fails, joined to its caller without a
+/// savepoint: the caller's transaction can no longer commit.
+#[safe_db_operation(savepoint = false)]
+async fn register_then_fail(tx: &Tx, name: &str, welcomes: Arc<AtomicU32>) -> Result<(), Error> {
+    create_agent(tx, name).await?;
+    tx.on_commit(async move {
+        welcomes.fetch_add(1, Ordering::SeqCst);
+    });
+    Err(Error::validation("refused after the write"))
+}
+
+/// In production a failed `savepoint = false` operation dooms the level it joined, which
+/// never commits, so its callback never runs: in a test it is not captured either.
+#[tokio::test]
+async fn a_failed_joined_operation_leaves_no_callback_to_run() {
+    for t in api_db("testing_joined_callback").await {
+        let welcomes = Arc::new(AtomicU32::new(0));
+        let test = TestTx::begin(&t.db).await.unwrap();
+        let err = register_then_fail(&test, "ada", Arc::clone(&welcomes))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Validation);
+        assert_eq!(test.captured(), 0, "{:?}", t.backend);
+        assert!(test.run_captured().await.is_empty(), "{:?}", t.backend);
+        assert_eq!(welcomes.load(Ordering::SeqCst), 0, "{:?}", t.backend);
+        drop(test);
+        // As in production: called with the connection, nothing is committed, nothing runs.
+        register_then_fail(&t.db, "ada", Arc::clone(&welcomes))
+            .await
+            .unwrap_err();
+        assert_eq!(welcomes.load(Ordering::SeqCst), 0, "{:?}", t.backend);
+        assert!(committed_names(&t).await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
