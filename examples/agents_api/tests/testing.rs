@@ -474,3 +474,18 @@ async fn a_failed_joined_operation_leaves_no_callback_to_run() {
     }
 }
 
+/// A lost connection injected at the commit on SQLite is `Unavailable`, as a real one
+/// there (no server holds the outcome): never `CommitUnknown`.
+#[tokio::test]
+async fn an_injected_lost_connection_at_commit_on_sqlite_is_unavailable() {
+    for t in TestDb::empty_on(&[Backend::Sqlite], "testing_lost_commit", 2).await {
+        agents_api::migrate(&t.db).await.unwrap();
+        let faults = Faults::new().fail_commit("create_agent", Failure::LostConnection);
+        let err = faults.run(create_agent(&t.db, "ada")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert_eq!(faults.fired(), 1);
+        assert!(committed_names(&t).await.is_empty());
+        t.cleanup().await;
+    }
+}
+
