@@ -383,10 +383,19 @@ impl Faults {
     /// The fault given last fires only the first `k` times its operation reaches it: the
     /// first `k` attempts of an operation that retries, the first `k` calls of one that
     /// does not.
+    ///
+    /// # Panics
+    ///
+    /// If no fault was given before it: there is nothing to limit, and a fault armed after
+    /// it would fire every time.
     pub fn times(mut self, k: u32) -> Faults {
-        if let Some(rule) = self.rules.last_mut() {
-            rule.times = Some(k);
-        }
+        let Some(rule) = self.rules.last_mut() else {
+            panic!(
+                "safe-db testing: `Faults::times({k})` must follow a fault: call \
+                 `fail_statement` or `fail_commit` first, then `times`"
+            );
+        };
+        rule.times = Some(k);
         self
     }
 

@@ -489,3 +489,9 @@ async fn an_injected_lost_connection_at_commit_on_sqlite_is_unavailable() {
     }
 }
 
+#[test]
+#[should_panic(expected = "`Faults::times(2)` must follow a fault")]
+fn times_before_any_fault_is_refused() {
+    let _ = Faults::new().times(2);
+}
+
