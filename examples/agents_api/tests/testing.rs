@@ -495,3 +495,54 @@ fn times_before_any_fault_is_refused() {
     let _ = Faults::new().times(2);
 }
 
+/// Registers an agent in a transaction of its own, whatever its caller does.
+#[safe_db_operation(requires_new)]
+async fn register_independently(tx: &Tx, name: &str) -> Result<(), Error> {
+    use sea_orm::{ActiveModelTrait, Set};
+    let model = agents_api::agent::ActiveModel {
+        name: Set(name.to_owned()),
+        ..Default::default()
+    };
+    model.insert(tx).await?;
+    Ok(())
+}
+
+/// Read-only, so that on SQLite (one writer) the `requires_new` operation may write.
+#[safe_db_operation(read_only, retries = 3)]
+async fn register_through(tx: &Tx, name: &str, attempts: &AtomicU32) -> Result<(), Error> {
+    attempts.fetch_add(1, Ordering::SeqCst);
+    register_independently(tx, name).await?;
+    Ok(())
+}
+
+/// A conflict lost by a `requires_new` operation, passed on with `?`, is retried by its
+/// caller: the transaction that lost it rolled back, so the caller may re-run. A failure
+/// that is not a conflict still returns at once.
+#[tokio::test]
+async fn a_conflict_passed_on_from_a_requires_new_operation_is_retried() {
+    for t in api_db("testing_requires_new_retry").await {
+        let attempts = AtomicU32::new(0);
+        let faults = Faults::new()
+            .fail_statement("register_independently", 1, Failure::SerializationFailure)
+            .times(1);
+        faults
+            .run(register_through(&t.db, "ada", &attempts))
+            .await
+            .unwrap();
+        assert_eq!(faults.fired(), 1, "{:?}", t.backend);
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "{:?}", t.backend);
+        assert_eq!(committed_names(&t).await, vec!["ada"], "{:?}", t.backend);
+
+        let attempts = AtomicU32::new(0);
+        let faults =
+            Faults::new().fail_statement("register_independently", 1, Failure::UniqueViolation);
+        let err = faults
+            .run(register_through(&t.db, "grace", &attempts))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UniqueViolation, "{err}");
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "{:?}", t.backend);
+        assert_eq!(committed_names(&t).await, vec!["ada"], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
