@@ -187,7 +187,7 @@ fn explode() {
 #[safe_db_operation]
 async fn register_with_bad_callbacks(tx: &Tx, log: Log) -> Result<(), Error> {
     insert(tx, 1).await?;
-    let (a, b, c) = (log.clone(), log.clone(), log.clone());
+    let (a, b, c, d) = (log.clone(), log.clone(), log.clone(), log.clone());
     tx.on_commit(async move {
         a.push("first");
         Err::<(), _>("mail server down")
@@ -197,6 +197,12 @@ async fn register_with_bad_callbacks(tx: &Tx, log: Log) -> Result<(), Error> {
         explode();
     });
     tx.on_commit(async move { c.push("third") });
+    // A block that only panics has the never type under edition 2024.
+    tx.on_commit(async { panic!("callback panicked") });
+    tx.on_commit(async move {
+        d.push("fifth");
+        panic!("callback panicked");
+    });
     Ok(())
 }
 
@@ -207,7 +213,7 @@ async fn a_failing_or_panicking_callback_leaves_the_commit_and_the_next_callback
         register_with_bad_callbacks(&t.db, log.clone())
             .await
             .unwrap();
-        assert_eq!(log.entries(), ["first", "second", "third"]);
+        assert_eq!(log.entries(), ["first", "second", "third", "fifth"]);
         assert_eq!(t.agent_ids().await, vec![1], "{:?}", t.backend);
         t.cleanup().await;
     }

@@ -5,6 +5,17 @@ pub use crate::operation::{Began, Next, Operation, Outcome, Run};
 pub use crate::{Begin, Connection, InTransaction, Isolation, Managed, Options, Tx};
 pub use core::result::Result;
 
+/// Names the never type `!` on stable Rust, as the return type of `fn() -> !` (for
+/// `CallbackOutput`).
+pub trait Returns {
+    /// What the function returns.
+    type Output;
+}
+
+impl<T> Returns for fn() -> T {
+    type Output = T;
+}
+
 /// The types the transaction parameter may be declared with.
 #[diagnostic::on_unimplemented(
     message = "the first parameter of a `#[safe_db_operation]` must be the transaction, `&Tx`",
@@ -102,6 +113,12 @@ macro_rules! __operation {
     }};
     (retrying: $conn:expr, $options:expr, $name:expr, $into:expr, |$tx:ident| $body:expr) => {{
         let into = $into;
+        // Resolved here, where the error type is known: see `Probe`.
+        let retryable = {
+            #[allow(unused_imports)]
+            use $crate::__private::{ClassifiedProbe as _, OpaqueProbe as _};
+            (&&$crate::__private::Probe::of(into)).retryable()
+        };
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         loop {
             let began = match operation.begin_boxed($conn).await {
@@ -117,7 +134,7 @@ macro_rules! __operation {
                 })
                 .await;
             match operation
-                .conclude_or_retry_boxed(began, outcome, into)
+                .conclude_or_retry_boxed(began, outcome, into, retryable)
                 .await
             {
                 $crate::__private::Next::Done(result) => break result,
@@ -125,4 +142,62 @@ macro_rules! __operation {
             }
         }
     }};
+}
+
+/// The error type of an operation that retries, found from its `into`, to tell whether an
+/// error its body returns is a conflict worth another attempt (one a `requires_new`
+/// operation lost and the body passed on, say). Method resolution picks
+/// [`ClassifiedProbe`] for the error types safe-db can read ([`Classified`]) and
+/// [`OpaqueProbe`] for every other one, including a generic `E` (the closure form's).
+pub struct Probe<E>(core::marker::PhantomData<fn(sea_orm::DbErr) -> E>);
+
+impl<E> Probe<E> {
+    #[inline]
+    pub fn of(_: fn(sea_orm::DbErr) -> E) -> Self {
+        Probe(core::marker::PhantomData)
+    }
+}
+
+/// The error types whose kind safe-db can read.
+pub trait Classified {
+    fn kind_of(&self) -> crate::ErrorKind;
+}
+
+impl Classified for crate::Error {
+    #[inline]
+    fn kind_of(&self) -> crate::ErrorKind {
+        self.kind()
+    }
+}
+
+impl Classified for sea_orm::DbErr {
+    #[inline]
+    fn kind_of(&self) -> crate::ErrorKind {
+        crate::ErrorKind::of(self)
+    }
+}
+
+/// A conflict the body returns is retried.
+pub trait ClassifiedProbe<E> {
+    fn retryable(&self) -> fn(&E) -> bool;
+}
+
+impl<E: Classified> ClassifiedProbe<E> for &Probe<E> {
+    #[inline]
+    fn retryable(&self) -> fn(&E) -> bool {
+        |err| err.kind_of().is_retryable()
+    }
+}
+
+/// An error safe-db cannot read is returned at once (unless the transaction lost a
+/// conflict itself).
+pub trait OpaqueProbe<E> {
+    fn retryable(&self) -> fn(&E) -> bool;
+}
+
+impl<E> OpaqueProbe<E> for Probe<E> {
+    #[inline]
+    fn retryable(&self) -> fn(&E) -> bool {
+        |_| false
+    }
 }

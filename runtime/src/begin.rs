@@ -65,7 +65,8 @@ pub trait Begin: Sync + sealed::Sealed {
     label = "pass a connection here (`&db`), not a transaction",
     note = "a `durable` operation is always the outermost one, so that its `Ok` means the data is committed; \
             inside a transaction it would only be a savepoint that the caller could still roll back.\n\
-            call it after the caller's transaction has ended, or remove `durable` from it"
+            call it after the caller's transaction has ended, or remove `durable` from it;\n\
+            in a test, pass `test.db()` instead of `&test` (a `safe_db::testing::TestTx`): it runs there in a savepoint of the test"
 )]
 pub trait Connection: Begin {}
 

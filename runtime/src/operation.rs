@@ -392,8 +392,9 @@ impl Operation {
         began: Began<'o>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
+        retryable: fn(&E) -> bool,
     ) -> Pin<Box<impl Future<Output = Next<T, E>>>> {
-        Box::pin(self.conclude_or_retry(began, outcome, into))
+        Box::pin(self.conclude_or_retry(began, outcome, into, retryable))
     }
 
     /// Ends the one attempt of an operation without retries: commits or rolls back.
@@ -410,21 +411,27 @@ impl Operation {
             Began::Own(tx) => tx,
             Began::Joined(joined) => return self.conclude_joined(joined, outcome, into),
         };
-        match self.conclude_attempt(tx, outcome, false, into).await {
+        match self.conclude_attempt(tx, outcome, None, into).await {
             Next::Done(result) => result,
             Next::Retry => unreachable!("retry without retries"),
         }
     }
 
     /// Ends an attempt: commits, rolls back, or rolls back and asks for another attempt.
+    /// `retryable` says whether an error the body returned is a conflict (see
+    /// `__private::Probe`).
     pub async fn conclude_or_retry<T, E>(
         &mut self,
         began: Began<'_>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
+        retryable: fn(&E) -> bool,
     ) -> Next<T, E> {
         match began {
-            Began::Own(tx) => self.conclude_attempt(tx, outcome, true, into).await,
+            Began::Own(tx) => {
+                self.conclude_attempt(tx, outcome, Some(retryable), into)
+                    .await
+            }
             // The caller's transaction retries as a whole, if at all.
             Began::Joined(joined) => Next::Done(self.conclude_joined(joined, outcome, into)),
         }
@@ -467,15 +474,16 @@ impl Operation {
         }
     }
 
+    /// `retryable`: none for an operation without retries.
     async fn conclude_attempt<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
-        may_retry: bool,
+        retryable: Option<fn(&E) -> bool>,
         into: fn(DbErr) -> E,
     ) -> Next<T, E> {
         let span = self.span.clone();
-        let next = in_span(span, self.decide(tx, outcome, may_retry, into)).await;
+        let next = in_span(span, self.decide(tx, outcome, retryable, into)).await;
         // A commit, a timeout and a panic record their end where they happen; what is
         // left unrecorded is a rollback.
         match &next {
@@ -492,11 +500,11 @@ impl Operation {
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
-        may_retry: bool,
+        retryable: Option<fn(&E) -> bool>,
         into: fn(DbErr) -> E,
     ) -> Next<T, E> {
         // A nested operation shares its caller's transaction: only the outermost retries.
-        let may_retry = may_retry && tx.depth() == 0;
+        let may_retry = retryable.is_some() && tx.depth() == 0;
         match outcome {
             Outcome::Returned(Ok(value)) => {
                 if let Some(err) = tx.why_not_commit(self.name).await {
@@ -527,7 +535,10 @@ impl Operation {
                 }
             }
             Outcome::Returned(Err(err)) => {
-                let conflicted = tx.may_retry();
+                // A conflict this tree lost, or one the body passes on from another
+                // transaction (a `requires_new` operation's, already rolled back): either
+                // way re-running the whole operation is safe.
+                let conflicted = tx.may_retry() || retryable.is_some_and(|r| r(&err));
                 self.rollback(tx).await;
                 if conflicted && may_retry && self.backoff().await {
                     Next::Retry

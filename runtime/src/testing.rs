@@ -83,23 +83,41 @@ impl TestTx {
     }
 
     /// How many after-commit callbacks have reached the test's transaction: those of
-    /// every operation that "committed" into it, not yet run.
+    /// every operation that "committed" into it, not yet run. None once the test's
+    /// transaction can no longer commit (an operation joined to it with `savepoint =
+    /// false` failed): in production none of them would run.
     pub fn captured(&self) -> usize {
+        if self.doomed() {
+            return 0;
+        }
         self.tx.captured_callbacks()
     }
 
     /// Runs the captured after-commit callbacks, in the order they were registered, and
     /// returns what each returned (a panic as an `Err`), as Django's
-    /// `captureOnCommitCallbacks(execute=True)`. They are gone from the test after this.
+    /// `captureOnCommitCallbacks(execute=True)`. They are gone from the test after this;
+    /// none run once the test's transaction can no longer commit (see [`TestTx::captured`]).
     pub async fn run_captured(&self) -> Vec<Result<(), String>> {
+        let callbacks = self.tx.take_callbacks();
+        if self.doomed() {
+            return Vec::new();
+        }
         let mut out = Vec::new();
-        for callback in self.tx.take_callbacks() {
+        for callback in callbacks {
             out.push(match AssertUnwindSafe(callback).catch_unwind().await {
                 Ok(result) => result,
                 Err(_) => Err("the callback panicked".to_owned()),
             });
         }
         out
+    }
+
+    /// Whether the test's transaction can no longer commit, as a production transaction
+    /// that a failed `savepoint = false` operation joined (or whose tree broke): its
+    /// callbacks would never run there. (A failure of an operation with a savepoint of its
+    /// own dropped its callbacks with that savepoint already.)
+    fn doomed(&self) -> bool {
+        self.tx.why_not_join().is_some()
     }
 
     /// Rolls the test's transaction back now. Fails if a [`TestTx::db`] handle is still
@@ -358,10 +376,19 @@ impl Faults {
     /// The fault given last fires only the first `k` times its operation reaches it: the
     /// first `k` attempts of an operation that retries, the first `k` calls of one that
     /// does not.
+    ///
+    /// # Panics
+    ///
+    /// If no fault was given before it: there is nothing to limit, and a fault armed after
+    /// it would fire every time.
     pub fn times(mut self, k: u32) -> Faults {
-        if let Some(rule) = self.rules.last_mut() {
-            rule.times = Some(k);
-        }
+        let Some(rule) = self.rules.last_mut() else {
+            panic!(
+                "safe-db testing: `Faults::times({k})` must follow a fault: call \
+                 `fail_statement` or `fail_commit` first, then `times`"
+            );
+        };
+        rule.times = Some(k);
         self
     }
 

@@ -438,3 +438,112 @@ async fn a_nested_use_of_the_tests_db_fails_instead_of_hanging() {
     );
     t.cleanup().await;
 }
+
+/// Registers an agent and a welcome, then fails, joined to its caller without a
+/// savepoint: the caller's transaction can no longer commit.
+#[safe_db_operation(savepoint = false)]
+async fn register_then_fail(tx: &Tx, name: &str, welcomes: Arc<AtomicU32>) -> Result<(), Error> {
+    create_agent(tx, name).await?;
+    tx.on_commit(async move {
+        welcomes.fetch_add(1, Ordering::SeqCst);
+    });
+    Err(Error::validation("refused after the write"))
+}
+
+/// In production a failed `savepoint = false` operation dooms the level it joined, which
+/// never commits, so its callback never runs: in a test it is not captured either.
+#[tokio::test]
+async fn a_failed_joined_operation_leaves_no_callback_to_run() {
+    for t in api_db("testing_joined_callback").await {
+        let welcomes = Arc::new(AtomicU32::new(0));
+        let test = TestTx::begin(&t.db).await.unwrap();
+        let err = register_then_fail(&test, "ada", Arc::clone(&welcomes))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Validation);
+        assert_eq!(test.captured(), 0, "{:?}", t.backend);
+        assert!(test.run_captured().await.is_empty(), "{:?}", t.backend);
+        assert_eq!(welcomes.load(Ordering::SeqCst), 0, "{:?}", t.backend);
+        drop(test);
+        // As in production: called with the connection, nothing is committed, nothing runs.
+        register_then_fail(&t.db, "ada", Arc::clone(&welcomes))
+            .await
+            .unwrap_err();
+        assert_eq!(welcomes.load(Ordering::SeqCst), 0, "{:?}", t.backend);
+        assert!(committed_names(&t).await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// A lost connection injected at the commit on SQLite is `Unavailable`, as a real one
+/// there (no server holds the outcome): never `CommitUnknown`.
+#[tokio::test]
+async fn an_injected_lost_connection_at_commit_on_sqlite_is_unavailable() {
+    for t in TestDb::empty_on(&[Backend::Sqlite], "testing_lost_commit", 2).await {
+        agents_api::migrate(&t.db).await.unwrap();
+        let faults = Faults::new().fail_commit("create_agent", Failure::LostConnection);
+        let err = faults.run(create_agent(&t.db, "ada")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert_eq!(faults.fired(), 1);
+        assert!(committed_names(&t).await.is_empty());
+        t.cleanup().await;
+    }
+}
+
+#[test]
+#[should_panic(expected = "`Faults::times(2)` must follow a fault")]
+fn times_before_any_fault_is_refused() {
+    let _ = Faults::new().times(2);
+}
+
+/// Registers an agent in a transaction of its own, whatever its caller does.
+#[safe_db_operation(requires_new)]
+async fn register_independently(tx: &Tx, name: &str) -> Result<(), Error> {
+    use sea_orm::{ActiveModelTrait, Set};
+    let model = agents_api::agent::ActiveModel {
+        name: Set(name.to_owned()),
+        ..Default::default()
+    };
+    model.insert(tx).await?;
+    Ok(())
+}
+
+/// Read-only, so that on SQLite (one writer) the `requires_new` operation may write.
+#[safe_db_operation(read_only, retries = 3)]
+async fn register_through(tx: &Tx, name: &str, attempts: &AtomicU32) -> Result<(), Error> {
+    attempts.fetch_add(1, Ordering::SeqCst);
+    register_independently(tx, name).await?;
+    Ok(())
+}
+
+/// A conflict lost by a `requires_new` operation, passed on with `?`, is retried by its
+/// caller: the transaction that lost it rolled back, so the caller may re-run. A failure
+/// that is not a conflict still returns at once.
+#[tokio::test]
+async fn a_conflict_passed_on_from_a_requires_new_operation_is_retried() {
+    for t in api_db("testing_requires_new_retry").await {
+        let attempts = AtomicU32::new(0);
+        let faults = Faults::new()
+            .fail_statement("register_independently", 1, Failure::SerializationFailure)
+            .times(1);
+        faults
+            .run(register_through(&t.db, "ada", &attempts))
+            .await
+            .unwrap();
+        assert_eq!(faults.fired(), 1, "{:?}", t.backend);
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "{:?}", t.backend);
+        assert_eq!(committed_names(&t).await, vec!["ada"], "{:?}", t.backend);
+
+        let attempts = AtomicU32::new(0);
+        let faults =
+            Faults::new().fail_statement("register_independently", 1, Failure::UniqueViolation);
+        let err = faults
+            .run(register_through(&t.db, "grace", &attempts))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UniqueViolation, "{err}");
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "{:?}", t.backend);
+        assert_eq!(committed_names(&t).await, vec!["ada"], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}

@@ -166,6 +166,14 @@ impl<E: std::fmt::Display + Send + 'static> CallbackOutput for Result<(), E> {
     }
 }
 
+/// A callback that only panics (`async { panic!() }`): under edition 2024 such a block's
+/// output is `!`, not `()`.
+impl CallbackOutput for <fn() -> ! as crate::__private::Returns>::Output {
+    fn into_result(self) -> Result<(), String> {
+        self
+    }
+}
+
 /// What the body sees.
 impl Tx {
     /// How deep this transaction is nested: 0 for the outermost, 1 for a savepoint in it, …

@@ -19,3 +19,8 @@ fn main() {}
 async fn handler(tx: safe_db::axum::RequestTx) -> Result<(), safe_db::Error> {
     place_order(&tx, 8).await
 }
+
+/// Nor is a test's transaction: `test.db()` runs it in a savepoint of the test.
+async fn a_test(test: &safe_db::testing::TestTx) -> Result<(), safe_db::Error> {
+    place_order(test, 9).await
+}
