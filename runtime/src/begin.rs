@@ -233,6 +233,11 @@ impl std::ops::Deref for Db {
     }
 }
 
+/// How long an operation on a test's `Db` (`safe_db::testing::TestTx::db`) waits for its
+/// turn in the test's transaction before it fails (`Cause::TestTurnWaited`).
+#[cfg(feature = "testing")]
+const TEST_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type Boxed<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send + 'a>>;
 
 impl sealed::Sealed for Db {}
@@ -257,13 +262,11 @@ impl Begin for Db {
                 // Operations on this handle nest in the test's transaction and take turns
                 // there; one started while another holds the turn in the same task (where
                 // production would take a second connection) would wait for ever.
-                let nested = tokio::time::timeout(
-                    crate::testing::TURN_WAIT,
-                    test.begin_nested(&options, deadline),
-                );
+                let nested =
+                    tokio::time::timeout(TEST_TURN_WAIT, test.begin_nested(&options, deadline));
                 nested
                     .await
-                    .unwrap_or_else(|_| Err(crate::testing::turn_waited()))
+                    .unwrap_or_else(|_| Err(crate::cause::raise(crate::Cause::TestTurnWaited)))
             }) as Boxed<'_>);
         }
         // PostgreSQL cannot run a serializable transaction on a standby.

@@ -40,6 +40,7 @@ use sea_orm::{DbBackend, DbErr, RuntimeErr};
 use tokio::time::Instant;
 
 use crate::begin::sealed::Sealed;
+use crate::tx::Injection;
 use crate::{Begin, Connection, Db, InTransaction, Managed, Options, Tx};
 
 mod template;
@@ -172,16 +173,6 @@ impl Begin for TestTx {
 }
 impl InTransaction for TestTx {}
 impl Managed for TestTx {}
-
-/// How long an operation on a [`TestTx::db`] handle waits for its turn in the test's
-/// transaction before it fails (see [`turn_waited`]).
-pub(crate) const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The error of an operation on a `TestTx::db()` handle that waited [`TURN_WAIT`] for
-/// another one to end in the test's transaction.
-pub(crate) fn turn_waited() -> DbErr {
-    crate::cause::raise(crate::Cause::TestTurnWaited)
-}
 
 /// A failure to inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -434,17 +425,11 @@ pub(crate) fn armed(operation: &str) -> Option<Box<Armed>> {
         .flatten()
 }
 
-/// How a statement is replaced by its injected failure.
-pub(crate) enum Injection {
-    /// Send this instead: the server answers with the failure.
-    Send(String),
-    /// Fail with this, unsent (SQLite).
-    Fail(DbErr),
-}
-
-impl Armed {
+/// The testing kit plugs into the protocol through this seam: the core asks an
+/// [`Injector`](crate::tx::Injector), and never imports the kit.
+impl crate::tx::Injector for Armed {
     /// Counts a statement about to be sent; the injection if it is one to fail.
-    pub(crate) fn statement(&self, backend: DbBackend) -> Option<Injection> {
+    fn statement(&self, backend: DbBackend) -> Option<Injection> {
         let sent = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         let rule = self
             .rules
@@ -453,13 +438,13 @@ impl Armed {
         Some(inject(rule.failure, backend))
     }
 
-    /// The commit's injection, if any.
-    pub(crate) fn commit(&self, backend: DbBackend) -> Option<(Failure, Injection)> {
+    /// The commit's injection, if any, and the error of a server that did not raise it.
+    fn commit(&self, backend: DbBackend) -> Option<(Injection, DbErr)> {
         let rule = self
             .rules
             .iter()
             .find(|rule| matches!(rule.at, At::Commit) && rule.fire())?;
-        Some((rule.failure, inject(rule.failure, backend)))
+        Some((inject(rule.failure, backend), rule.failure.error()))
     }
 }
 
@@ -468,10 +453,4 @@ fn inject(failure: Failure, backend: DbBackend) -> Injection {
         Some(sql) => Injection::Send(sql),
         None => Injection::Fail(failure.error()),
     }
-}
-
-/// The error of a failure whose statement unexpectedly succeeded (a server that ignored
-/// it): reported rather than letting the operation go on as if nothing was injected.
-pub(crate) fn not_raised(failure: Failure) -> DbErr {
-    failure.error()
 }

@@ -1,9 +1,28 @@
-//! The testing kit's hooks into the protocol (feature `testing`).
+//! The testing kit's hooks into the protocol (feature `testing`), and the seam it plugs
+//! into: the core asks an [`Injector`] for the failures armed on a transaction and never
+//! imports the kit, which implements it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
+
+/// How a statement is replaced by its injected failure.
+pub(crate) enum Injection {
+    /// Send this instead: the server answers with the failure.
+    Send(String),
+    /// Fail with this, unsent (SQLite).
+    Fail(DbErr),
+}
+
+/// The failures injected into one attempt's transaction (`safe_db::testing::Faults`).
+pub(crate) trait Injector: Send + Sync + std::fmt::Debug {
+    /// Counts a statement about to be sent; its injection if it is one to fail.
+    fn statement(&self, backend: DbBackend) -> Option<Injection>;
+    /// The commit's injection, if any, and the error to report if the server does not
+    /// raise it.
+    fn commit(&self, backend: DbBackend) -> Option<(Injection, DbErr)>;
+}
 
 use super::{Callback, Tx};
 use crate::ErrorKind;
@@ -23,7 +42,7 @@ impl Tx {
     }
 
     /// Arms this attempt's injected failures.
-    pub(crate) fn arm(&mut self, armed: Option<Box<crate::testing::Armed>>) {
+    pub(crate) fn arm(&mut self, armed: Option<Box<dyn Injector>>) {
         if let Some(armed) = armed {
             let mut all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
             all.retain(|(id, _)| *id != self.id);
@@ -32,7 +51,7 @@ impl Tx {
     }
 
     /// The failures injected into this level, if any.
-    pub(super) fn armed(&self) -> Option<Arc<crate::testing::Armed>> {
+    pub(super) fn armed(&self) -> Option<Arc<dyn Injector>> {
         let all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
         all.iter()
             .find(|(id, _)| *id == self.id)
@@ -61,14 +80,14 @@ impl Tx {
 
     /// The injected failure of this attempt's commit, if one is armed: the server is made
     /// to raise it for real where it can. The caller rolls back.
-    pub(super) async fn commit_fault(&self, armed: Arc<crate::testing::Armed>) -> Option<DbErr> {
-        let (failure, injection) = armed.commit(self.get_database_backend())?;
+    pub(super) async fn commit_fault(&self, armed: Arc<dyn Injector>) -> Option<DbErr> {
+        let (injection, not_raised) = armed.commit(self.get_database_backend())?;
         let err = match injection {
-            crate::testing::Injection::Fail(err) => err,
-            crate::testing::Injection::Send(sql) => {
+            Injection::Fail(err) => err,
+            Injection::Send(sql) => {
                 match self.tree.link.lock().await.execute_unprepared(&sql).await {
                     Err(err) => err,
-                    Ok(_) => crate::testing::not_raised(failure),
+                    Ok(_) => not_raised,
                 }
             }
         };
@@ -82,8 +101,8 @@ impl Tx {
     /// instead (the server raises the failure), `Err` to fail with unsent.
     pub(super) fn injected(&self) -> Option<Result<String, DbErr>> {
         match self.armed()?.statement(self.get_database_backend())? {
-            crate::testing::Injection::Send(sql) => Some(Ok(sql)),
-            crate::testing::Injection::Fail(err) => {
+            Injection::Send(sql) => Some(Ok(sql)),
+            Injection::Fail(err) => {
                 if ErrorKind::of(&err) == ErrorKind::Unavailable {
                     self.tree.break_with(err.clone());
                 }

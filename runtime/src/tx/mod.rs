@@ -51,6 +51,8 @@ use sea_orm::{DbBackend, DbErr};
 use tokio::time::Instant;
 
 pub use bound::{DEFAULT_STEP_TIMEOUT, set_step_timeout};
+#[cfg(feature = "testing")]
+pub(crate) use hooks::{Injection, Injector};
 pub(crate) use link::Link;
 use tree::Tree;
 

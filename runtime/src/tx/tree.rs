@@ -64,7 +64,7 @@ pub(super) struct Tree {
     /// Failures injected into the levels of the tree, by id (`safe_db::testing::Faults`):
     /// kept here rather than in each `Tx`, which then does not grow in tests.
     #[cfg(feature = "testing")]
-    pub(super) armed: Mutex<Vec<(u32, Arc<crate::testing::Armed>)>>,
+    pub(super) armed: Mutex<Vec<(u32, Arc<dyn super::hooks::Injector>)>>,
 }
 
 impl Tree {

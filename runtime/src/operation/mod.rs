@@ -2,21 +2,27 @@
 //! and [`Options::run`]: begin, run the body under a deadline and a panic guard, then
 //! commit, roll back or retry.
 
+mod callbacks;
+mod joined;
+mod retry;
+mod run;
+
 use std::any::Any;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use sea_orm::DbErr;
 use tokio::time::Instant;
 
-use tracing::Instrument;
-
 use crate::observe::{self, End};
 use crate::{Begin, ErrorKind, Options, Tx};
+use callbacks::Callbacks;
+pub(crate) use joined::Joined;
+pub use run::Run;
+#[cfg(feature = "axum")]
+pub(crate) use run::holding_while;
+use run::{HOLDING, in_span, record};
 
 /// How a body ended.
 #[doc(hidden)]
@@ -52,24 +58,6 @@ impl Began<'_> {
     }
 }
 
-/// A caller's transaction joined without a savepoint. Dropped before the operation
-/// concluded with `Ok` (its body failed, panicked, or its future was dropped), it dooms
-/// that transaction: the work done in it cannot be rolled back alone.
-#[doc(hidden)]
-pub struct Joined<'c> {
-    tx: &'c Tx,
-    name: &'static str,
-    succeeded: bool,
-}
-
-impl Drop for Joined<'_> {
-    fn drop(&mut self) {
-        if !self.succeeded {
-            self.tx.doom(self.name);
-        }
-    }
-}
-
 /// One call of an operation, across its attempts.
 #[doc(hidden)]
 pub struct Operation {
@@ -83,13 +71,6 @@ pub struct Operation {
     /// Whether this attempt's transaction is an outermost one, holding a pool connection.
     outermost: bool,
 }
-
-// Measured in benches/benches/contention.rs (16 serializable writers on 4 PostgreSQL rows):
-// first retries sooner than ~10 ms only collide again, and long caps idle the losers.
-const BACKOFF_BASE: Duration = Duration::from_millis(20);
-const BACKOFF_CAP: Duration = Duration::from_millis(40);
-/// The resolution of tokio's timer.
-const TIMER_TICK: Duration = Duration::from_millis(1);
 
 impl Operation {
     pub fn new(options: &Options, name: &'static str) -> Self {
@@ -223,40 +204,6 @@ impl Operation {
         self.begin_tx(conn).await.map(Began::Own)
     }
 
-    /// Joins `conn` without a savepoint, if it is a transaction and the operation asks
-    /// nothing of a level of its own (a read-only savepoint, a time bound of its own):
-    /// otherwise it takes one.
-    async fn join<'c, C: Begin + ?Sized>(
-        &mut self,
-        conn: &'c C,
-    ) -> Result<Option<Joined<'c>>, DbErr> {
-        let joined = match conn.__join().await {
-            Ok(joined) => joined,
-            Err(err) => {
-                self.record_end(End::NotBegun);
-                return Err(err);
-            }
-        };
-        let Some(tx) = joined else {
-            return Ok(None);
-        };
-        if self.options.timeout.is_some() || (self.options.read_only && !tx.read_only()) {
-            return Ok(None);
-        }
-        self.attempt = 1;
-        record(&self.span, "attempt", 1);
-        record(&self.span, "depth", tx.depth());
-        if let Some(err) = tx.why_not_join() {
-            self.record_end(End::NotBegun);
-            return Err(err);
-        }
-        Ok(Some(Joined {
-            tx,
-            name: self.name,
-            succeeded: false,
-        }))
-    }
-
     /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
     /// is retried like any other when retries are allowed.
     pub(crate) async fn begin_tx<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
@@ -320,7 +267,10 @@ impl Operation {
                 #[allow(unused_mut)]
                 Ok(mut tx) => {
                     #[cfg(feature = "testing")]
-                    tx.arm(crate::testing::armed(self.name));
+                    tx.arm(
+                        crate::testing::armed(self.name)
+                            .map(|armed| armed as Box<dyn crate::tx::Injector>),
+                    );
                     record(&self.span, "depth", tx.depth());
                     self.outermost = tx.depth() == 0;
                     if self.outermost {
@@ -437,43 +387,6 @@ impl Operation {
         }
     }
 
-    /// Ends an operation that joined its caller's transaction: nothing to commit or roll
-    /// back here. A failure dooms the caller's transaction (see [`Joined`]).
-    fn conclude_joined<T, E>(
-        &mut self,
-        mut joined: Joined<'_>,
-        outcome: Outcome<T, E>,
-        into: fn(DbErr) -> E,
-    ) -> Result<T, E> {
-        match outcome {
-            Outcome::Returned(Ok(value)) => {
-                joined.succeeded = true;
-                self.record_end(End::Joined);
-                Ok(value)
-            }
-            Outcome::Returned(Err(err)) => {
-                drop(joined);
-                record(
-                    &self.span,
-                    "reason",
-                    "failed without a savepoint: the caller's transaction cannot commit",
-                );
-                self.record_end(End::RolledBack);
-                Err(err)
-            }
-            Outcome::Panicked(payload) => {
-                drop(joined);
-                self.record_end(End::Panicked);
-                std::panic::resume_unwind(payload)
-            }
-            Outcome::TimedOut => {
-                drop(joined);
-                self.record_end(End::TimedOut);
-                Err(into(self.timeout_error()))
-            }
-        }
-    }
-
     /// `retryable`: none for an operation without retries.
     async fn conclude_attempt<T, E>(
         &mut self,
@@ -574,197 +487,8 @@ impl Operation {
         }
     }
 
-    /// Sleeps before the next attempt, if one is allowed: exponential back-off with
-    /// jitter, capped, and never past the deadline.
-    async fn backoff(&mut self) -> bool {
-        if self.attempt > self.options.retries {
-            return false;
-        }
-        let exp = BACKOFF_BASE.saturating_mul(1 << (self.attempt - 1).min(16));
-        let ceiling = exp.min(BACKOFF_CAP);
-        // "Equal jitter": half fixed, half random, so contenders spread out.
-        let delay = ceiling / 2 + ceiling.mul_f64(jitter() / 2.0);
-        // The timer fires on a millisecond tick at or after `delay`: leave that
-        // millisecond of slack so the wake-up cannot land past the deadline.
-        if let Some(left) = self.remaining()
-            && delay + TIMER_TICK >= left
-        {
-            return false;
-        }
-        tracing::debug!(
-            operation = self.name,
-            attempt = self.attempt,
-            delay_ms = delay.as_millis() as u64,
-            "retrying after a conflict"
-        );
-        tokio::time::sleep(delay).await;
-        true
-    }
-
     fn timeout_error(&self) -> DbErr {
         timeout_error(self.name, self.options.timeout.unwrap_or_default())
-    }
-}
-
-/// After-commit callbacks of a committed transaction, run in order. The commit has
-/// happened, so each of them runs exactly once: if the caller drops the operation while
-/// they run (or before they start), the rest, the one under way included, go on in a
-/// task of their own.
-struct Callbacks {
-    operation: &'static str,
-    /// The callback under way, then the ones after it, with their places in the order.
-    pending: std::collections::VecDeque<(usize, crate::tx::Callback)>,
-    /// Already on a task of its own: dropped again, only the runtime's end can have
-    /// dropped it.
-    detached: bool,
-}
-
-impl Callbacks {
-    fn new(operation: &'static str, callbacks: Vec<crate::tx::Callback>) -> Self {
-        Callbacks {
-            operation,
-            pending: callbacks.into_iter().enumerate().collect(),
-            detached: false,
-        }
-    }
-
-    async fn run(mut self) {
-        while let Some((index, callback)) = self.pending.front_mut() {
-            let index = *index;
-            let outcome = AssertUnwindSafe(callback).catch_unwind().await;
-            self.pending.pop_front();
-            report(self.operation, index, outcome);
-        }
-    }
-}
-
-impl Drop for Callbacks {
-    fn drop(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
-            return;
-        }
-        let runtime = tokio::runtime::Handle::try_current();
-        match runtime {
-            Ok(runtime) if !self.detached => {
-                runtime.spawn(
-                    Callbacks {
-                        operation: self.operation,
-                        pending,
-                        detached: true,
-                    }
-                    .run(),
-                );
-            }
-            _ => tracing::error!(
-                operation = self.operation,
-                dropped = pending.len(),
-                "on_commit callbacks dropped: the runtime is shutting down or gone"
-            ),
-        }
-    }
-}
-
-/// Reports a callback's failure or panic; the commit stands.
-fn report(operation: &'static str, index: usize, outcome: std::thread::Result<Result<(), String>>) {
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            observe::callback_failed(operation);
-            tracing::error!(
-                operation,
-                callback = index,
-                %error,
-                "on_commit callback failed; the commit stands"
-            );
-        }
-        Err(_) => {
-            observe::callback_failed(operation);
-            tracing::error!(
-                operation,
-                callback = index,
-                "on_commit callback panicked; the commit stands"
-            );
-        }
-    }
-}
-
-/// An attempt's body under the operation's deadline and panic guard (see
-/// [`Operation::run`]).
-#[doc(hidden)]
-pub struct Run<F> {
-    body: Pin<Box<F>>,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    span: Option<tracing::Span>,
-    /// The operation's name if its transaction holds a pool connection: what its body
-    /// sees in [`HOLDING`] while it runs.
-    holding: Option<&'static str>,
-}
-
-/// Runs `poll` (a body's, a handler's) with `holder`, if any, as the operation whose
-/// transaction holds a pool connection for it (see [`HOLDING`]).
-pub(crate) fn holding_while<R>(holder: Option<&'static str>, poll: impl FnOnce() -> R) -> R {
-    let outer = match holder {
-        Some(name) => HOLDING.replace(Some(name)),
-        None => HOLDING.get(),
-    };
-    let out = poll();
-    HOLDING.set(outer);
-    out
-}
-
-thread_local! {
-    /// While a body runs (is polled), the innermost enclosing operation whose transaction
-    /// holds a pool connection: an operation in that body that cannot get a connection
-    /// says that it may be waiting for its own caller.
-    static HOLDING: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
-}
-
-impl<T, E, F: Future<Output = Result<T, E>>> Future for Run<F> {
-    type Output = Outcome<T, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        // The body first: one that is ready at the deadline has made it.
-        let polled = {
-            let _entered = this.span.as_ref().map(tracing::Span::enter);
-            let body = this.body.as_mut();
-            holding_while(this.holding, || {
-                std::panic::catch_unwind(AssertUnwindSafe(|| body.poll(cx)))
-            })
-        };
-        match polled {
-            Err(payload) => return Poll::Ready(Outcome::Panicked(payload)),
-            Ok(Poll::Ready(result)) => return Poll::Ready(Outcome::Returned(result)),
-            Ok(Poll::Pending) => {}
-        }
-        let timed_out = match &mut this.deadline {
-            Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
-            None => false,
-        };
-        if timed_out {
-            Poll::Ready(Outcome::TimedOut)
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-/// Runs `fut` in `span`, or bare when no subscriber wants the span: entering and leaving
-/// it on every poll was most of the wrapper's cost per transaction when nothing listens
-/// (measured in benches/instructions).
-async fn in_span<F: Future>(span: tracing::Span, fut: F) -> F::Output {
-    if span.is_disabled() {
-        fut.await
-    } else {
-        fut.instrument(span).await
-    }
-}
-
-/// Records a span field, skipped (with its `log` fallback) when the span is disabled.
-fn record(span: &tracing::Span, field: &str, value: impl tracing::Value) {
-    if !span.is_disabled() {
-        span.record(field, value);
     }
 }
 
@@ -782,40 +506,9 @@ fn timeout_error(operation: &'static str, limit: Duration) -> DbErr {
     crate::cause::raise(crate::Cause::TimedOut { operation, limit })
 }
 
-/// A number in [0, 1): xorshift over a per-thread state seeded from the clock, which is
-/// all that spreading retries out needs.
-fn jitter() -> f64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            let here = &nanos as *const u64 as u64;
-            (nanos ^ here.rotate_left(32)) | 1
-        });
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_is_in_range_and_varies() {
-        let draws: Vec<f64> = (0..1000).map(|_| jitter()).collect();
-        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
-        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
-        assert!((0.4..0.6).contains(&mean), "mean {mean}");
-    }
 
     #[test]
     fn timeout_error_is_classified_as_timeout() {
@@ -832,36 +525,5 @@ mod tests {
             err.to_string()
                 .contains("operation `f` did not complete within its timeout of 250ms")
         );
-    }
-
-    // On tokio's paused clock: the sleeps are exact, so the bound is too.
-    #[tokio::test(start_paused = true)]
-    async fn backoff_never_sleeps_past_the_deadline() {
-        let options = Options::new()
-            .retries(100)
-            .timeout(Duration::from_millis(50));
-        let mut op = Operation::new(&options, "t");
-        let started = Instant::now();
-        let mut slept = 0;
-        loop {
-            op.attempt += 1;
-            if !op.backoff().await {
-                break;
-            }
-            slept += 1;
-        }
-        assert!(slept > 0);
-        assert!(started.elapsed() < Duration::from_millis(50));
-    }
-
-    #[tokio::test]
-    async fn backoff_stops_after_the_retries() {
-        let mut op = Operation::new(&Options::new().retries(2), "t");
-        op.attempt = 1;
-        assert!(op.backoff().await);
-        op.attempt = 2;
-        assert!(op.backoff().await);
-        op.attempt = 3;
-        assert!(!op.backoff().await);
     }
 }
