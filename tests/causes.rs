@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use safe_db::{Cause, Error, ErrorKind, Refusal, Tx, safe_db_operation};
-use safe_db_test_support::TestDb;
+use safe_db_test_support::{Backend, TestDb};
 use sea_orm::ConnectionTrait;
 
 #[safe_db_operation]
@@ -62,6 +62,48 @@ async fn each_condition_safe_db_raises_has_a_typed_cause() {
         assert_eq!(err.kind(), ErrorKind::Timeout);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(t.agent_ids().await, Vec::<i32>::new(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// A hand-written COMMIT hidden where a lexer that does not read SQL as the server does
+/// would miss it: MariaDB's `1--1` (no comment without a space after `--`), PostgreSQL's
+/// typed literal `name '\'` (a standard string, not `E'…'`). Refused before it is sent, so
+/// the operation's `Err` leaves nothing behind; the same text without the COMMIT runs, as
+/// the server reads it.
+#[tokio::test]
+async fn a_commit_hidden_behind_the_servers_own_lexing_is_refused() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "hidden_commit", 2).await {
+        let (hidden, plain, expected) = match t.backend {
+            Backend::MySql => ("SELECT 1--1; COMMIT", "SELECT 1--1 AS x", 2),
+            _ => (
+                "SELECT name'\\'; COMMIT; SELECT '--'",
+                "SELECT length(name'\\') AS x",
+                1,
+            ),
+        };
+        let err = write_then(&t.db, hidden).await.expect_err(hidden);
+        assert!(
+            matches!(err.cause(), Some(Cause::Refused { keyword, .. }) if keyword == "COMMIT"),
+            "{:?}: {err}",
+            t.backend
+        );
+        assert_eq!(t.agent_ids().await, Vec::<i32>::new(), "{:?}", t.backend);
+        // The server reads the text as the refusal did: one statement, the arithmetic or
+        // the backslash as code and text.
+        let row =
+            t.db.query_one_raw(sea_orm::Statement::from_string(
+                t.db.get_database_backend(),
+                plain,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let x: i64 = row
+            .try_get_by_index::<i64>(0)
+            .or_else(|_| row.try_get_by_index::<i32>(0).map(i64::from))
+            .unwrap();
+        assert_eq!(x, expected, "{:?}: {plain}", t.backend);
         t.cleanup().await;
     }
 }

@@ -1,6 +1,6 @@
 //! What safe-db reads of a statement's text before it is sent: whether it would end the
-//! transaction it is sent in, whether it writes, and how MariaDB can be told to stop it at
-//! the deadline.
+//! transaction it is sent in, and whether it writes. It only reads: the statement is sent
+//! as the caller wrote it.
 //!
 //! A string may hold several statements (`execute_unprepared("a; b")`): it is split on the
 //! semicolons outside quotes and comments, and each statement is read from its leading
@@ -42,13 +42,10 @@ impl<'a> Iterator for Statements<'a> {
                     quote @ (b'\'' | b'"' | b'`') => {
                         let backslash = quote != b'`'
                             && (self.mysql
-                                || (self.postgres
-                                    && quote == b'\''
-                                    && i > 0
-                                    && bytes[i - 1].eq_ignore_ascii_case(&b'e')));
+                                || (self.postgres && quote == b'\'' && escape_string(bytes, i)));
                         skip_quoted(bytes, i + 1, quote, backslash)
                     }
-                    b'-' if bytes.get(i + 1) == Some(&b'-') => skip_line(bytes, i),
+                    b'-' if dash_comment(bytes, i, self.mysql) => skip_line(bytes, i),
                     b'#' if self.mysql => skip_line(bytes, i),
                     b'/' if bytes.get(i + 1) == Some(&b'*') => skip_block(bytes, i, self.postgres),
                     b'$' if self.postgres => skip_dollar_quoted(self.sql, i),
@@ -64,6 +61,26 @@ impl<'a> Iterator for Statements<'a> {
         }
         None
     }
+}
+
+/// Whether the `-` at `i` opens a `--` comment: always on PostgreSQL and SQLite; on
+/// MySQL/MariaDB only when a space or a control character (or the end) follows it, as the
+/// server reads it (`1--1` is `1 - -1` there, and what follows is code).
+fn dash_comment(bytes: &[u8], i: usize, mysql: bool) -> bool {
+    bytes.get(i + 1) == Some(&b'-')
+        && (!mysql
+            || bytes
+                .get(i + 2)
+                .is_none_or(|b| b.is_ascii_whitespace() || b.is_ascii_control()))
+}
+
+/// Whether the `'` at `i` opens PostgreSQL's escape string `E'…'` (backslash escapes):
+/// the `E` stands alone. After a longer word it is a typed literal (`name '\'`), a
+/// standard string in which a backslash is text.
+fn escape_string(bytes: &[u8], i: usize) -> bool {
+    i > 0
+        && bytes[i - 1].eq_ignore_ascii_case(&b'e')
+        && (i < 2 || !(bytes[i - 2].is_ascii_alphanumeric() || matches!(bytes[i - 2], b'_' | b'$')))
 }
 
 /// The index after the closing `quote` (a doubled quote is part of the text).
@@ -168,8 +185,13 @@ impl<'a> Iterator for Words<'a> {
                 return Some(&self.statement[i..end]);
             }
             self.i = match b {
-                b'\'' | b'"' | b'`' => skip_quoted(bytes, i + 1, b, mysql && b != b'`'),
-                b'-' if bytes.get(i + 1) == Some(&b'-') => skip_line(bytes, i),
+                b'\'' | b'"' | b'`' => {
+                    let postgres = self.backend == DbBackend::Postgres;
+                    let backslash =
+                        (mysql && b != b'`') || (postgres && b == b'\'' && escape_string(bytes, i));
+                    skip_quoted(bytes, i + 1, b, backslash)
+                }
+                b'-' if dash_comment(bytes, i, mysql) => skip_line(bytes, i),
                 b'#' if mysql => skip_line(bytes, i),
                 b'/' if bytes.get(i + 1) == Some(&b'*') => {
                     let marker = &self.statement[i + 2..];
@@ -430,6 +452,29 @@ mod tests {
             ends_transaction(PG, "rollback to savepoint a").as_deref(),
             Some("ROLLBACK TO")
         );
+    }
+
+    #[test]
+    fn reads_comments_and_strings_as_each_server_does() {
+        // MariaDB: `--` is a comment only before a space; `1--1` is arithmetic, and the
+        // COMMIT after it is code.
+        assert_eq!(
+            ends_transaction(MY, "SELECT 1--1; COMMIT").as_deref(),
+            Some("COMMIT")
+        );
+        assert_eq!(ends_transaction(MY, "SELECT 1 -- 1; COMMIT"), None);
+        assert_eq!(ends_transaction(MY, "SELECT 1 --\n; SELECT 2"), None);
+        // PostgreSQL: `name '\'` is a typed literal holding a backslash (standard strings),
+        // not an escape string: the COMMIT after it is code.
+        assert_eq!(
+            ends_transaction(PG, "SELECT name'\\'; COMMIT; SELECT '--'").as_deref(),
+            Some("COMMIT")
+        );
+        assert_eq!(
+            ends_transaction(PG, "SELECT E'\\'; COMMIT; SELECT 1'").as_deref(),
+            None
+        );
+        assert_eq!(ends_transaction(PG, "SELECT e'it\\'s'; SELECT 1"), None);
         for sql in [
             "SELECT 1",
             "INSERT INTO commit_log VALUES (1)",
