@@ -85,10 +85,12 @@ pub(crate) const COMMIT: &str = "COMMIT";
 /// The outermost ROLLBACK.
 pub(crate) const ROLLBACK: &str = "ROLLBACK";
 
-/// MariaDB: gives the session back its own statement bound, after a transaction that set
-/// one (sent after its COMMIT or ROLLBACK, before the connection goes back to the pool).
-pub(crate) const RESET_BOUND: &str =
-    "SET @safe_db_bound = NULL /*M! , max_statement_time = DEFAULT */";
+/// MariaDB: gives the session back its own statement bound (saved by the first
+/// [`max_statement_time`] of the transaction), after a transaction that set one: sent after
+/// its COMMIT or ROLLBACK, before the connection goes back to the pool.
+pub(crate) const RESET_BOUND: &str = "SET @safe_db_bound = NULL /*M! , max_statement_time = \
+     CAST(IFNULL(@safe_db_saved, @@session.max_statement_time) AS DOUBLE), \
+     @safe_db_saved = NULL */";
 
 /// A savepoint's name: one per depth, since siblings take turns.
 fn savepoint_name(depth: u32) -> String {
@@ -160,20 +162,25 @@ pub(crate) fn statement_timeout(left: Option<Duration>) -> String {
 }
 
 /// MariaDB: the session's `max_statement_time` for what is left (rounded up to 100 ms,
-/// the server's granularity in practice); with none, the server's default. MySQL has no
-/// such setting: the executable comment `/*M! … */` is read by MariaDB only, and MySQL
-/// sets a user variable and nothing else.
+/// the server's granularity in practice); with none, the session's own value again. The
+/// first one of a transaction saves the session's own value (`@safe_db_saved`), which
+/// [`RESET_BOUND`] gives back. MySQL has no such setting: the executable comment `/*M! … */`
+/// is read by MariaDB only, and MySQL sets a user variable and nothing else.
 pub(crate) fn max_statement_time(left: Option<Duration>) -> String {
     match left {
         Some(left) => {
             let ms = left.as_millis().div_ceil(100).max(1) * 100;
             format!(
-                "SET @safe_db_bound = 1 /*M! , max_statement_time = {}.{:03} */",
+                "SET @safe_db_bound = 1 /*M! , @safe_db_saved = IFNULL(@safe_db_saved, \
+                 @@session.max_statement_time), max_statement_time = {}.{:03} */",
                 ms / 1000,
                 ms % 1000
             )
         }
-        None => "SET @safe_db_bound = NULL /*M! , max_statement_time = DEFAULT */".to_owned(),
+        // A user variable is not taken as a system variable's value as it is: cast.
+        None => "SET @safe_db_bound = NULL /*M! , max_statement_time = \
+                 CAST(IFNULL(@safe_db_saved, @@session.max_statement_time) AS DOUBLE) */"
+            .to_owned(),
     }
 }
 
@@ -224,7 +231,8 @@ mod tests {
         assert_eq!(
             sql,
             "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET @safe_db_bound = 1 \
-             /*M! , max_statement_time = 1.300 */; START TRANSACTION READ ONLY"
+             /*M! , @safe_db_saved = IFNULL(@safe_db_saved, @@session.max_statement_time), \
+             max_statement_time = 1.300 */; START TRANSACTION READ ONLY"
         );
     }
 

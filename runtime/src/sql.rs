@@ -12,12 +12,66 @@
 
 use sea_orm::DbBackend;
 
-/// The statements of `sql` (without their `;`), skipping empty ones.
+/// The statements of `sql` (without their `;`), skipping empty ones, read with backslash
+/// escapes on MySQL and executable comments as comments.
+#[cfg(test)]
 fn statements(backend: DbBackend, sql: &str) -> Statements<'_> {
+    statements_read(backend, sql, Reading::default())
+}
+
+/// How a MySQL/MariaDB statement is read where the server's settings decide: with or
+/// without backslash escapes (`NO_BACKSLASH_ESCAPES`, and `ANSI_QUOTES`, under which `"…"`
+/// has none), executable comments (`/*! … */`, `/*M! … */`) as code or as comments. A
+/// statement is refused if any reading refuses it.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    backslash: bool,
+    executable: bool,
+}
+
+impl Default for Reading {
+    fn default() -> Self {
+        Reading {
+            backslash: true,
+            executable: false,
+        }
+    }
+}
+
+/// Every reading of a statement on `backend` (one, but on MySQL/MariaDB).
+fn readings(backend: DbBackend) -> &'static [Reading] {
+    const ALL: [Reading; 4] = [
+        Reading {
+            backslash: true,
+            executable: true,
+        },
+        Reading {
+            backslash: true,
+            executable: false,
+        },
+        Reading {
+            backslash: false,
+            executable: true,
+        },
+        Reading {
+            backslash: false,
+            executable: false,
+        },
+    ];
+    if backend == DbBackend::MySql {
+        &ALL
+    } else {
+        &ALL[..1]
+    }
+}
+
+/// The statements of `sql` as `reading` reads them.
+fn statements_read(backend: DbBackend, sql: &str, reading: Reading) -> Statements<'_> {
     Statements {
         sql,
         mysql: backend == DbBackend::MySql,
         postgres: backend == DbBackend::Postgres,
+        reading,
         start: 0,
     }
 }
@@ -26,6 +80,7 @@ struct Statements<'a> {
     sql: &'a str,
     mysql: bool,
     postgres: bool,
+    reading: Reading,
     start: usize,
 }
 
@@ -41,14 +96,29 @@ impl<'a> Iterator for Statements<'a> {
                 i = match bytes[i] {
                     quote @ (b'\'' | b'"' | b'`') => {
                         let backslash = quote != b'`'
-                            && (self.mysql
+                            && ((self.mysql && self.reading.backslash)
                                 || (self.postgres && quote == b'\'' && escape_string(bytes, i)));
                         skip_quoted(bytes, i + 1, quote, backslash)
                     }
                     b'-' if dash_comment(bytes, i, self.mysql) => skip_line(bytes, i),
                     b'#' if self.mysql => skip_line(bytes, i),
-                    b'/' if bytes.get(i + 1) == Some(&b'*') => skip_block(bytes, i, self.postgres),
-                    b'$' if self.postgres => skip_dollar_quoted(self.sql, i),
+                    b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                        match executable_marker(&self.sql[i + 2..]) {
+                            // Read as code: a `;` inside it ends a statement.
+                            Some(skip) if self.mysql && self.reading.executable => i + 2 + skip,
+                            _ => skip_block(bytes, i, self.postgres),
+                        }
+                    }
+                    b'*' if self.mysql
+                        && self.reading.executable
+                        && bytes.get(i + 1) == Some(&b'/') =>
+                    {
+                        i + 2
+                    }
+                    // A `$` inside an identifier (`a$x$`) opens no dollar quote.
+                    b'$' if self.postgres && (i == 0 || !identifier_byte(bytes[i - 1])) => {
+                        skip_dollar_quoted(self.sql, i)
+                    }
                     _ => i + 1,
                 };
             }
@@ -61,6 +131,29 @@ impl<'a> Iterator for Statements<'a> {
         }
         None
     }
+}
+
+/// Whether `b` can be part of an identifier: ASCII letters, digits, `_`, `$`, and every
+/// byte of a non-ASCII character (PostgreSQL and MySQL take letters of any script).
+fn identifier_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// After `/*`: the length of MySQL's executable-comment marker (`!` or `M!` and a version
+/// number), if the comment is one.
+fn executable_marker(after: &str) -> Option<usize> {
+    let marker = if after.starts_with('!') {
+        1
+    } else if after.starts_with("M!") {
+        2
+    } else {
+        return None;
+    };
+    let digits = after[marker..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    Some(marker + digits)
 }
 
 /// Whether the `-` at `i` opens a `--` comment: always on PostgreSQL and SQLite; on
@@ -78,9 +171,7 @@ fn dash_comment(bytes: &[u8], i: usize, mysql: bool) -> bool {
 /// the `E` stands alone. After a longer word it is a typed literal (`name '\'`), a
 /// standard string in which a backslash is text.
 fn escape_string(bytes: &[u8], i: usize) -> bool {
-    i > 0
-        && bytes[i - 1].eq_ignore_ascii_case(&b'e')
-        && (i < 2 || !(bytes[i - 2].is_ascii_alphanumeric() || matches!(bytes[i - 2], b'_' | b'$')))
+    i > 0 && bytes[i - 1].eq_ignore_ascii_case(&b'e') && (i < 2 || !identifier_byte(bytes[i - 2]))
 }
 
 /// The index after the closing `quote` (a doubled quote is part of the text).
@@ -101,10 +192,12 @@ fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8, backslash: bool) -> usize 
     bytes.len()
 }
 
+/// The index after the line a `--` or `#` comment at `i` ends with: at a line feed or a
+/// carriage return, whichever comes first (PostgreSQL ends it at either).
 fn skip_line(bytes: &[u8], i: usize) -> usize {
     bytes[i..]
         .iter()
-        .position(|&b| b == b'\n')
+        .position(|&b| b == b'\n' || b == b'\r')
         .map_or(bytes.len(), |end| i + end + 1)
 }
 
@@ -150,11 +243,25 @@ fn skip_dollar_quoted(sql: &str, i: usize) -> usize {
 /// The keywords and identifiers of one statement, in order, outside comments and quotes.
 /// With `executable`, the content of MySQL's `/*! … */` and `/*M! … */` comments is read
 /// as code (the server runs it); without, as a comment.
+#[cfg(test)]
 fn words(backend: DbBackend, statement: &str, executable: bool) -> Words<'_> {
+    words_read(
+        backend,
+        statement,
+        Reading {
+            backslash: true,
+            executable,
+        },
+    )
+}
+
+/// The words of `statement` as `reading` reads it.
+fn words_read(backend: DbBackend, statement: &str, reading: Reading) -> Words<'_> {
     Words {
         statement,
         backend,
-        executable,
+        executable: reading.executable,
+        backslash: reading.backslash,
         i: 0,
     }
 }
@@ -164,6 +271,7 @@ struct Words<'a> {
     statement: &'a str,
     backend: DbBackend,
     executable: bool,
+    backslash: bool,
     i: usize,
 }
 
@@ -187,8 +295,8 @@ impl<'a> Iterator for Words<'a> {
             self.i = match b {
                 b'\'' | b'"' | b'`' => {
                     let postgres = self.backend == DbBackend::Postgres;
-                    let backslash =
-                        (mysql && b != b'`') || (postgres && b == b'\'' && escape_string(bytes, i));
+                    let backslash = (mysql && self.backslash && b != b'`')
+                        || (postgres && b == b'\'' && escape_string(bytes, i));
                     skip_quoted(bytes, i + 1, b, backslash)
                 }
                 b'-' if dash_comment(bytes, i, mysql) => skip_line(bytes, i),
@@ -230,19 +338,10 @@ fn is(word: Option<&&str>, keyword: &str) -> bool {
 /// and the others of its "implicit commit" list), or run SQL that cannot be read first
 /// (MySQL's `EXECUTE`, `PREPARE`, compound statements). Returns the offending keywords.
 pub(crate) fn ends_transaction(backend: DbBackend, sql: &str) -> Option<String> {
-    for statement in statements(backend, sql) {
-        if let Some(what) = refused(backend, words(backend, statement, true)) {
-            return Some(what);
-        }
-        // MySQL's executable comments, read as the comments they are to older servers.
-        if backend == DbBackend::MySql
-            && statement.contains("/*")
-            && let Some(what) = refused(backend, words(backend, statement, false))
-        {
-            return Some(what);
-        }
-    }
-    None
+    readings(backend).iter().find_map(|&reading| {
+        statements_read(backend, sql, reading)
+            .find_map(|statement| refused(backend, words_read(backend, statement, reading)))
+    })
 }
 
 /// `word` in upper case, in `buffer` (keywords are short; a longer word is none of them).
@@ -319,7 +418,9 @@ where
         | "OPTIMIZE" | "REPAIR" | "CACHE" | "INSTALL" | "UNINSTALL" | "SHUTDOWN" | "XA"
         | "CHANGE" | "STOP" | "START" | "BACKUP" => Some(named(1)),
         // SQL that is only read when it runs, and compound statements.
-        "EXECUTE" | "PREPARE" | "IF" | "WHILE" | "LOOP" | "REPEAT" | "CASE" => Some(named(1)),
+        "EXECUTE" | "PREPARE" | "IF" | "WHILE" | "LOOP" | "REPEAT" | "CASE" | "FOR" => {
+            Some(named(1))
+        }
         _ => None,
     }
 }
@@ -328,13 +429,15 @@ where
 /// savepoint refuses on MySQL/MariaDB, which cannot make a savepoint read-only. A function
 /// with side effects called from a `SELECT` is not seen.
 pub(crate) fn writes(backend: DbBackend, sql: &str) -> Option<String> {
-    const WRITES: [&str; 16] = [
+    const WRITES: [&str; 23] = [
         "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE",
         "RENAME", "LOAD", "CALL", "GRANT", "REVOKE", "LOCK", "HANDLER",
+        // SQL read only when it runs, and compound statements: they may write.
+        "EXECUTE", "FOR", "IF", "WHILE", "LOOP", "REPEAT", "CASE",
     ];
-    statements(backend, sql).find_map(|statement| {
-        [true, false].into_iter().find_map(|executable| {
-            let mut words = words(backend, statement, executable);
+    readings(backend).iter().find_map(|&reading| {
+        statements_read(backend, sql, reading).find_map(|statement| {
+            let mut words = words_read(backend, statement, reading);
             let first = words.next()?;
             // `ANALYZE DELETE …` runs the statement it explains (MariaDB), and a `WITH` may
             // lead to a write (MySQL 8): any writing keyword in them counts.
@@ -475,6 +578,38 @@ mod tests {
             None
         );
         assert_eq!(ends_transaction(PG, "SELECT e'it\\'s'; SELECT 1"), None);
+        // Found by an adversarial review, each committing row of an `Err` before this:
+        // a `$` inside an identifier opens no dollar quote on PostgreSQL,
+        assert_eq!(
+            ends_transaction(PG, "SELECT 1 AS a$x$; COMMIT; SELECT $x$$x$").as_deref(),
+            Some("COMMIT")
+        );
+        // a carriage return ends a `--` comment,
+        assert_eq!(
+            ends_transaction(PG, "SELECT 1 -- c\r; COMMIT; SELECT 2 -- \n").as_deref(),
+            Some("COMMIT")
+        );
+        // a letter of any script before `E` makes it part of a word (a type name),
+        assert_eq!(
+            ends_transaction(PG, "SELECT éE'\\'; COMMIT; SELECT 'x'").as_deref(),
+            Some("COMMIT")
+        );
+        // MariaDB's FOR loop is a compound statement, and a `;` inside an executable
+        // comment ends a statement for the server,
+        assert_eq!(
+            ends_transaction(MY, "FOR i IN 1..1 DO COMMIT /*!;*/ END FOR").as_deref(),
+            Some("FOR")
+        );
+        assert!(ends_transaction(MY, "SELECT 1 /*!; COMMIT */").is_some());
+        // and NO_BACKSLASH_ESCAPES or ANSI_QUOTES may be set: read both ways.
+        assert_eq!(
+            ends_transaction(MY, "SELECT '\\'; COMMIT; SELECT ''").as_deref(),
+            Some("COMMIT")
+        );
+        assert_eq!(
+            ends_transaction(MY, "SELECT 1 AS \"a\\\"; COMMIT; SELECT \"\"").as_deref(),
+            Some("COMMIT")
+        );
         for sql in [
             "SELECT 1",
             "INSERT INTO commit_log VALUES (1)",
@@ -548,6 +683,18 @@ mod tests {
         ] {
             assert_eq!(ends_transaction(MY, sql), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn a_compound_statement_counts_as_a_write() {
+        assert_eq!(
+            writes(
+                MY,
+                "FOR i IN 1..1 DO INSERT INTO t VALUES (2) /*!;*/ END FOR"
+            )
+            .as_deref(),
+            Some("FOR")
+        );
     }
 
     #[test]
