@@ -120,7 +120,7 @@ async fn nothing_a_failed_operation_wrote_is_ever_committed_whatever_the_text() 
         let seed = std::env::var("SAFE_DB_FUZZ_SEED")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0x5afe_db);
+            .unwrap_or(0x005a_fedb);
         for (n, text) in texts(pieces, cases, seed).into_iter().enumerate() {
             let id = n as i32 + 1;
             let err = write_then_fail(&t.db, id, &text)
