@@ -107,3 +107,66 @@ async fn a_commit_hidden_behind_the_servers_own_lexing_is_refused() {
         t.cleanup().await;
     }
 }
+
+#[safe_db_operation(timeout = "5s")]
+async fn run_in_time(tx: &Tx, sql: &str) -> Result<Vec<i64>, Error> {
+    let rows = tx
+        .query_all_raw(sea_orm::Statement::from_string(
+            tx.get_database_backend(),
+            sql,
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            row.try_get_by_index::<i64>(0)
+                .or_else(|_| row.try_get_by_index::<i32>(0).map(i64::from))
+                .unwrap()
+        })
+        .collect())
+}
+
+#[safe_db_operation(timeout = "5s")]
+async fn execute_in_time(tx: &Tx, sql: &str) -> Result<(), Error> {
+    tx.execute_unprepared(sql).await?;
+    Ok(())
+}
+
+/// safe-db never changes what a statement means or stores: with a `timeout` on MariaDB
+/// (where it used to rewrite each statement to carry the server-side bound), the texts
+/// that rewrite broke mean what they mean without it. A block comment holding an UPDATE
+/// stays a comment (the bound once closed it early and the UPDATE ran); a value holding
+/// `;` and a line break after `5--3` is stored as written.
+#[tokio::test]
+async fn with_a_timeout_a_statement_means_and_stores_what_it_says() {
+    for t in TestDb::on(&[Backend::MySql], "means_what_it_says", 2).await {
+        t.db.execute_unprepared("CREATE TABLE said (id INT PRIMARY KEY, v INT, body TEXT)")
+            .await
+            .unwrap();
+        t.db.execute_unprepared("INSERT INTO said (id, v) VALUES (1, 1)")
+            .await
+            .unwrap();
+        let select = "SELECT 1--1 AS x UNION /* UPDATE said SET v = 666 WHERE id = 1; */ SELECT 5";
+        let with_timeout = run_in_time(&t.db, select).await.unwrap();
+        assert_eq!(
+            with_timeout,
+            vec![2, 5],
+            "1--1 is 1 - -1, the comment a comment"
+        );
+        let v = safe_db_test_support::ids(&t.db, "SELECT v FROM said WHERE id = 1").await;
+        assert_eq!(v, vec![1], "the commented-out UPDATE never ran");
+        let insert = "INSERT INTO said (id, v, body) VALUES (5--3, 0, 'line one\\n; SELECT 2')";
+        execute_in_time(&t.db, insert).await.unwrap();
+        let row =
+            t.db.query_one_raw(sea_orm::Statement::from_string(
+                t.db.get_database_backend(),
+                "SELECT body FROM said WHERE id = 8",
+            ))
+            .await
+            .unwrap()
+            .expect("the row 5 - -3 = 8");
+        let body: String = row.try_get_by_index(0).unwrap();
+        assert_eq!(body, "line one\n; SELECT 2", "stored as written");
+        t.cleanup().await;
+    }
+}
