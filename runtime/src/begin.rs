@@ -1,6 +1,6 @@
 //! What a caller may pass to an operation: something a transaction can begin on, the
 //! [`Db`] handle among them. Each implementation picks one of the protocol's entry
-//! points in `tx.rs`. The narrower traits [`Connection`], [`InTransaction`] and
+//! points in `tx/`. The narrower traits [`Connection`], [`InTransaction`] and
 //! [`Managed`] are how the compiler checks an operation's propagation (`durable`,
 //! `mandatory`, `requires_new` / `savepoint = false`) at its call sites.
 
@@ -120,7 +120,7 @@ impl Managed for DatabaseConnection {}
 /// the one a `TxLayer` holds): while the standby has not replayed that commit, the operation
 /// runs on the primary. A standby that cannot be reached, or whose replay lags behind
 /// what it has received by more than [`Db::max_replica_lag`], is skipped with a warning.
-/// See the README's "Scaling out".
+/// See `docs/scaling-out.md`.
 #[derive(Clone, Debug)]
 pub struct Db {
     primary: DatabaseConnection,

@@ -27,7 +27,7 @@ const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(500)
 /// until it ends or the server notices that its client is gone. PostgreSQL 14+ notices
 /// within `client_connection_check_interval` (off by default: set it for the role or in
 /// `postgresql.conf`, e.g. `1s`); MariaDB does not notice while the statement runs. A
-/// `timeout` on the operation has the server stop it instead (see the README).
+/// `timeout` on the operation has the server stop it instead (see `docs/guarantees.md`).
 ///
 /// It costs nothing when nothing is owed. It is set through `map_sqlx_postgres_pool_opts`
 /// / `map_sqlx_mysql_pool_opts`, of which SeaORM keeps one per driver: it replaces one set
