@@ -7,6 +7,7 @@
 mod args;
 mod check;
 mod expand;
+mod test_attr;
 
 use proc_macro::TokenStream;
 use quote::ToTokens;
@@ -15,6 +16,32 @@ use quote::ToTokens;
 #[proc_macro_attribute]
 pub fn safe_db_operation(attr: TokenStream, item: TokenStream) -> TokenStream {
     operation(attr.into(), item.into()).into()
+}
+
+/// (Implemented by the `safe-db-macros` crate; use it as `safe_db::test`, with the
+/// runtime's feature `testing`.)
+#[proc_macro_attribute]
+pub fn test(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item: proc_macro2::TokenStream = item.into();
+    let args = syn::parse2::<test_attr::TestArgs>(attr.into());
+    let result = match (args, syn::parse2::<syn::ItemFn>(item.clone())) {
+        (_, Err(err)) => Err(syn::Error::new(
+            err.span(),
+            "`#[safe_db::test]` can only be applied to an `async fn`",
+        )),
+        (Err(err), Ok(_)) => Err(err),
+        (Ok(args), Ok(func)) => {
+            test_attr::check(func).map(|checked| test_attr::expand(&args, checked))
+        }
+    };
+    match result {
+        Ok(expanded) => expanded.into(),
+        Err(err) => {
+            let mut out = err.into_compile_error();
+            out.extend(item);
+            out.into()
+        }
+    }
 }
 
 fn operation(

@@ -201,3 +201,12 @@ impl<E> OpaqueProbe<E> for Probe<E> {
         |_| false
     }
 }
+
+// What `#[safe_db::test]` expands to (kept last: the UI tests' expected output names
+// lines of this file).
+#[cfg(feature = "testing")]
+pub use crate::testing::attr::SetupConnection as DatabaseConnection;
+#[cfg(feature = "testing")]
+pub use crate::testing::attr::{
+    Plan as TestPlan, Setup as TestSetup, TestBackend, run as run_test,
+};

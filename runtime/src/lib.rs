@@ -303,6 +303,58 @@ pub use tx::{CallbackOutput, DEFAULT_STEP_TIMEOUT, Tx, set_step_timeout};
 #[doc(inline)]
 pub use safe_db_macros::safe_db_operation;
 
+/// A test run once per configured database (feature `testing`): SQLite always,
+/// PostgreSQL and MySQL/MariaDB when `SAFE_DB_TEST_POSTGRES_URL` and
+/// `SAFE_DB_TEST_MYSQL_URL` are set (a missing one fails the test under `CI=true`, and is
+/// skipped with a line on stderr otherwise), each on a tokio runtime of its own.
+///
+/// The body's one parameter says what it gets:
+/// - `test: &TestTx`: a [`TestTx`](testing::TestTx), rolled back after the test, on a
+///   database the tests share (SQLite: one in memory per test);
+/// - `db: &Db` or `db: &DatabaseConnection`: a database of the test's own, dropped after
+///   it (SQLite: a file), for code that commits for real (`requires_new`, several
+///   connections, isolation levels).
+///
+/// Options: `setup = path::to::fn`, an `async fn(&DatabaseConnection) -> Result<(), E>`
+/// (`E: Display`) run on the database first: once per process on a shared database,
+/// under a lock on the server, so it must be idempotent (`CREATE TABLE IF NOT EXISTS`);
+/// on each database of a test's own. `backends(sqlite, postgres, mysql)` runs only on
+/// those. A failure names the database it happened on, after the test's transaction was
+/// rolled back or its database dropped.
+///
+/// ```
+/// use safe_db::testing::TestTx;
+/// use safe_db::{safe_db_operation, Error, Tx};
+/// use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+///
+/// async fn schema(db: &DatabaseConnection) -> Result<(), DbErr> {
+///     db.execute_unprepared("CREATE TABLE IF NOT EXISTS notes (text TEXT)").await?;
+///     Ok(())
+/// }
+///
+/// #[safe_db_operation]
+/// async fn add_note(tx: &Tx) -> Result<(), Error> {
+///     tx.execute_unprepared("INSERT INTO notes (text) VALUES ('hello')").await?;
+///     Ok(())
+/// }
+///
+/// #[safe_db::test(setup = schema)]
+/// async fn adds_a_note(test: &TestTx) -> Result<(), Error> {
+///     add_note(test).await?;
+///     let count = test.query_all_raw(sea_orm::Statement::from_string(
+///         test.get_database_backend(),
+///         "SELECT text FROM notes",
+///     ));
+///     assert_eq!(count.await?.len(), 1);
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+#[doc(inline)]
+pub use safe_db_macros::test;
+
 /// Runs `body` in a transaction on `conn`: the closure form of
 /// [`#[safe_db_operation]`](macro@safe_db_operation), for code that cannot take an
 /// attribute (the seed's `get_db_session()` / `execute_db_query(query_func)`).

@@ -43,8 +43,11 @@ use crate::begin::sealed::Sealed;
 use crate::tx::Injection;
 use crate::{Begin, Connection, Db, InTransaction, Managed, Options, Tx};
 
+pub(crate) mod attr;
+mod place;
 mod template;
 
+pub use attr::{TestBackend, TestParam, TestResult};
 pub use template::{Template, TestDatabase};
 
 /// A transaction for one test, rolled back at its end whatever the test did: when
