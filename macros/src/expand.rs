@@ -175,6 +175,14 @@ pub(crate) fn expand(args: &Args, checked: Checked) -> TokenStream {
         }
     };
 
+    // Its path (`module::function`, `Type::method`), which `Faults` targets: the type name
+    // of an item declared in the function's body.
+    let name = quote! {
+        ::safe_db::__private::OpName::at(#name, {
+            fn __safe_db_here() {}
+            ::core::any::type_name_of_val(&__safe_db_here)
+        })
+    };
     let block = quote! {{
         ::safe_db::__operation!(#mode: #conn, #options, #name, #into, |#handle| {
             #managed

@@ -1,7 +1,7 @@
 //! Not public API: the items `#[safe_db_operation]` expands to, and the one control
 //! flow of an operation, shared by the attribute and the closure form.
 
-pub use crate::operation::{Began, Next, Operation, Outcome, Run};
+pub use crate::operation::{Began, Next, OpName, Operation, Outcome, Run};
 pub use crate::{Begin, Connection, InTransaction, Isolation, Managed, Options, Tx};
 pub use core::result::Result;
 

@@ -404,13 +404,25 @@ impl Options {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn run<C, F, T, E>(self, conn: &C, mut body: F) -> Result<T, E>
+    pub async fn run<C, F, T, E>(self, conn: &C, body: F) -> Result<T, E>
     where
         C: Begin + ?Sized,
         F: AsyncFnMut(&Tx) -> Result<T, E>,
         E: From<DbErr>,
     {
-        crate::__operation!(retrying: conn, self, "transaction", E::from, |tx| body(tx).await)
+        self.run_as("transaction", conn, body).await
+    }
+
+    /// [`Options::run`] under a name of its own: the `operation` of its span and metrics,
+    /// and what [`Faults`](crate::testing::Faults) targets (feature `testing`).
+    pub async fn run_as<C, F, T, E>(self, name: &'static str, conn: &C, mut body: F) -> Result<T, E>
+    where
+        C: Begin + ?Sized,
+        F: AsyncFnMut(&Tx) -> Result<T, E>,
+        E: From<DbErr>,
+    {
+        let name = crate::operation::OpName::plain(name);
+        crate::__operation!(retrying: conn, self, name, E::from, |tx| body(tx).await)
     }
 }
 

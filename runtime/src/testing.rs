@@ -291,11 +291,18 @@ impl Rule {
     }
 }
 
-/// Failures to inject into chosen operations, by name: the Nth statement an operation
-/// sends through its own `tx`, or its commit, fails with a chosen [`Failure`], every
-/// time or only the first `k` times ([`Faults::times`]: for an operation that retries,
-/// its first `k` attempts). Active inside [`Faults::run`]; with the feature `testing`
-/// off, none of this is compiled.
+/// Failures to inject into chosen operations: the Nth statement an operation sends
+/// through its own `tx`, or its commit, fails with a chosen [`Failure`], every time or
+/// only the first `k` times ([`Faults::times`]: for an operation that retries, its first
+/// `k` attempts). Active inside [`Faults::run`]; with the feature `testing` off, none of
+/// this is compiled.
+///
+/// An operation is targeted by the last segments of its path, as Rust writes it:
+/// `"orders::create"` or `"Orders::create"` (a method), `"create"` for every operation of
+/// that name; a closure is targeted by the name given to
+/// [`Options::run_as`](crate::Options::run_as) (`"transaction"` otherwise). A
+/// `savepoint = false` operation's statements are targeted as any other's; it has no
+/// commit of its own, so a commit fault on it never fires.
 ///
 /// On PostgreSQL and MariaDB the server is sent a statement that fails with the real
 /// error (`RAISE … USING ERRCODE`, `SIGNAL … MYSQL_ERRNO`, or the session really ended),
@@ -341,8 +348,9 @@ impl Faults {
         Faults::default()
     }
 
-    /// The `n`th statement (from 1) that operation `operation` sends through its own
-    /// `tx` fails with `failure` (statements of the operations it calls count as theirs).
+    /// The `n`th statement (from 1) that the operation at path `operation` (see
+    /// [`Faults`]) sends through its own `tx` fails with `failure` (statements of the
+    /// operations it calls count as theirs).
     pub fn fail_statement(mut self, operation: &str, n: u32, failure: Failure) -> Faults {
         self.rules.push(Rule {
             operation: operation.to_owned(),
@@ -407,14 +415,14 @@ pub(crate) struct Armed {
     sent: AtomicU32,
 }
 
-/// What to arm on an attempt of operation `operation`, if anything.
-pub(crate) fn armed(operation: &str) -> Option<Box<Armed>> {
+/// What to arm on an attempt of the operation at `path`, if anything.
+pub(crate) fn armed(path: &str) -> Option<Box<Armed>> {
     FAULTS
         .try_with(|faults| {
             let rules: Vec<Rule> = faults
                 .rules
                 .iter()
-                .filter(|rule| rule.operation == operation)
+                .filter(|rule| targets(&rule.operation, path))
                 .cloned()
                 .collect();
             (!rules.is_empty()).then(|| {
@@ -426,6 +434,52 @@ pub(crate) fn armed(operation: &str) -> Option<Box<Armed>> {
         })
         .ok()
         .flatten()
+}
+
+/// Whether a fault's target names the operation at `path`: its last segments
+/// (`function`, `module::function`, `Type::method`, `crate::module::Type::method`), as
+/// Rust writes the path, generic arguments left out.
+fn targets(target: &str, path: &str) -> bool {
+    let path = segments(path);
+    let target: Vec<&str> = target.split("::").map(str::trim).collect();
+    path.len() >= target.len() && path[path.len() - target.len()..] == target[..]
+}
+
+/// The segments of an operation's path as `type_name` spells it
+/// (`app::orders::<impl>::Orders::create::__safe_db_here`, `<app::A as app::T>::m::…`,
+/// `app::Gen<_>::m::…`): generic arguments and the marker item left out, a qualified
+/// `<A as T>` read as `A`.
+fn segments(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = path;
+    if let Some(inner) = rest.strip_prefix('<') {
+        // `<A as T>::rest`: the segments of A, then the rest.
+        let mut depth = 1;
+        let end = inner
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '<' => depth += 1,
+                    '>' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(inner.len(), |(i, _)| i);
+        let qualified = &inner[..end];
+        let self_ty = qualified.split(" as ").next().unwrap_or(qualified);
+        out.extend(segments(self_ty));
+        rest = inner[end..]
+            .trim_start_matches('>')
+            .trim_start_matches("::");
+    }
+    for segment in rest.split("::") {
+        let segment = segment.split('<').next().unwrap_or(segment);
+        if !segment.is_empty() && segment != "__safe_db_here" && !segment.starts_with('{') {
+            out.push(segment);
+        }
+    }
+    out
 }
 
 /// The testing kit plugs into the protocol through this seam: the core asks an

@@ -264,6 +264,7 @@ async fn a_postgres_database_per_test_from_a_template() {
     let (a, b) = (first.name.clone(), second.name.clone());
     first.drop_database().await.unwrap();
     second.drop_database().await.unwrap();
+    template.drop_template().await.unwrap();
     let admin = sea_orm::Database::connect(url.as_str()).await.unwrap();
     let left = safe_db_test_support::ids(
         &admin,
@@ -322,6 +323,7 @@ fn a_template_serves_the_runtimes_after_the_one_that_prepared_it() {
             });
         }
     });
+    runtime().block_on(template.drop_template()).unwrap();
 }
 
 /// Issue 30, item 7: the template's admin URL goes through safe-db's URL parser. Its
@@ -358,6 +360,7 @@ async fn a_template_never_shows_its_admin_password() {
     let test = template.create().await.unwrap();
     create_agent(&test.db, "ada").await.unwrap();
     test.drop_database().await.unwrap();
+    template.drop_template().await.unwrap();
     drop(guard);
     // SeaORM's connect span records the URL (without the password).
     let server = host.split('/').next().unwrap();

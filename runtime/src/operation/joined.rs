@@ -16,10 +16,17 @@ pub struct Joined<'c> {
     pub(super) tx: &'c Tx,
     name: &'static str,
     succeeded: bool,
+    /// The faults targeting this operation, armed on the level it joined while it runs.
+    #[cfg(feature = "testing")]
+    armed: Option<std::sync::Arc<dyn crate::tx::Injector>>,
 }
 
 impl Drop for Joined<'_> {
     fn drop(&mut self) {
+        #[cfg(feature = "testing")]
+        if let Some(armed) = self.armed.take() {
+            self.tx.disarm(&armed);
+        }
         if !self.succeeded {
             self.tx.doom(self.name);
         }
@@ -58,6 +65,8 @@ impl Operation {
             tx,
             name: self.name,
             succeeded: false,
+            #[cfg(feature = "testing")]
+            armed: crate::testing::armed(self.path).map(|armed| tx.arm_joined(armed)),
         }))
     }
 

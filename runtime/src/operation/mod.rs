@@ -58,10 +58,37 @@ impl Began<'_> {
     }
 }
 
+/// What an operation is called: its name (in spans and metrics) and its path
+/// (`module::function`, `Type::method`: what `safe_db::testing::Faults` targets).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpName {
+    name: &'static str,
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    path: &'static str,
+}
+
+impl OpName {
+    /// An annotated function's: `here` is the type name of an item declared in its body.
+    #[inline]
+    pub fn at(name: &'static str, here: &'static str) -> OpName {
+        OpName { name, path: here }
+    }
+
+    /// The closure form's: its path is its name.
+    #[inline]
+    pub const fn plain(name: &'static str) -> OpName {
+        OpName { name, path: name }
+    }
+}
+
 /// One call of an operation, across its attempts.
 #[doc(hidden)]
 pub struct Operation {
     name: &'static str,
+    /// What `Faults` targets.
+    #[cfg(feature = "testing")]
+    path: &'static str,
     options: Options,
     deadline: Option<Instant>,
     attempt: u32,
@@ -73,17 +100,23 @@ pub struct Operation {
 }
 
 impl Operation {
-    pub fn new(options: &Options, name: &'static str) -> Self {
+    pub fn new(options: &Options, name: OpName) -> Self {
         let started = Instant::now();
         // A timeout too large to add is no deadline at all.
         let deadline = options.timeout.and_then(|t| started.checked_add(t));
-        Operation::starting(
+        #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
+        let mut operation = Operation::starting(
             options,
-            name,
+            name.name,
             started,
             deadline,
-            Operation::span_for(options, name),
-        )
+            Operation::span_for(options, name.name),
+        );
+        #[cfg(feature = "testing")]
+        {
+            operation.path = name.path;
+        }
+        operation
     }
 
     /// The span of a web request's operation, made when the request arrives so that the
@@ -130,6 +163,8 @@ impl Operation {
         observe::started(name);
         Operation {
             name,
+            #[cfg(feature = "testing")]
+            path: name,
             options: *options,
             deadline,
             attempt: 0,
@@ -268,7 +303,7 @@ impl Operation {
                 Ok(mut tx) => {
                     #[cfg(feature = "testing")]
                     tx.arm(
-                        crate::testing::armed(self.name)
+                        crate::testing::armed(self.path)
                             .map(|armed| armed as Box<dyn crate::tx::Injector>),
                     );
                     record(&self.span, "depth", tx.depth());

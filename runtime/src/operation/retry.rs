@@ -50,6 +50,7 @@ fn jitter() -> f64 {
 mod tests {
     use super::*;
     use crate::Options;
+    use crate::operation::OpName;
     use tokio::time::Instant;
 
     #[test]
@@ -66,7 +67,7 @@ mod tests {
         let options = Options::new()
             .retries(100)
             .timeout(Duration::from_millis(50));
-        let mut op = Operation::new(&options, "t");
+        let mut op = Operation::new(&options, OpName::plain("t"));
         let started = Instant::now();
         let mut slept = 0;
         loop {
@@ -82,7 +83,7 @@ mod tests {
 
     #[tokio::test]
     async fn backoff_stops_after_the_retries() {
-        let mut op = Operation::new(&Options::new().retries(2), "t");
+        let mut op = Operation::new(&Options::new().retries(2), OpName::plain("t"));
         op.attempt = 1;
         assert!(op.backoff().await);
         op.attempt = 2;

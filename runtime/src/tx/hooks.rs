@@ -50,6 +50,21 @@ impl Tx {
         }
     }
 
+    /// Arms the injected failures of a `savepoint = false` operation joining this level:
+    /// they come before this level's own until [`Tx::disarm`].
+    pub(crate) fn arm_joined(&self, armed: Box<dyn Injector>) -> Arc<dyn Injector> {
+        let armed: Arc<dyn Injector> = Arc::from(armed);
+        let mut all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
+        all.insert(0, (self.id, Arc::clone(&armed)));
+        armed
+    }
+
+    /// Takes back what [`Tx::arm_joined`] armed.
+    pub(crate) fn disarm(&self, armed: &Arc<dyn Injector>) {
+        let mut all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(_, other)| !Arc::ptr_eq(other, armed));
+    }
+
     /// The failures injected into this level, if any.
     pub(super) fn armed(&self) -> Option<Arc<dyn Injector>> {
         let all = self.tree.armed.lock().unwrap_or_else(|e| e.into_inner());
