@@ -387,3 +387,81 @@ fn processes_of_one_nextest_run_share_a_template() {
         assert!(!database_exists(DbBackend::Postgres, &url, &name).await);
     });
 }
+
+/// A second `TestTx` on a pool whose one connection the first holds: the error says it is
+/// a self-deadlock, and the first goes on as before.
+#[tokio::test]
+async fn a_second_test_tx_on_a_pool_of_one_says_it_is_a_self_deadlock() {
+    for t in safe_db_test_support::TestDb::all("second_test_tx", 1).await {
+        let mut options = t.options(1);
+        options.acquire_timeout(std::time::Duration::from_millis(500));
+        let pool = Database::connect(options).await.unwrap();
+        let first = TestTx::begin(&pool).await.unwrap();
+        let err = TestTx::begin(&pool)
+            .await
+            .err()
+            .expect("no connection left");
+        assert_eq!(
+            safe_db::ErrorKind::of(&err),
+            safe_db::ErrorKind::PoolExhausted
+        );
+        assert!(
+            matches!(
+                safe_db::Cause::of(&err),
+                Some(safe_db::Cause::TestSelfDeadlock { alive: 1 })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("self-deadlock"), "{err}");
+        first
+            .execute_unprepared("INSERT INTO agents (id, name) VALUES (1, 'in the test')")
+            .await
+            .unwrap();
+        first.rollback().await.unwrap();
+        assert!(t.agent_ids().await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// `rollback()` while a `test.db()` handle is alive names where it was taken; the
+/// transaction rolls back when the handle goes.
+#[tokio::test]
+async fn a_rollback_held_up_by_a_db_handle_says_where_it_was_taken() {
+    for t in safe_db_test_support::TestDb::all("held_test_tx", 2).await {
+        let test = TestTx::begin(&t.db).await.unwrap();
+        let (kept, line) = (test.db(), line!());
+        add_agent(&kept, 1).await.unwrap();
+        let err = test.rollback().await.expect_err("held");
+        assert!(
+            matches!(
+                safe_db::Cause::of(&err),
+                Some(safe_db::Cause::TestHeld { .. })
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("tests/test_attr.rs:{line}")),
+            "{err}"
+        );
+        drop(kept);
+        // Rolled back off the caller's path once the last handle went.
+        for _ in 0..50 {
+            if t.agent_ids().await.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(t.agent_ids().await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+#[safe_db_operation]
+async fn add_agent(tx: &Tx, id: i32) -> Result<(), Error> {
+    tx.execute_unprepared(&format!(
+        "INSERT INTO agents (id, name) VALUES ({id}, 'a{id}')"
+    ))
+    .await?;
+    Ok(())
+}

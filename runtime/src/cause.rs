@@ -93,6 +93,17 @@ pub enum Cause {
     /// An operation on a test's `Db` began inside another one that holds the test
     /// transaction's turn, in the same task (`safe_db::testing`).
     TestTurnWaited,
+    /// A `TestTx` could not begin: the pool had no connection left while another
+    /// `TestTx` was alive on this thread (a self-deadlock when that one holds the last).
+    TestSelfDeadlock {
+        /// `TestTx`s alive on this thread.
+        alive: u32,
+    },
+    /// `TestTx::rollback` while a handle from `TestTx::db()` is still alive.
+    TestHeld {
+        /// Where `TestTx::db()` was called (`file:line`).
+        taken_at: Vec<String>,
+    },
 }
 
 /// Why a statement was refused.
@@ -143,12 +154,14 @@ impl Cause {
             | Cause::NodeUnreachable { .. }
             | Cause::NodeUnfit { .. }
             | Cause::TestTurnWaited => ErrorKind::Unavailable,
+            Cause::TestSelfDeadlock { .. } => ErrorKind::PoolExhausted,
             Cause::TreeBroken
             | Cause::Doomed { .. }
             | Cause::ConflictSwallowed { .. }
             | Cause::FailedStatementSwallowed { .. }
             | Cause::Refused { .. }
             | Cause::PoolUnknown
+            | Cause::TestHeld { .. }
             | Cause::RequestEnded => ErrorKind::Database,
         }
     }
@@ -168,7 +181,8 @@ impl Cause {
             | Cause::ConflictSwallowed { .. }
             | Cause::FailedStatementSwallowed { .. } => "25P02", // in_failed_sql_transaction
             Cause::Refused { .. } => "25001",  // active_sql_transaction
-            Cause::PoolUnknown | Cause::RequestEnded => "25000", // invalid_transaction_state
+            Cause::PoolUnknown | Cause::RequestEnded | Cause::TestHeld { .. } => "25000", // invalid_transaction_state
+            Cause::TestSelfDeadlock { .. } => "53300", // too_many_connections
         }
     }
 
@@ -263,6 +277,21 @@ impl fmt::Display for Cause {
                  test's transaction to end; operations on it take turns in one transaction, \
                  so one begun from inside another (where production takes a second connection \
                  from the pool) cannot run: pass that operation the caller's `tx`",
+            ),
+            Cause::TestSelfDeadlock { alive } => write!(
+                f,
+                "a `TestTx` could not begin: the pool has no connection left, and {alive} \
+                 other `TestTx` alive on this thread holds one. If it holds the last, this \
+                 test waits for itself (a self-deadlock, not an outage): run the code in the \
+                 first `TestTx` (pass `&test`, or `test.db()` for code that keeps a `Db`), or \
+                 give the pool more connections"
+            ),
+            Cause::TestHeld { taken_at } => write!(
+                f,
+                "`TestTx::rollback` while a handle from `TestTx::db()` is alive (a router or \
+                 service keeping it?); `test.db()` was called at {}: drop that handle (and its \
+                 clones) first. The transaction rolls back when the last one is dropped",
+                taken_at.join(", ")
             ),
         }
     }

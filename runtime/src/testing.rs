@@ -67,22 +67,54 @@ pub use template::{Template, TestDatabase};
 pub struct TestTx {
     tx: Arc<Tx>,
     db: Db,
+    /// Where [`TestTx::db`] was called, for the error of a rollback it holds up.
+    handed_out: std::sync::Mutex<Vec<&'static std::panic::Location<'static>>>,
+}
+
+std::thread_local! {
+    /// `TestTx`s alive on this thread, to tell a self-deadlock from an exhausted pool.
+    static ALIVE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl TestTx {
     /// Begins the test's transaction on `conn` (a `DatabaseConnection` or a `Db`).
+    ///
+    /// A pool with no connection left while another `TestTx` is alive on this thread
+    /// fails with [`Cause::TestSelfDeadlock`](crate::Cause), whose message says so.
     pub async fn begin(conn: &impl Connection) -> Result<TestTx, DbErr> {
-        let mut tx = conn.__begin(&Options::new(), None).await?;
+        let mut tx = match conn.__begin(&Options::new(), None).await {
+            Ok(tx) => tx,
+            Err(err) => {
+                let alive = ALIVE.get();
+                if alive > 0 && crate::ErrorKind::of(&err) == crate::ErrorKind::PoolExhausted {
+                    return Err(crate::cause::raise(crate::Cause::TestSelfDeadlock {
+                        alive,
+                    }));
+                }
+                return Err(err);
+            }
+        };
         tx.enter_test();
         let tx = Arc::new(tx);
         let db = Db::for_test(Arc::clone(&tx));
-        Ok(TestTx { tx, db })
+        ALIVE.set(ALIVE.get() + 1);
+        Ok(TestTx {
+            tx,
+            db,
+            handed_out: std::sync::Mutex::default(),
+        })
     }
 
     /// A [`Db`] whose operations all run inside this test's transaction, each in a
     /// savepoint: for code that keeps a `Db`, and for `TxLayer::new(test.db())`.
     /// Operations through it take turns (one savepoint at a time).
+    #[track_caller]
     pub fn db(&self) -> Db {
+        let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        let here = std::panic::Location::caller();
+        if !handed_out.contains(&here) {
+            handed_out.push(here);
+        }
         self.db.clone()
     }
 
@@ -127,17 +159,22 @@ impl TestTx {
     /// Rolls the test's transaction back now. Fails if a [`TestTx::db`] handle is still
     /// held (a router, a service): the transaction then rolls back when the last is
     /// dropped.
+    ///
+    /// The error ([`Cause::TestHeld`](crate::Cause)) names where `test.db()` was called.
     pub async fn rollback(self) -> Result<(), DbErr> {
         drop(self.tx.take_callbacks());
         let tx = Arc::clone(&self.tx);
+        let taken_at: Vec<String> = self
+            .handed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|at| format!("{}:{}", at.file(), at.line()))
+            .collect();
         drop(self);
         match Arc::try_unwrap(tx) {
             Ok(tx) => tx.rollback().await,
-            Err(_) => Err(DbErr::Custom(
-                "safe-db: the test transaction is still held by a `TestTx::db()` handle; it \
-                 rolls back when that is dropped"
-                    .to_owned(),
-            )),
+            Err(_) => Err(crate::cause::raise(crate::Cause::TestHeld { taken_at })),
         }
     }
 }
@@ -148,6 +185,7 @@ impl TestTx {
 impl Drop for TestTx {
     fn drop(&mut self) {
         drop(self.tx.take_callbacks());
+        ALIVE.set(ALIVE.get().saturating_sub(1));
     }
 }
 
