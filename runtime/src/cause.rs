@@ -93,6 +93,9 @@ pub enum Cause {
     /// An operation on a test's `Db` began inside another one that holds the test
     /// transaction's turn, in the same task (`safe_db::testing`).
     TestTurnWaited,
+    /// An `Idempotency-Key` changed hands three times while a request tried to claim it
+    /// (`safe_db::axum::Idempotency`): contention; retry the request.
+    IdempotencyKeyContended,
     /// A `TestTx` could not begin: the pool had no connection left while another
     /// `TestTx` was alive on this thread (a self-deadlock when that one holds the last).
     TestSelfDeadlock {
@@ -154,6 +157,7 @@ impl Cause {
             | Cause::NodeUnreachable { .. }
             | Cause::NodeUnfit { .. }
             | Cause::TestTurnWaited => ErrorKind::Unavailable,
+            Cause::IdempotencyKeyContended => ErrorKind::SerializationFailure,
             Cause::TestSelfDeadlock { .. } => ErrorKind::PoolExhausted,
             Cause::TreeBroken
             | Cause::Doomed { .. }
@@ -183,6 +187,7 @@ impl Cause {
             Cause::Refused { .. } => "25001",  // active_sql_transaction
             Cause::PoolUnknown | Cause::RequestEnded | Cause::TestHeld { .. } => "25000", // invalid_transaction_state
             Cause::TestSelfDeadlock { .. } => "53300", // too_many_connections
+            Cause::IdempotencyKeyContended => "40001", // serialization_failure
         }
     }
 
@@ -277,6 +282,10 @@ impl fmt::Display for Cause {
                  test's transaction to end; operations on it take turns in one transaction, \
                  so one begun from inside another (where production takes a second connection \
                  from the pool) cannot run: pass that operation the caller's `tx`",
+            ),
+            Cause::IdempotencyKeyContended => f.write_str(
+                "an Idempotency-Key changed hands three times while this request tried to \
+                 claim it (requests with one key racing): retry the request",
             ),
             Cause::TestSelfDeadlock { alive } => write!(
                 f,

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use safe_db::axum::{ProblemLayer, RequestTx, TxLayer};
+use safe_db::axum::{Idempotency, ProblemLayer, RequestTx, TxLayer};
 use safe_db::{Db, Error, Tx, safe_db_operation};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryOrder, Set,
@@ -36,8 +36,9 @@ pub mod agent {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Creates the agents table if it does not exist.
+/// Creates the agents table, and the idempotency keys' table, if they do not exist.
 pub async fn migrate(db: &impl ConnectionTrait) -> Result<(), sea_orm::DbErr> {
+    Idempotency::migrate(db).await?;
     let id = match db.get_database_backend() {
         DbBackend::Postgres => "SERIAL PRIMARY KEY",
         DbBackend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
@@ -217,9 +218,11 @@ pub fn app(db: Db) -> Router {
 }
 
 /// `routes` with request transactions on `db` and `db` as their state, every error
-/// answered as a problem response (axum's extractor rejections included).
+/// answered as a problem response (axum's extractor rejections included). A create or a
+/// rename sent with an `Idempotency-Key` runs once; its retries get the first response.
 pub fn with_transactions(routes: Router<Db>, db: Db) -> Router {
     routes
+        .layer(Idempotency::new(db.primary().clone()))
         .layer(TxLayer::new(db.clone()))
         .layer(ProblemLayer)
         .with_state(db)

@@ -247,11 +247,11 @@ async fn a_postgres_database_per_test_from_a_template() {
     let Some(url) = server_url(Backend::Postgres) else {
         return;
     };
-    let template = Template::prepare(&url, "safe_db_agents_template", async |db| {
-        agents_api::migrate(db).await
-    })
-    .await
-    .unwrap();
+    // Named after the process: a name taken by a database the kit did not make is refused.
+    let name = format!("safe_db_agents_{}", std::process::id());
+    let template = Template::prepare(&url, &name, async |db| agents_api::migrate(db).await)
+        .await
+        .unwrap();
     let started = Instant::now();
     let first = template.create().await.unwrap();
     let second = template.create().await.unwrap();
@@ -352,11 +352,10 @@ async fn a_template_never_shows_its_admin_password() {
     let (user, host) = rest.split_once('@').unwrap();
     let url = format!("{scheme}://{user}:{PASSWORD}@{host}");
     let (captured, guard) = capture::start();
-    let template = Template::prepare(&url, "safe_db_secret_template", async |db| {
-        agents_api::migrate(db).await
-    })
-    .await
-    .unwrap();
+    let name = format!("safe_db_secret_{}", std::process::id());
+    let template = Template::prepare(&url, &name, async |db| agents_api::migrate(db).await)
+        .await
+        .unwrap();
     let test = template.create().await.unwrap();
     create_agent(&test.db, "ada").await.unwrap();
     test.drop_database().await.unwrap();

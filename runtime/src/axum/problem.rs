@@ -47,6 +47,15 @@ impl<'a> Problem<'a> {
     }
 }
 
+/// A problem response of the layers' own (the idempotency keys'), not of an [`Error`].
+pub(super) fn problem(status: StatusCode, kind: &str, detail: &str) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    let body = Problem::new(kind, status, detail).into_body(response.headers_mut());
+    *response.body_mut() = body;
+    response
+}
+
 impl Error {
     /// The HTTP status this error maps to: not found 404, unique conflict 409, foreign-key
     /// violation and validation 422, serialization failure (after any retries) 503 with

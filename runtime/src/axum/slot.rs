@@ -147,7 +147,7 @@ pub(super) struct Handle(Arc<std::sync::Mutex<Weak<Slot>>>);
 
 impl Handle {
     /// A lease on the slot, unless the request is over.
-    fn lease(&self) -> Option<RequestTx> {
+    pub(super) fn lease(&self) -> Option<RequestTx> {
         let slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // Upgraded under the lock: no lease is taken once `revoke` has returned.
         slot.upgrade().map(RequestTx)
