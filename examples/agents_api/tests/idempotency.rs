@@ -294,3 +294,41 @@ async fn concurrent_duplicates_get_one_response_and_one_row() {
         t.cleanup().await;
     }
 }
+
+/// What a key costs per request: keyed and unkeyed creates in interleaved rounds, on each
+/// database (a measurement, not a check: `cargo test --release -p agents-api --test
+/// idempotency -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement"]
+async fn what_a_key_costs_per_request() {
+    for t in api_db("idem_cost").await {
+        let app = with_transactions(routes(), Db::new(t.db.clone(), None));
+        let (mut plain, mut keyed) = (Duration::ZERO, Duration::ZERO);
+        let rounds = 10;
+        let per_round = 30;
+        for round in 0..rounds {
+            let started = std::time::Instant::now();
+            for n in 0..per_round {
+                let answer = send(&app, None, &format!("p{round}-{n}")).await;
+                assert_eq!(answer.0, StatusCode::CREATED);
+            }
+            plain += started.elapsed();
+            let started = std::time::Instant::now();
+            for n in 0..per_round {
+                let key = format!("k{round}-{n}");
+                let answer = send(&app, Some(&key), &format!("k{round}-{n}")).await;
+                assert_eq!(answer.0, StatusCode::CREATED);
+            }
+            keyed += started.elapsed();
+        }
+        let n = (rounds * per_round) as u32;
+        println!(
+            "{:?}: plain {:?}/request, keyed {:?}/request (x{:.2})",
+            t.backend,
+            plain / n,
+            keyed / n,
+            keyed.as_secs_f64() / plain.as_secs_f64()
+        );
+        t.cleanup().await;
+    }
+}
