@@ -197,6 +197,7 @@ async fn a_galera_cluster_keeps_every_invariant() {
     transfers_through_every_node_at_once_absorb_certification_conflicts(&urls).await;
     a_db_over_the_nodes_keeps_serving_when_one_dies(&urls).await;
     a_node_cut_off_from_the_cluster_never_commits_what_failed(&urls).await;
+    a_hung_node_never_commits_what_failed(&urls).await;
 }
 
 async fn transfers_through_every_node_at_once_absorb_certification_conflicts(urls: &[String]) {
@@ -479,8 +480,74 @@ async fn node_port(tx: &Tx) -> Result<i64, Error> {
 /// transfer logged once, no transfer reported as failed logged, `CommitUnknown` ones present
 /// or absent; and every call answered by its deadline plus 250 ms.
 async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(urls: &[String]) {
+    let node2 = Database::connect(pool_options(&urls[1], 1)).await.unwrap();
+    let isolate = async {
+        exec(
+            &node2,
+            "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'",
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        exec(
+            &node2,
+            "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'",
+        )
+        .await;
+    };
+    bank_under(urls, "i_", "isolated node", isolate).await;
+}
+
+/// Node 2 hangs (SIGSTOP for 8 s, longer than Galera's 5 s suspect timeout: the others
+/// stall, then evict it), then goes on (SIGCONT: it finds itself evicted and rejoins).
+/// The same bank: calls end by their deadline, and every invariant holds on every node.
+async fn a_hung_node_never_commits_what_failed(urls: &[String]) {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (Some(pause), Some(resume)) = (
+        env("SAFE_DB_TEST_GALERA_PAUSE"),
+        env("SAFE_DB_TEST_GALERA_RESUME"),
+    ) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "CI=true but SAFE_DB_TEST_GALERA_PAUSE/RESUME are not set"
+        );
+        println!("SAFE_DB_TEST_GALERA_PAUSE/RESUME are not set: skipped");
+        return;
+    };
+    let run = |cmd: String| async move {
+        let shown = cmd.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .status()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(status.success(), "{shown}");
+    };
+    let hang = async {
+        run(pause).await;
+        tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+        run(resume).await;
+    };
+    bank_under(urls, "p_", "SIGSTOPped node", hang).await;
+}
+
+/// Six writers transfer through a `Db` over the three nodes (3 s deadline, 5 retries)
+/// while `disturb` runs 300 ms in; then, with node 2 back and synced, every node is
+/// read: totals, no negative balance, every `Ok` transfer logged, none reported failed
+/// logged, anything logged but unreported among the `CommitUnknown` ones; and the
+/// slowest call against its deadline.
+async fn bank_under(
+    urls: &[String],
+    prefix: &'static str,
+    label: &str,
+    disturb: impl std::future::Future<Output = ()>,
+) {
     let setup = Database::connect(pool_options(&urls[0], 1)).await.unwrap();
-    open_bank(&setup, "i_").await;
+    open_bank(&setup, prefix).await;
     let mut pools = Vec::new();
     for url in urls {
         let mut options = pool_options(url, 6);
@@ -494,16 +561,16 @@ async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(urls: &[Strin
     for w in 0..6u64 {
         let db = db.clone();
         writers.push(tokio::spawn(async move {
-            let mut seed = w * 104_729 + 3;
+            let mut seed = w * 104_729 + 3 + prefix.len() as u64;
             let (mut committed, mut unknown, mut failed) = (Vec::new(), Vec::new(), Vec::new());
             let mut slowest = std::time::Duration::ZERO;
             for i in 0..40 {
                 let from = (next(&mut seed) % ACCOUNTS as u64) as i32 + 1;
                 let to = (from % ACCOUNTS) + 1;
                 let amount = (next(&mut seed) % 50) as i64 + 1;
-                let tid = format!("i{w}-{i}");
+                let tid = format!("{prefix}{w}-{i}");
                 let started = Instant::now();
-                let outcome = transfer_in_time(&db, "i_", &tid, from, to, amount).await;
+                let outcome = transfer_in_time(&db, prefix, &tid, from, to, amount).await;
                 slowest = slowest.max(started.elapsed());
                 match outcome {
                     Ok(true) => committed.push(tid),
@@ -519,17 +586,7 @@ async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(urls: &[Strin
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    exec(
-        &node2,
-        "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'",
-    )
-    .await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    exec(
-        &node2,
-        "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'",
-    )
-    .await;
+    disturb.await;
     let (mut committed, mut unknown, mut failed) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
     let mut slowest = std::time::Duration::ZERO;
     for writer in writers {
@@ -546,7 +603,7 @@ async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(urls: &[Strin
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     println!(
-        "isolated node: {} committed, {} unknown, {} failed ({:?}), slowest call {slowest:?} \
+        "{label}: {} committed, {} unknown, {} failed ({:?}), slowest call {slowest:?} \
          against a 3 s deadline",
         committed.len(),
         unknown.len(),
@@ -564,7 +621,7 @@ async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(urls: &[Strin
     let mut first = None;
     for (n, url) in urls.iter().enumerate() {
         let node = Database::connect(pool_options(url, 1)).await.unwrap();
-        let (balances, logged) = settled(&node, "i_").await;
+        let (balances, logged) = settled(&node, prefix).await;
         assert_eq!(
             balances.iter().map(|b| i64::from(*b)).sum::<i64>(),
             i64::from(ACCOUNTS) * OPENING,
@@ -580,7 +637,7 @@ async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(urls: &[Strin
             let mut seen = Vec::new();
             for (m, url) in urls.iter().enumerate() {
                 let other = Database::connect(pool_options(url, 1)).await.unwrap();
-                let (_, others) = settled(&other, "i_").await;
+                let (_, others) = settled(&other, prefix).await;
                 seen.push((m, missing.iter().filter(|t| others.contains(*t)).count()));
             }
             let ran: Vec<_> = RAN_ON

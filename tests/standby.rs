@@ -134,6 +134,7 @@ async fn a_standby_serves_reads_that_cannot_see_older_data_than_their_writes() {
     read_your_writes(&primary, &standby, &standby_url).await;
     a_lagging_standby_is_skipped_with_a_warning(&primary, &standby, &standby_url).await;
     a_stopped_standby_is_skipped_and_used_again_once_back(&primary, &standby).await;
+    a_hung_standby_is_routed_around_within_the_deadline(&primary, &standby).await;
     // Last: a promoted standby is a standby no more.
     a_promoted_standby_is_dropped_with_a_warning(&primary, &standby).await;
 }
@@ -189,6 +190,82 @@ async fn a_promoted_standby_is_dropped_with_a_warning(
 #[safe_db_operation(read_only)]
 async fn where_ran(tx: &Tx) -> Result<bool, Error> {
     in_recovery(tx).await
+}
+
+/// Where an operation ran, under a short deadline.
+#[safe_db_operation(read_only, timeout = "300ms", retries = 3)]
+async fn where_ran_in_time(tx: &Tx) -> Result<bool, Error> {
+    in_recovery(tx).await
+}
+
+/// The standby hangs (its processes SIGSTOPped: connections open, nothing answers): read-only
+/// operations with a 300 ms deadline run on the primary, each within its deadline; once the
+/// standby goes on, it serves again.
+async fn a_hung_standby_is_routed_around_within_the_deadline(
+    primary: &DatabaseConnection,
+    standby: &DatabaseConnection,
+) {
+    let (Some(pause), Some(cont)) = (
+        env("SAFE_DB_TEST_STANDBY_PAUSE"),
+        env("SAFE_DB_TEST_STANDBY_CONT"),
+    ) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "CI=true but SAFE_DB_TEST_STANDBY_PAUSE/CONT are not set"
+        );
+        println!("SAFE_DB_TEST_STANDBY_PAUSE/CONT are not set: skipped");
+        return;
+    };
+    let run = |cmd: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{cmd}");
+    };
+    let db = Db::new(primary.clone(), Some(standby.clone()));
+    assert!(where_ran(&db).await.unwrap(), "the standby serves at first");
+    run(&pause);
+    // Continued whatever happens below, for the tests after this one.
+    struct Cont<'a>(&'a str);
+    impl Drop for Cont<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let cont_guard = Cont(&cont);
+    let mut slowest = Duration::ZERO;
+    for n in 0..20 {
+        let started = Instant::now();
+        let ran = where_ran_in_time(&db).await;
+        slowest = slowest.max(started.elapsed());
+        let on_standby = ran.unwrap_or_else(|e| panic!("operation {n} failed: {e}"));
+        assert!(!on_standby, "operation {n} ran on the hung standby");
+    }
+    println!(
+        "hung standby: 20 of 20 read-only operations on the primary, slowest {slowest:?} against 300 ms"
+    );
+    assert!(
+        slowest <= Duration::from_millis(400),
+        "slowest {slowest:?} against 300 ms"
+    );
+    drop(cont_guard);
+    let back = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if where_ran(&db).await.unwrap_or(false) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "the standby was not used again"
+        );
+    }
 }
 
 async fn read_your_writes(

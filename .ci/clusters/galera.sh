@@ -6,6 +6,8 @@
 #   galera.sh start DIR       install, bootstrap node 1, join nodes 2 and 3; prints the pids
 #   galera.sh kill DIR N      kill node N at once (SIGKILL, by its pid): a node that dies
 #   galera.sh restart DIR N   start node N again (it rejoins the cluster)
+#   galera.sh pause DIR N     SIGSTOP node N (by its pid): a node that hangs
+#   galera.sh resume DIR N    SIGCONT node N
 #   galera.sh stop DIR        stop every node started here, by its pid
 set -euo pipefail
 cmd=$1 dir=$2
@@ -57,6 +59,7 @@ node_stop() { # N SIGNAL: by the pid started here; SIGKILL if it has not ended i
   [ -n "$pid" ] || return 0
   # Only if it is still the mariadbd started here (not a reused pid).
   if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mariadbd ]; then
+    kill -CONT "$pid" 2>/dev/null || true
     kill "-$2" "$pid" 2>/dev/null || true
     for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -87,6 +90,13 @@ case $cmd in
   restart)
     node_start "$3"
     wait_ready "$3"
+    ;;
+  pause|resume)
+    pid=$(node_pid "$3")
+    signal=STOP; [ "$cmd" = resume ] && signal=CONT
+    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mariadbd ]; then
+      kill "-$signal" "$pid"
+    fi
     ;;
   stop)
     for n in 3 2 1; do node_stop "$n" TERM; done

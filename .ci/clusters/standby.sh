@@ -5,6 +5,9 @@
 #                                its pg_hba.conf, marked as ours), base backup, start; prints the pid
 #   standby.sh halt DIR PORT     stop the standby's server only (a test's "standby is down")
 #   standby.sh resume DIR PORT   start it again
+#   standby.sh pause DIR PORT    SIGSTOP the standby's server and its processes (a standby
+#                                that hangs: connections open, nothing answers)
+#   standby.sh cont DIR PORT     SIGCONT them
 #   standby.sh stop DIR PORT     stop the standby started here (by its pid) and take the line
 #                                out of the primary's pg_hba.conf again
 set -euo pipefail
@@ -58,6 +61,16 @@ CONF
   resume)
     as_postgres "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w start >/dev/null
     ;;
+  pause|cont)
+    signal=STOP; [ "$cmd" = cont ] && signal=CONT
+    pid=$(head -1 "$dir/postmaster.pid")
+    # Only if it is still the postmaster started here (not a reused pid).
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ]; then
+      [ "$signal" = CONT ] && kill -CONT "$pid"
+      pkill "-$signal" -P "$pid" || true
+      [ "$signal" = STOP ] && kill -STOP "$pid"
+    fi
+    ;;
   promote)
     # The standby becomes a primary of its own (a failover gone wrong: the old primary is
     # still up). It cannot be a standby again; the scenario that promotes it runs last.
@@ -68,6 +81,8 @@ CONF
       pid=$(head -1 "$dir/postmaster.pid")
       # Only if it is still the postmaster started here (not a reused pid).
       if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ]; then
+        kill -CONT "$pid" 2>/dev/null || true
+        pkill -CONT -P "$pid" 2>/dev/null || true
         kill -INT "$pid" 2>/dev/null || true
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         kill -KILL "$pid" 2>/dev/null || true
