@@ -82,6 +82,7 @@ pub mod axum;
 mod begin;
 mod cause;
 mod config;
+mod db;
 mod db_url;
 mod dialect;
 #[cfg(test)]
@@ -103,10 +104,10 @@ mod tx;
 
 use sea_orm::DbErr;
 
-pub use begin::Db;
 pub use begin::{Begin, Connection, InTransaction, Managed};
 pub use cause::{Cause, Refusal};
 pub use config::{ConfigError, DEFAULT_URL, DbConfig};
+pub use db::Db;
 pub use error::{Error, ErrorKind};
 pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};
 pub use options::{Isolation, Options};
