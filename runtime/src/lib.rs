@@ -93,6 +93,7 @@ mod observe;
 mod operation;
 mod options;
 mod pool;
+mod quarantine;
 mod replica;
 mod sql;
 #[cfg(feature = "stream")]
