@@ -87,18 +87,18 @@ impl<E> Failure<E> {
 /// What an attempt's body runs in: a transaction of its own (outermost, or a savepoint of
 /// the caller's), or the caller's own, joined without a savepoint (`savepoint = false`).
 #[doc(hidden)]
-pub enum Began<'c> {
+pub enum Entered<'c> {
     Own(Tx),
     Joined(Joined<'c>),
 }
 
-impl Began<'_> {
+impl Entered<'_> {
     /// The transaction the body works with.
     #[inline]
     pub fn tx(&self) -> &Tx {
         match self {
-            Began::Own(tx) => tx,
-            Began::Joined(joined) => joined.tx,
+            Entered::Own(tx) => tx,
+            Entered::Joined(joined) => joined.tx,
         }
     }
 }
@@ -194,10 +194,10 @@ impl Operation {
         self.record_end(End::RolledBack);
     }
 
-    /// The transaction cannot be ended here (someone else still holds it, and it rolls
-    /// back when they let go): recorded as rolled back, for `reason`.
+    /// The transaction cannot be ended here: it is left to whoever still holds it, and
+    /// rolls back when they let go. Recorded as rolled back, for `reason`.
     #[cfg(feature = "axum")]
-    pub(crate) fn abandon(&mut self, reason: &str) {
+    pub(crate) fn leave_to_holder(&mut self, reason: &str) {
         record(&self.span, "reason", reason);
         self.record_end(End::RolledBack);
     }
@@ -230,17 +230,21 @@ impl Operation {
         }
     }
 
-    /// Begins what the next attempt's body runs in: a transaction of its own, or, for an
-    /// operation with `savepoint = false` called with a transaction, that transaction.
-    pub async fn begin<'c, C: Begin + ?Sized>(&mut self, conn: &'c C) -> Result<Began<'c>, DbErr> {
+    /// Enters what the next attempt's body runs in: a transaction of its own, begun here,
+    /// or, for an operation with `savepoint = false` called with a transaction, that
+    /// transaction, joined (nothing begins).
+    pub async fn enter<'c, C: Begin + ?Sized>(
+        &mut self,
+        conn: &'c C,
+    ) -> Result<Entered<'c>, DbErr> {
         if !self.options.savepoint
             && !self.options.requires_new
             // Boxed: this rare path would otherwise add to every operation's future.
             && let Some(joined) = Box::pin(self.join(conn)).await?
         {
-            return Ok(Began::Joined(joined));
+            return Ok(Entered::Joined(joined));
         }
-        self.begin_tx(conn).await.map(Began::Own)
+        self.begin_tx(conn).await.map(Entered::Own)
     }
 
     /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
@@ -357,39 +361,39 @@ impl Operation {
         }
     }
 
-    /// [`Operation::begin`], on the heap: the operation's future then holds a pointer, not
+    /// [`Operation::enter`], on the heap: the operation's future then holds a pointer, not
     /// the begin's whole future, and a chain of nested operations, each level of which is
     /// polled through its caller's frame, keeps small frames in debug builds too (the big
     /// future is made here, not in the caller's frame).
     #[inline(never)]
-    pub fn begin_boxed<'c, C: Begin + ?Sized>(
+    pub fn enter_boxed<'c, C: Begin + ?Sized>(
         &mut self,
         conn: &'c C,
-    ) -> Pin<Box<impl Future<Output = Result<Began<'c>, DbErr>>>> {
-        Box::pin(self.begin(conn))
+    ) -> Pin<Box<impl Future<Output = Result<Entered<'c>, DbErr>>>> {
+        Box::pin(self.enter(conn))
     }
 
-    /// [`Operation::conclude`], on the heap (see [`Operation::begin_boxed`]).
+    /// [`Operation::conclude`], on the heap (see [`Operation::enter_boxed`]).
     #[inline(never)]
     pub fn conclude_boxed<'o, T, E>(
         &'o mut self,
-        began: Began<'o>,
+        entered: Entered<'o>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
     ) -> Pin<Box<impl Future<Output = Result<T, E>>>> {
-        Box::pin(self.conclude(began, outcome, into))
+        Box::pin(self.conclude(entered, outcome, into))
     }
 
-    /// [`Operation::conclude_or_retry`], on the heap (see [`Operation::begin_boxed`]).
+    /// [`Operation::conclude_or_retry`], on the heap (see [`Operation::enter_boxed`]).
     #[inline(never)]
     pub fn conclude_or_retry_boxed<'o, T, E>(
         &'o mut self,
-        began: Began<'o>,
+        entered: Entered<'o>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
         retryable: fn(&E) -> bool,
     ) -> Pin<Box<impl Future<Output = Next<T, E>>>> {
-        Box::pin(self.conclude_or_retry(began, outcome, into, retryable))
+        Box::pin(self.conclude_or_retry(entered, outcome, into, retryable))
     }
 
     /// Ends the one attempt of an operation without retries: commits or rolls back.
@@ -398,13 +402,13 @@ impl Operation {
     /// `From<DbErr>` is reported once, there).
     pub async fn conclude<T, E>(
         &mut self,
-        began: Began<'_>,
+        entered: Entered<'_>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
     ) -> Result<T, E> {
-        let tx = match began {
-            Began::Own(tx) => tx,
-            Began::Joined(joined) => return self.conclude_joined(joined, outcome, into),
+        let tx = match entered {
+            Entered::Own(tx) => tx,
+            Entered::Joined(joined) => return self.conclude_joined(joined, outcome, into),
         };
         let ended = self.end_attempt(tx, outcome, None, into).await;
         // Without retries, a conflict is the answer.
@@ -416,15 +420,15 @@ impl Operation {
     /// `__private::Probe`).
     pub async fn conclude_or_retry<T, E>(
         &mut self,
-        began: Began<'_>,
+        entered: Entered<'_>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
         retryable: fn(&E) -> bool,
     ) -> Next<T, E> {
-        let tx = match began {
-            Began::Own(tx) => tx,
+        let tx = match entered {
+            Entered::Own(tx) => tx,
             // The caller's transaction retries as a whole, if at all.
-            Began::Joined(joined) => {
+            Entered::Joined(joined) => {
                 return Next::Done(self.conclude_joined(joined, outcome, into));
             }
         };
@@ -478,7 +482,7 @@ impl Operation {
         match outcome {
             Outcome::Returned(Ok(value)) => {
                 if let Some(err) = tx.why_not_commit(self.name).await {
-                    let conflicted = tx.may_retry();
+                    let conflicted = tx.lost_retryably();
                     self.rollback(tx).await;
                     return Ended::failed(conflicted, Failure::Db(err), into);
                 }
@@ -499,7 +503,7 @@ impl Operation {
                 // A conflict this tree lost, or one the body passes on from another
                 // transaction (a `requires_new` operation's, already rolled back): either
                 // way re-running the whole operation is safe.
-                let conflicted = tx.may_retry() || retryable.is_some_and(|r| r(&err));
+                let conflicted = tx.lost_retryably() || retryable.is_some_and(|r| r(&err));
                 self.rollback(tx).await;
                 Ended::failed(conflicted, Failure::Body(err), into)
             }

@@ -56,7 +56,7 @@ impl Tx {
             return Err(err);
         }
         let ended = match self.parent {
-            Some(_) => self.release_savepoint(&mut link).await,
+            Some(_) => self.close_savepoint(&mut link).await,
             None => self.commit_outermost(&mut link).await,
         };
         drop(link);
@@ -75,10 +75,11 @@ impl Tx {
         Ok(hand_over_callbacks(&tree, self.id, self.parent))
     }
 
-    /// A savepoint's end on success: `RELEASE` (its statement bound given back to the
-    /// enclosing level first), or `ROLLBACK TO` for a PostgreSQL read-only savepoint: a
-    /// `RELEASE` would leave the caller read-only, and it wrote nothing.
-    async fn release_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
+    /// Closes a savepoint whose body succeeded (its "commit"): `RELEASE` (its statement
+    /// bound given back to the enclosing level first), or `ROLLBACK TO` for a PostgreSQL
+    /// read-only savepoint: a `RELEASE` would leave the caller read-only, and it wrote
+    /// nothing.
+    async fn close_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
         let restore = self.restore_bound.map(left);
         let sql = if self.read_only_savepoint {
             dialect::rollback_to(self.backend, self.depth, restore)
