@@ -1,8 +1,9 @@
 //! What a caller may pass to an operation: something a transaction can begin on (the
 //! [`Db`](crate::Db) handle's own implementation is beside it, in `db.rs`). Each
-//! implementation picks one of the protocol's entry points in `tx/`. The narrower traits [`Connection`], [`InTransaction`] and
-//! [`Managed`] are how the compiler checks an operation's propagation (`durable`,
-//! `mandatory`, `requires_new` / `savepoint = false`) at its call sites.
+//! implementation picks one of the protocol's entry points in `tx/`. The narrower traits
+//! [`Connection`], [`InTransaction`] and [`Managed`] are how the compiler checks an
+//! operation's propagation (`durable`, `mandatory`, `requires_new` / `savepoint = false`)
+//! at its call sites.
 
 use std::future::Future;
 use std::sync::Arc;

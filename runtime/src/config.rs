@@ -1,5 +1,5 @@
 //! Configuration from `DATABASE_URL` and the environment, with the pool settings of the
-//! seed's SQLAlchemy service: parsing it into a [`DbConfig`]. Building SeaORM's options
+//! Python guide's SQLAlchemy service: parsing it into a [`DbConfig`]. Building SeaORM's options
 //! from it and connecting the [`Db`](crate::Db) are `connect.rs`'s.
 
 use std::fmt;
@@ -16,7 +16,7 @@ pub use error::ConfigError;
 /// The SQLite file used when `DATABASE_URL` is unset.
 pub const DEFAULT_URL: &str = "sqlite://safe-db.sqlite?mode=rwc";
 
-/// Pool settings, under the seed's SQLAlchemy names.
+/// Pool settings, under the Python guide's SQLAlchemy names.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Pool {
     pool_size: Option<u32>,
@@ -106,10 +106,11 @@ impl Pool {
 /// Where and how to connect: a database URL, pool settings, statement logging, and an
 /// optional read replica.
 ///
-/// The pool settings keep the seed's SQLAlchemy names, as URL query parameters or
-/// environment variables (an environment variable wins over the URL), and are removed
-/// from the URL before it reaches the driver; any other query parameter (`sslmode`, …) is
-/// passed through to it.
+/// The pool settings keep the SQLAlchemy names of the Python guide safe-db started from
+/// (session handling with SQLAlchemy and FastAPI), as URL query parameters or environment
+/// variables (an environment variable wins over the URL), and are removed from the URL
+/// before it reaches the driver; any other query parameter (`sslmode`, …) is passed
+/// through to it.
 ///
 /// | SQLAlchemy / URL  | environment              | SeaORM / sqlx                         |
 /// |-------------------|--------------------------|---------------------------------------|
@@ -122,7 +123,7 @@ impl Pool {
 /// | `idle_timeout`    | `DATABASE_IDLE_TIMEOUT`  | `idle_timeout` (seconds)              |
 /// | `echo`            | `SQL_ECHO`, `SQLALCHEMY_ECHO` | statements logged at info level  |
 ///
-/// Statements slower than the slow threshold (2 s, the seed's; see
+/// Statements slower than the slow threshold (2 s, the Python guide's; see
 /// [`set_slow_threshold`](crate::set_slow_threshold)) are logged at warn level.
 ///
 /// ```
@@ -245,7 +246,7 @@ impl DbConfig {
         Ok(self)
     }
 
-    /// Logs every statement at info level (the seed's `SQLALCHEMY_ECHO`).
+    /// Logs every statement at info level (the Python guide's `SQLALCHEMY_ECHO`).
     pub fn echo(mut self, echo: bool) -> Self {
         self.echo = echo;
         self

@@ -307,7 +307,8 @@ pub use safe_db_macros::safe_db_operation;
 
 /// Runs `body` in a transaction on `conn`: the closure form of
 /// [`#[safe_db_operation]`](macro@safe_db_operation), for code that cannot take an
-/// attribute (the seed's `get_db_session()` / `execute_db_query(query_func)`).
+/// attribute (as `get_db_session()` / `execute_db_query(query_func)` serve in the Python
+/// guide safe-db started from, on session handling with SQLAlchemy and FastAPI).
 ///
 /// ```
 /// use safe_db::Tx;

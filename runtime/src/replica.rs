@@ -4,9 +4,10 @@
 //!
 //! PostgreSQL streaming standbys only: after each outermost commit that may have written,
 //! the `Db` reads the primary's WAL insert position (`pg_current_wal_insert_lsn()`, one
-//! round trip); a
-//! `read_only` operation then asks the standby how far it has replayed
-//! (`pg_last_wal_replay_lsn()`, one round trip, skipped while a recent answer suffices).
+//! round trip); a `read_only` operation then asks the standby how far it has replayed
+//! (`pg_last_wal_replay_lsn()`, with what it has received, `pg_last_wal_receive_lsn()`, and
+//! the time of its last replayed transaction, for the lag: one round trip, skipped while a
+//! recent answer suffices).
 //! A replica that is not a PostgreSQL standby (a MySQL replica, a second database) is used
 //! without these checks.
 

@@ -5,7 +5,7 @@
 //! COMMIT, ROLLBACK), over `link.rs` (the owned connection and what is known of its
 //! state), `tree.rs` (what nested levels share) and `guard.rs` (the steps that must not
 //! be cut off). What to do with an attempt (deadline, retry, panic, observation) is
-//! `operation.rs`'s business, not this folder's.
+//! `operation/`'s business, not this folder's.
 //!
 //! States of a tree of nested transactions (the outermost one and its savepoints):
 //! - *open*: statements run; a failed one is noted (a conflict for the retry; on
