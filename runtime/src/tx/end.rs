@@ -93,9 +93,7 @@ impl Tx {
             })
             .await;
         if let Err(err) = &ended {
-            if ErrorKind::of(err).is_retryable() {
-                self.tree.lost_conflict(err);
-            }
+            self.tree.note_conflict(err);
             savepoint_end_failed(&self.tree, err);
         }
         ended
@@ -137,9 +135,7 @@ impl Tx {
         let Err(err) = ended else {
             return Ok(());
         };
-        if ErrorKind::of(&err).is_retryable() {
-            self.tree.lost_conflict(&err);
-        }
+        self.tree.note_conflict(&err);
         if ErrorKind::of(&err) == ErrorKind::CommitUnknown {
             link.distrust();
             link.release();
@@ -222,9 +218,7 @@ impl Tx {
             .savepoint_step(link, &sql, limit, crate::error::rollback_unanswered)
             .await;
         if let Err(err) = &rolled_back {
-            if ErrorKind::of(err).is_retryable() {
-                self.tree.lost_conflict(err);
-            }
+            self.tree.note_conflict(err);
             savepoint_end_failed(&self.tree, err);
         }
         rolled_back

@@ -112,9 +112,7 @@ impl Tx {
         if ErrorKind::of(err) == ErrorKind::Unavailable {
             self.lost_connection(err);
         }
-        if ErrorKind::of(err).is_retryable() {
-            self.tree.lost_conflict(err);
-        }
+        self.tree.note_conflict(err);
         if self.backend == DbBackend::MySql {
             match crate::error::mysql_number(err) {
                 // A deadlock always ends the transaction.

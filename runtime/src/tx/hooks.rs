@@ -91,9 +91,7 @@ impl Tx {
                 }
             }
         };
-        if ErrorKind::of(&err).is_retryable() {
-            self.tree.lost_conflict(&err);
-        }
+        self.tree.note_conflict(&err);
         Some(err)
     }
 
