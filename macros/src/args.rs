@@ -51,7 +51,7 @@ pub(crate) struct Args {
     pub(crate) retries: Option<u32>,
     pub(crate) propagation: Propagation,
     /// `savepoint = false`: joins a caller's transaction without a savepoint.
-    pub(crate) no_savepoint: bool,
+    pub(crate) joins: bool,
     /// Where each option given was named, for errors about combinations.
     given: Vec<(&'static str, Span)>,
 }
@@ -247,7 +247,7 @@ impl Args {
             }
             "savepoint" => {
                 parse_savepoint(key, value)?;
-                self.no_savepoint = true;
+                self.joins = true;
                 "savepoint"
             }
             other => {
@@ -489,7 +489,7 @@ mod tests {
         );
         let args = parse(quote::quote!(mandatory, savepoint = false)).unwrap();
         assert_eq!(args.propagation, Propagation::Mandatory);
-        assert!(args.no_savepoint);
+        assert!(args.joins);
         let args = parse(quote::quote!(durable, timeout = "1s")).unwrap();
         assert_eq!(args.propagation, Propagation::Durable);
     }

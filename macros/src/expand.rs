@@ -28,7 +28,7 @@ fn options(args: &Args) -> TokenStream {
     if args.propagation == Propagation::RequiresNew {
         options.extend(quote!(.requires_new()));
     }
-    if args.no_savepoint {
+    if args.joins {
         options.extend(quote!(.savepoint(false)));
     }
     options
@@ -38,7 +38,7 @@ fn options(args: &Args) -> TokenStream {
 /// each call, spanned on the transaction parameter (`span`), where a violation's "required
 /// by this bound" note then points.
 fn caller_bound(args: &Args, span: Span) -> TokenStream {
-    let bound = match (args.propagation, args.no_savepoint) {
+    let bound = match (args.propagation, args.joins) {
         (Propagation::Durable, _) => quote!(&impl ::safe_db::__private::Connection),
         (Propagation::Mandatory, false) => quote!(&impl ::safe_db::__private::InTransaction),
         (Propagation::Mandatory, true) => {

@@ -1,7 +1,7 @@
 //! Not public API: the items `#[safe_db_operation]` expands to, and the one control
 //! flow of an operation, shared by the attribute and the closure form.
 
-pub use crate::operation::{Began, Next, OpName, Operation, Outcome, Run};
+pub use crate::operation::{Entered, Next, OpName, Operation, Outcome, Run};
 pub use crate::{Begin, Connection, InTransaction, Isolation, Managed, Options, Tx};
 pub use core::result::Result;
 
@@ -98,15 +98,15 @@ macro_rules! __operation {
     (single: $conn:expr, $options:expr, $name:expr, $into:expr, |$tx:ident| $body:expr) => {{
         let into = $into;
         let mut operation = $crate::__private::Operation::new(&$options, $name);
-        match operation.begin_boxed($conn).await {
-            $crate::__private::Result::Ok(began) => {
+        match operation.enter_boxed($conn).await {
+            $crate::__private::Result::Ok(entered) => {
                 let outcome = operation
                     .run(async {
-                        let $tx: &$crate::__private::Tx = began.tx();
+                        let $tx: &$crate::__private::Tx = entered.tx();
                         $body
                     })
                     .await;
-                operation.conclude_boxed(began, outcome, into).await
+                operation.conclude_boxed(entered, outcome, into).await
             }
             $crate::__private::Result::Err(err) => $crate::__private::Result::Err(into(err)),
         }
@@ -121,20 +121,20 @@ macro_rules! __operation {
         };
         let mut operation = $crate::__private::Operation::new(&$options, $name);
         loop {
-            let began = match operation.begin_boxed($conn).await {
-                $crate::__private::Result::Ok(began) => began,
+            let entered = match operation.enter_boxed($conn).await {
+                $crate::__private::Result::Ok(entered) => entered,
                 $crate::__private::Result::Err(err) => {
                     break $crate::__private::Result::Err(into(err));
                 }
             };
             let outcome = operation
                 .run(async {
-                    let $tx: &$crate::__private::Tx = began.tx();
+                    let $tx: &$crate::__private::Tx = entered.tx();
                     $body
                 })
                 .await;
             match operation
-                .conclude_or_retry_boxed(began, outcome, into, retryable)
+                .conclude_or_retry_boxed(entered, outcome, into, retryable)
                 .await
             {
                 $crate::__private::Next::Done(result) => break result,

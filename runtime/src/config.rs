@@ -1,14 +1,13 @@
 //! Configuration from `DATABASE_URL` and the environment, with the pool settings of the
-//! seed's SQLAlchemy service, and the [`Db`] handle it connects to.
+//! Python guide's SQLAlchemy service: parsing it into a [`DbConfig`]. Building SeaORM's options
+//! from it and connecting the [`Db`](crate::Db) are `connect.rs`'s.
 
 use std::fmt;
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database};
-
 use crate::db_url::DbUrl;
-use crate::{Db, Error};
 
+mod connect;
 mod error;
 mod hosts;
 
@@ -17,7 +16,7 @@ pub use error::ConfigError;
 /// The SQLite file used when `DATABASE_URL` is unset.
 pub const DEFAULT_URL: &str = "sqlite://safe-db.sqlite?mode=rwc";
 
-/// Pool settings, under the seed's SQLAlchemy names.
+/// Pool settings, under the Python guide's SQLAlchemy names.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Pool {
     pool_size: Option<u32>,
@@ -107,10 +106,11 @@ impl Pool {
 /// Where and how to connect: a database URL, pool settings, statement logging, and an
 /// optional read replica.
 ///
-/// The pool settings keep the seed's SQLAlchemy names, as URL query parameters or
-/// environment variables (an environment variable wins over the URL), and are removed
-/// from the URL before it reaches the driver; any other query parameter (`sslmode`, …) is
-/// passed through to it.
+/// The pool settings keep the SQLAlchemy names of the Python guide safe-db started from
+/// (session handling with SQLAlchemy and FastAPI), as URL query parameters or environment
+/// variables (an environment variable wins over the URL), and are removed from the URL
+/// before it reaches the driver; any other query parameter (`sslmode`, …) is passed
+/// through to it.
 ///
 /// | SQLAlchemy / URL  | environment              | SeaORM / sqlx                         |
 /// |-------------------|--------------------------|---------------------------------------|
@@ -123,7 +123,7 @@ impl Pool {
 /// | `idle_timeout`    | `DATABASE_IDLE_TIMEOUT`  | `idle_timeout` (seconds)              |
 /// | `echo`            | `SQL_ECHO`, `SQLALCHEMY_ECHO` | statements logged at info level  |
 ///
-/// Statements slower than the slow threshold (2 s, the seed's; see
+/// Statements slower than the slow threshold (2 s, the Python guide's; see
 /// [`set_slow_threshold`](crate::set_slow_threshold)) are logged at warn level.
 ///
 /// ```
@@ -246,7 +246,7 @@ impl DbConfig {
         Ok(self)
     }
 
-    /// Logs every statement at info level (the seed's `SQLALCHEMY_ECHO`).
+    /// Logs every statement at info level (the Python guide's `SQLALCHEMY_ECHO`).
     pub fn echo(mut self, echo: bool) -> Self {
         self.echo = echo;
         self
@@ -260,72 +260,6 @@ impl DbConfig {
     /// Whether a read replica is configured.
     pub fn has_replica(&self) -> bool {
         self.replica_url.is_some()
-    }
-
-    /// SeaORM's options for the primary (they hold the password: do not log them).
-    ///
-    /// The password is not in their URL: it is set through
-    /// `map_sqlx_postgres_opts` / `map_sqlx_mysql_opts`, which SeaORM keeps one of per
-    /// driver. Calling either again on these options replaces it, and the password with it;
-    /// likewise `map_sqlx_postgres_pool_opts` / `map_sqlx_mysql_pool_opts` replace the
-    /// release guard ([`guard_pool_release`](crate::guard_pool_release)).
-    pub fn connect_options(&self) -> ConnectOptions {
-        self.options_for(&self.url)
-    }
-
-    fn options_for(&self, url: &DbUrl) -> ConnectOptions {
-        // The password is in the driver's options, not in the URL SeaORM records in spans.
-        let mut options = url.connect_options();
-        options
-            .max_connections(self.max_connections())
-            .min_connections(self.pool.pool_size.unwrap_or(0))
-            .sqlx_logging(true)
-            .sqlx_logging_level(if self.echo {
-                log::LevelFilter::Info
-            } else {
-                log::LevelFilter::Off
-            })
-            .sqlx_slow_statements_logging_settings(
-                log::LevelFilter::Warn,
-                crate::observe::slow_threshold(),
-            );
-        crate::pool::guard_pool_release(&mut options);
-        if let Some(t) = self.pool.pool_timeout {
-            options.acquire_timeout(t);
-        }
-        if let Some(recycle) = self.pool.pool_recycle {
-            options.max_lifetime(recycle);
-        }
-        if let Some(ping) = self.pool.pool_pre_ping {
-            options.test_before_acquire(ping);
-        }
-        if let Some(t) = self.pool.connect_timeout {
-            options.connect_timeout(t);
-        }
-        if let Some(t) = self.pool.idle_timeout {
-            options.idle_timeout(t);
-        }
-        options
-    }
-
-    /// Connects the primary (and the replica, if any).
-    pub async fn connect(&self) -> Result<Db, Error> {
-        let mut primary = self.connect_options();
-        // With other nodes, the first may be the one that is down: all connect lazily.
-        primary.connect_lazy(!self.failover.is_empty());
-        let primary = Database::connect(primary).await?;
-        let replica = match &self.replica_url {
-            Some(url) => Some(Database::connect(self.options_for(url)).await?),
-            None => None,
-        };
-        let mut others = Vec::new();
-        for url in &self.failover {
-            // Lazily: a node that is down now must not stop the service from starting.
-            let mut options = self.options_for(url);
-            options.connect_lazy(true);
-            others.push(Database::connect(options).await?);
-        }
-        Ok(Db::new(primary, replica).with_failover(others))
     }
 }
 
@@ -397,55 +331,15 @@ mod tests {
 
     use super::*;
 
-    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    pub(super) fn vars<'a>(
+        pairs: &'a [(&'a str, &'a str)],
+    ) -> impl Fn(&str) -> Option<String> + 'a {
         |name| {
             pairs
                 .iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         }
-    }
-
-    #[test]
-    #[cfg(all(feature = "postgres", feature = "mysql"))]
-    fn pool_parameters_leave_the_url_and_map_to_sea_orm() {
-        let c = DbConfig::from_url(
-            "postgresql://u:pw@h:5432/db?sslmode=disable&pool_size=20&max_overflow=10&pool_timeout=30&pool_recycle=3600&pool_pre_ping=true&connect_timeout=5&idle_timeout=60",
-        )
-        .unwrap();
-        let o = c.connect_options();
-        // The password reaches the driver through its options, not the URL.
-        assert_eq!(o.get_url(), "postgres://u@h:5432/db?sslmode=disable");
-        assert_eq!(o.get_max_connections(), Some(30));
-        assert_eq!(o.get_min_connections(), Some(20));
-        assert_eq!(o.get_acquire_timeout(), Some(Duration::from_secs(30)));
-        assert_eq!(o.get_max_lifetime(), Some(Some(Duration::from_secs(3600))));
-        assert!(o.get_test_before_acquire());
-        assert_eq!(o.get_connect_timeout(), Some(Duration::from_secs(5)));
-        assert_eq!(o.get_idle_timeout(), Some(Some(Duration::from_secs(60))));
-        assert_eq!(o.get_sqlx_logging_level(), log::LevelFilter::Off);
-        assert_eq!(
-            o.get_sqlx_slow_statements_logging_settings(),
-            (log::LevelFilter::Warn, Duration::from_secs(2))
-        );
-    }
-
-    #[test]
-    #[cfg(all(feature = "postgres", feature = "mysql"))]
-    fn environment_variables_win_over_the_url() {
-        let c = DbConfig::from_vars(vars(&[
-            ("DATABASE_URL", "mysql://root@h/db?pool_size=2"),
-            ("DATABASE_POOL_SIZE", "7"),
-            ("DATABASE_MAX_OVERFLOW", "0"),
-            ("DATABASE_POOL_RECYCLE", "-1"),
-            ("SQLALCHEMY_ECHO", "true"),
-        ]))
-        .unwrap();
-        let o = c.connect_options();
-        assert_eq!(o.get_url(), "mysql://root@h/db");
-        assert_eq!(o.get_max_connections(), Some(7));
-        assert_eq!(o.get_max_lifetime(), Some(None));
-        assert_eq!(o.get_sqlx_logging_level(), log::LevelFilter::Info);
     }
 
     #[test]

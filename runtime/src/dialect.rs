@@ -1,7 +1,7 @@
 //! Every SQL string safe-db writes itself, per database: the BEGIN with its settings, the
 //! savepoints, the COMMIT and ROLLBACK, the server-side statement bounds, and the one
 //! question it asks MySQL/MariaDB. (What safe-db *reads* of the caller's SQL, to refuse a
-//! statement, is `sql.rs`'s business; safe-db never rewrites the caller's SQL.)
+//! statement, is `sql/`'s business; safe-db never rewrites the caller's SQL.)
 //!
 //! Settings go in the message of the step they belong to, so that they cost no round
 //! trip of their own: PostgreSQL takes `BEGIN ISOLATION LEVEL … READ ONLY;

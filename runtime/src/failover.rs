@@ -11,10 +11,9 @@ use std::time::Duration;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::time::Instant;
 
+use crate::quarantine::{Node, Quarantine};
 use crate::{Db, ErrorKind, Options, Tx};
 
-/// How long a node that could not be reached is left aside before it is tried again.
-const DOWN_FOR: Duration = Duration::from_secs(2);
 /// How long a BEGIN on one node may take (a connection included) before the next node is
 /// tried: a pool waits for a connection up to its acquire timeout (30 s by default). With
 /// a deadline, at most a third of the time left, so that a node that does not answer
@@ -28,18 +27,21 @@ const HEALTHY_FOR: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Nodes {
     pools: Vec<DatabaseConnection>,
-    down_until: Vec<Mutex<Option<Instant>>>,
+    /// Each node's, left aside for a while when it cannot be reached.
+    down: Vec<Quarantine>,
     healthy_until: Vec<Mutex<Option<Instant>>>,
     next: AtomicUsize,
 }
 
 impl Nodes {
     pub(crate) fn new(pools: Vec<DatabaseConnection>) -> Self {
-        let down_until = pools.iter().map(|_| Mutex::new(None)).collect();
+        let down = (0..pools.len())
+            .map(|node| Quarantine::new(Node::Writer(node)))
+            .collect();
         let healthy_until = pools.iter().map(|_| Mutex::new(None)).collect();
         Nodes {
             pools,
-            down_until,
+            down,
             healthy_until,
             next: AtomicUsize::new(0),
         }
@@ -49,28 +51,10 @@ impl Nodes {
         self.pools.len()
     }
 
-    fn is_down(&self, node: usize) -> bool {
-        let until = *self.down_until[node]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        until.is_some_and(|until| Instant::now() < until)
-    }
-
     /// Node `node` failed with `err`: left aside for a while.
     pub(crate) fn mark_down(&self, node: usize, err: &DbErr) {
-        let Some(slot) = self.down_until.get(node) else {
-            return;
-        };
-        let mut until = slot.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = until.is_none_or(|u| u <= Instant::now());
-        *until = Some(Instant::now() + DOWN_FOR);
-        if fresh {
-            tracing::warn!(
-                node,
-                error = %crate::error::redact(&err.to_string()),
-                "a database node cannot be reached: operations go to the other nodes (it is \
-                 tried again in {DOWN_FOR:?})"
-            );
+        if let Some(down) = self.down.get(node) {
+            down.mark_down(err);
         }
     }
 
@@ -96,7 +80,7 @@ impl Nodes {
         let up: Vec<usize> = order
             .iter()
             .copied()
-            .filter(|&i| !self.is_down(i))
+            .filter(|&i| !self.down[i].is_down())
             .collect();
         let candidates = if up.is_empty() { order } else { up };
         let mut last = None;

@@ -82,6 +82,7 @@ pub mod axum;
 mod begin;
 mod cause;
 mod config;
+mod db;
 mod db_url;
 mod dialect;
 #[cfg(test)]
@@ -92,6 +93,7 @@ mod observe;
 mod operation;
 mod options;
 mod pool;
+mod quarantine;
 mod replica;
 mod sql;
 #[cfg(feature = "stream")]
@@ -103,10 +105,10 @@ mod tx;
 
 use sea_orm::DbErr;
 
-pub use begin::Db;
 pub use begin::{Begin, Connection, InTransaction, Managed};
 pub use cause::{Cause, Refusal};
 pub use config::{ConfigError, DEFAULT_URL, DbConfig};
+pub use db::Db;
 pub use error::{Error, ErrorKind};
 pub use observe::{DEFAULT_SLOW_THRESHOLD, PoolStats, Stats, set_slow_threshold};
 pub use options::{Isolation, Options};
@@ -357,7 +359,8 @@ pub use safe_db_macros::test;
 
 /// Runs `body` in a transaction on `conn`: the closure form of
 /// [`#[safe_db_operation]`](macro@safe_db_operation), for code that cannot take an
-/// attribute (the seed's `get_db_session()` / `execute_db_query(query_func)`).
+/// attribute (as `get_db_session()` / `execute_db_query(query_func)` serve in the Python
+/// guide safe-db started from, on session handling with SQLAlchemy and FastAPI).
 ///
 /// ```
 /// use safe_db::Tx;

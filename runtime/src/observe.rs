@@ -47,7 +47,8 @@ static CALLBACK_FAILURES: AtomicU64 = AtomicU64::new(0);
 static ACQUIRE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static SLOW_MS: AtomicU64 = AtomicU64::new(DEFAULT_SLOW_THRESHOLD.as_millis() as u64);
 
-/// The slow threshold of the seed (its `performance.log` takes queries over 2 s).
+/// The slow threshold of the Python guide safe-db started from (session handling with
+/// SQLAlchemy and FastAPI): its `performance.log` takes queries over 2 s.
 pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(2);
 
 /// Process-wide operation counters, for services with no metrics exporter.
@@ -89,7 +90,7 @@ pub struct Stats {
     /// `on_commit` callbacks that failed or panicked.
     pub callback_failures: u64,
     /// Operations that could not get a connection: the pool was exhausted until its
-    /// acquire timeout, or a new connection could not be opened (the seed's "connection
+    /// acquire timeout, or a new connection could not be opened (the Python guide's "connection
     /// timeouts").
     pub acquire_failures: u64,
 }
@@ -219,7 +220,7 @@ pub(crate) fn ended(name: &'static str, end: End, elapsed: Duration, span: &trac
     }
 }
 
-/// A connection pool's state: the seed's "active connections" and "pool utilisation".
+/// A connection pool's state: the Python guide's "active connections" and "pool utilisation".
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct PoolStats {

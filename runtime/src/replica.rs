@@ -4,9 +4,10 @@
 //!
 //! PostgreSQL streaming standbys only: after each outermost commit that may have written,
 //! the `Db` reads the primary's WAL insert position (`pg_current_wal_insert_lsn()`, one
-//! round trip); a
-//! `read_only` operation then asks the standby how far it has replayed
-//! (`pg_last_wal_replay_lsn()`, one round trip, skipped while a recent answer suffices).
+//! round trip); a `read_only` operation then asks the standby how far it has replayed
+//! (`pg_last_wal_replay_lsn()`, with what it has received, `pg_last_wal_receive_lsn()`, and
+//! the time of its last replayed transaction, for the lag: one round trip, skipped while a
+//! recent answer suffices).
 //! A replica that is not a PostgreSQL standby (a MySQL replica, a second database) is used
 //! without these checks.
 
@@ -17,8 +18,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use tokio::time::Instant;
 
-/// How long a standby that could not be reached is left aside before it is tried again.
-const DOWN_FOR: Duration = Duration::from_secs(2);
+use crate::quarantine::{Node, Quarantine, Was};
 /// How long the standby may take to answer how far it has replayed: a pool waits for a
 /// connection up to its acquire timeout (30 s by default), which a standby that is down
 /// would make every read pay.
@@ -47,6 +47,8 @@ pub(crate) struct Replica {
     unknown: AtomicBool,
     pub(crate) max_lag: Mutex<Duration>,
     known: Mutex<Known>,
+    /// Left aside for a while when it cannot be reached, or is no standby any more.
+    down: Quarantine,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +62,6 @@ struct Known {
     replayed: u64,
     asked: Option<Instant>,
     lagging: bool,
-    down_until: Option<Instant>,
 }
 
 /// `16/B374D848` as a number.
@@ -86,6 +87,7 @@ impl Replica {
                 unchecked,
                 ..Known::default()
             }),
+            down: Quarantine::new(Node::Replica),
         }
     }
 
@@ -165,7 +167,7 @@ impl Replica {
             if known.unchecked {
                 return true;
             }
-            if known.down_until.is_some_and(|until| now < until) {
+            if self.down.is_down() {
                 return false;
             }
             if blocked && known.asked.is_some() {
@@ -202,10 +204,8 @@ impl Replica {
                 // It was a standby and is not any more: promoted. Whatever it holds now is
                 // not this primary's, and reading it would break read-your-writes: left
                 // aside, asked again after a while, taken back once a standby again.
-                let fresh = known.down_until.is_none();
-                known.down_until = Some(Instant::now() + DOWN_FOR);
                 known.asked = None;
-                if fresh {
+                if self.down.set_aside() == Was::Cleared {
                     tracing::warn!(
                         "the read replica is no longer a standby (promoted?): read_only \
                          operations run on the primary until it is a standby again"
@@ -222,7 +222,7 @@ impl Replica {
                     known.replayed = replayed;
                     known.asked = Some(now);
                     known.lagging = lagging;
-                    known.down_until = None;
+                    self.down.clear();
                 }
                 if blocked {
                     return false;
@@ -252,12 +252,7 @@ impl Replica {
 
     /// The replica could not be reached (`err`): it is left aside for a while.
     pub(crate) fn mark_down(&self, err: &DbErr) {
-        self.known().down_until = Some(Instant::now() + DOWN_FOR);
-        tracing::warn!(
-            error = %crate::error::redact(&err.to_string()),
-            "the read replica cannot be reached: read_only operations run on the primary (it \
-             is tried again in {DOWN_FOR:?})"
-        );
+        self.down.mark_down(err);
     }
 
     /// The standby's replay position and, if it has WAL received but not replayed, how old

@@ -1,6 +1,7 @@
-//! The seed's agent registry as an HTTP API (axum): service functions written with
-//! `#[safe_db_operation]`, handlers that run them in the request's transaction, and
-//! classified errors as problem+json responses. `examples/agents_api.rs` serves it.
+//! The agent registry of the Python guide safe-db started from, as an HTTP API (axum):
+//! service functions written with `#[safe_db_operation]`, handlers that run them in the
+//! request's transaction, and classified errors as problem+json responses. `src/main.rs`
+//! serves it (`cargo run -p agents-api`).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

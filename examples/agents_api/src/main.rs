@@ -1,4 +1,4 @@
-//! The seed's agent registry as an HTTP API: `cargo run -p agents-api`.
+//! The Python guide's agent registry as an HTTP API: `cargo run -p agents-api`.
 //!
 //! Serves on 127.0.0.1:3000 (`PORT` to change) over the embedded SQLite file, or over
 //! `DATABASE_URL` (PostgreSQL, MySQL) with the pool settings of `DbConfig::from_env`.

@@ -12,7 +12,7 @@ use http::Request;
 use sea_orm::DbErr;
 
 use super::slot::{BeginFuture, Closed, Handle, NewFuture, Slot};
-use crate::operation::{Began, Operation, Outcome};
+use crate::operation::{Entered, Operation, Outcome};
 use crate::{Begin, Error, ErrorKind, Options, Tx};
 
 /// The layer that gives each request its transaction: see [`RequestTx`](super::RequestTx).
@@ -203,7 +203,7 @@ where
                               the request fails, and its transaction is rolled back when that \
                               copy is dropped (until then it holds its connection and locks)";
                 if let Some(mut operation) = operation {
-                    operation.abandon(reason);
+                    operation.leave_to_holder(reason);
                 }
                 tracing::error!("{reason}");
                 Ok(
@@ -269,7 +269,7 @@ async fn finish(
     outcome: Outcome<(), DbErr>,
 ) -> Result<(), DbErr> {
     operation
-        .conclude::<(), DbErr>(Began::Own(tx), outcome, std::convert::identity)
+        .conclude::<(), DbErr>(Entered::Own(tx), outcome, std::convert::identity)
         .await
 }
 

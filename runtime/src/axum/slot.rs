@@ -107,7 +107,7 @@ impl Slot {
                 // Every statement through the RequestTx still held fails from now on, and
                 // the transaction is rolled back when it is dropped.
                 if let Some(tx) = shared.tx.get() {
-                    tx.abandon(request_over());
+                    tx.break_tree(request_over());
                 }
                 Closed::StillHeld(operation)
             }

@@ -54,8 +54,8 @@ impl Operation {
         if self.options.timeout.is_some() || (self.options.read_only && !tx.read_only()) {
             return Ok(None);
         }
-        self.attempt = 1;
-        record(&self.span, "attempt", 1);
+        let attempt = self.retry.next_attempt();
+        record(&self.span, "attempt", attempt);
         record(&self.span, "depth", tx.depth());
         if let Some(err) = tx.why_not_join() {
             self.record_end(End::NotBegun);

@@ -19,6 +19,7 @@ use crate::observe::{self, End};
 use crate::{Begin, ErrorKind, Options, Tx};
 use callbacks::Callbacks;
 pub(crate) use joined::Joined;
+use retry::Retry;
 pub use run::Run;
 #[cfg(feature = "axum")]
 pub(crate) use run::holding_while;
@@ -39,21 +40,65 @@ pub enum Next<T, E> {
     Retry,
 }
 
+/// How an attempt's transaction ended, before any retry is decided.
+enum Ended<T, E> {
+    /// Committed, or failed in a way another attempt would not mend.
+    Final(Result<T, E>),
+    /// Failed with a conflict it lost (or, on a `Db` with failover, its connection):
+    /// another attempt may succeed.
+    Conflict(Failure<E>),
+}
+
+/// An attempt's failure: safe-db's (made the operation's error only if it is the answer)
+/// or the body's own.
+enum Failure<E> {
+    Db(DbErr),
+    Body(E),
+}
+
+impl<T, E> Ended<T, E> {
+    /// A failure: one another attempt may mend if `conflicted`, else the answer.
+    fn failed(conflicted: bool, failure: Failure<E>, into: fn(DbErr) -> E) -> Self {
+        if conflicted {
+            Ended::Conflict(failure)
+        } else {
+            Ended::Final(Err(failure.into_error(into)))
+        }
+    }
+
+    /// The answer, when no other attempt follows.
+    fn into_result(self, into: fn(DbErr) -> E) -> Result<T, E> {
+        match self {
+            Ended::Final(result) => result,
+            Ended::Conflict(failure) => Err(failure.into_error(into)),
+        }
+    }
+}
+
+impl<E> Failure<E> {
+    fn into_error(self, into: fn(DbErr) -> E) -> E {
+        match self {
+            Failure::Db(err) => into(err),
+            Failure::Body(err) => err,
+        }
+    }
+}
+
 /// What an attempt's body runs in: a transaction of its own (outermost, or a savepoint of
 /// the caller's), or the caller's own, joined without a savepoint (`savepoint = false`).
 #[doc(hidden)]
-pub enum Began<'c> {
+pub enum Entered<'c> {
     Own(Tx),
     Joined(Joined<'c>),
 }
 
-impl Began<'_> {
+impl Entered<'_> {
     /// The transaction the body works with.
     #[inline]
     pub fn tx(&self) -> &Tx {
         match self {
-            Began::Own(tx) => tx,
-            Began::Joined(joined) => joined.tx,
+            Entered::Own(tx) => tx,
+            Entered::Joined(joined) => joined.tx,
         }
     }
 }
@@ -90,8 +135,8 @@ pub struct Operation {
     #[cfg(feature = "testing")]
     path: &'static str,
     options: Options,
-    deadline: Option<Instant>,
-    attempt: u32,
+    /// The attempt under way, the retries left and the deadline.
+    retry: Retry,
     started: Instant,
     span: tracing::Span,
     ended: bool,
@@ -166,8 +211,7 @@ impl Operation {
             #[cfg(feature = "testing")]
             path: name,
             options: *options,
-            deadline,
-            attempt: 0,
+            retry: Retry::new(options.retries, deadline),
             started,
             span,
             ended: false,
@@ -185,10 +229,10 @@ impl Operation {
         self.record_end(End::RolledBack);
     }
 
-    /// The transaction cannot be ended here (someone else still holds it, and it rolls
-    /// back when they let go): recorded as rolled back, for `reason`.
+    /// The transaction cannot be ended here: it is left to whoever still holds it, and
+    /// rolls back when they let go. Recorded as rolled back, for `reason`.
     #[cfg(feature = "axum")]
-    pub(crate) fn abandon(&mut self, reason: &str) {
+    pub(crate) fn leave_to_holder(&mut self, reason: &str) {
         record(&self.span, "reason", reason);
         self.record_end(End::RolledBack);
     }
@@ -209,16 +253,11 @@ impl Operation {
         }
     }
 
-    fn remaining(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
     async fn within_deadline<F: Future<Output = Result<R, DbErr>>, R>(
         &self,
         fut: F,
     ) -> Result<R, DbErr> {
-        match self.remaining() {
+        match self.retry.remaining() {
             None => fut.await,
             Some(left) => tokio::time::timeout(left, fut)
                 .await
@@ -226,17 +265,21 @@ impl Operation {
         }
     }
 
-    /// Begins what the next attempt's body runs in: a transaction of its own, or, for an
-    /// operation with `savepoint = false` called with a transaction, that transaction.
-    pub async fn begin<'c, C: Begin + ?Sized>(&mut self, conn: &'c C) -> Result<Began<'c>, DbErr> {
+    /// Enters what the next attempt's body runs in: a transaction of its own, begun here,
+    /// or, for an operation with `savepoint = false` called with a transaction, that
+    /// transaction, joined (nothing begins).
+    pub async fn enter<'c, C: Begin + ?Sized>(
+        &mut self,
+        conn: &'c C,
+    ) -> Result<Entered<'c>, DbErr> {
         if !self.options.savepoint
             && !self.options.requires_new
             // Boxed: this rare path would otherwise add to every operation's future.
             && let Some(joined) = Box::pin(self.join(conn)).await?
         {
-            return Ok(Began::Joined(joined));
+            return Ok(Entered::Joined(joined));
         }
-        self.begin_tx(conn).await.map(Began::Own)
+        self.begin_tx(conn).await.map(Entered::Own)
     }
 
     /// Begins the transaction of the next attempt. A conflict at `BEGIN` (SQLite busy)
@@ -248,15 +291,15 @@ impl Operation {
 
     async fn begin_attempt<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
         loop {
-            self.attempt += 1;
-            record(&self.span, "attempt", self.attempt);
+            let attempt = self.retry.next_attempt();
+            record(&self.span, "attempt", attempt);
             // Read only for the connection-wait histogram (feature `metrics`).
             #[cfg(feature = "metrics")]
             let asked = Instant::now();
             // The server stops a statement that would overrun the deadline, so a timed-out
             // operation leaves nothing running and its connection is reusable.
             let begun = self
-                .within_deadline(conn.__begin(&self.options, self.deadline))
+                .within_deadline(conn.__begin(&self.options, self.retry.deadline()))
                 .await;
             let from_pool = self.options.requires_new || conn.__from_pool();
             if let Err(err) = &begun
@@ -314,10 +357,13 @@ impl Operation {
                     }
                     return Ok(tx);
                 }
-                Err(err) if ErrorKind::of(&err).is_retryable() && self.backoff().await => {
-                    observe::retried(self.name);
-                }
                 Err(err) => {
+                    if ErrorKind::of(&err).is_retryable()
+                        && let Some(pause) = self.retry.pause()
+                    {
+                        self.pause_before_retry(pause).await;
+                        continue;
+                    }
                     self.record_end(match ErrorKind::of(&err) {
                         ErrorKind::Timeout => End::TimedOut,
                         _ => End::NotBegun,
@@ -340,46 +386,49 @@ impl Operation {
     {
         Run {
             body: Box::pin(body),
-            deadline: self.deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            deadline: self
+                .retry
+                .deadline()
+                .map(|d| Box::pin(tokio::time::sleep_until(d))),
             // The body runs in the operation's span: nested operations become its children.
             span: (!self.span.is_disabled()).then(|| self.span.clone()),
             holding: self.outermost.then_some(self.name),
         }
     }
 
-    /// [`Operation::begin`], on the heap: the operation's future then holds a pointer, not
+    /// [`Operation::enter`], on the heap: the operation's future then holds a pointer, not
     /// the begin's whole future, and a chain of nested operations, each level of which is
     /// polled through its caller's frame, keeps small frames in debug builds too (the big
     /// future is made here, not in the caller's frame).
     #[inline(never)]
-    pub fn begin_boxed<'c, C: Begin + ?Sized>(
+    pub fn enter_boxed<'c, C: Begin + ?Sized>(
         &mut self,
         conn: &'c C,
-    ) -> Pin<Box<impl Future<Output = Result<Began<'c>, DbErr>>>> {
-        Box::pin(self.begin(conn))
+    ) -> Pin<Box<impl Future<Output = Result<Entered<'c>, DbErr>>>> {
+        Box::pin(self.enter(conn))
     }
 
-    /// [`Operation::conclude`], on the heap (see [`Operation::begin_boxed`]).
+    /// [`Operation::conclude`], on the heap (see [`Operation::enter_boxed`]).
     #[inline(never)]
     pub fn conclude_boxed<'o, T, E>(
         &'o mut self,
-        began: Began<'o>,
+        entered: Entered<'o>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
     ) -> Pin<Box<impl Future<Output = Result<T, E>>>> {
-        Box::pin(self.conclude(began, outcome, into))
+        Box::pin(self.conclude(entered, outcome, into))
     }
 
-    /// [`Operation::conclude_or_retry`], on the heap (see [`Operation::begin_boxed`]).
+    /// [`Operation::conclude_or_retry`], on the heap (see [`Operation::enter_boxed`]).
     #[inline(never)]
     pub fn conclude_or_retry_boxed<'o, T, E>(
         &'o mut self,
-        began: Began<'o>,
+        entered: Entered<'o>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
         retryable: fn(&E) -> bool,
     ) -> Pin<Box<impl Future<Output = Next<T, E>>>> {
-        Box::pin(self.conclude_or_retry(began, outcome, into, retryable))
+        Box::pin(self.conclude_or_retry(entered, outcome, into, retryable))
     }
 
     /// Ends the one attempt of an operation without retries: commits or rolls back.
@@ -388,18 +437,17 @@ impl Operation {
     /// `From<DbErr>` is reported once, there).
     pub async fn conclude<T, E>(
         &mut self,
-        began: Began<'_>,
+        entered: Entered<'_>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
     ) -> Result<T, E> {
-        let tx = match began {
-            Began::Own(tx) => tx,
-            Began::Joined(joined) => return self.conclude_joined(joined, outcome, into),
+        let tx = match entered {
+            Entered::Own(tx) => tx,
+            Entered::Joined(joined) => return self.conclude_joined(joined, outcome, into),
         };
-        match self.conclude_attempt(tx, outcome, None, into).await {
-            Next::Done(result) => result,
-            Next::Retry => unreachable!("retry without retries"),
-        }
+        let ended = self.end_attempt(tx, outcome, None, into).await;
+        // Without retries, a conflict is the answer.
+        self.ended_with(ended.into_result(into))
     }
 
     /// Ends an attempt: commits, rolls back, or rolls back and asks for another attempt.
@@ -407,62 +455,71 @@ impl Operation {
     /// `__private::Probe`).
     pub async fn conclude_or_retry<T, E>(
         &mut self,
-        began: Began<'_>,
+        entered: Entered<'_>,
         outcome: Outcome<T, E>,
         into: fn(DbErr) -> E,
         retryable: fn(&E) -> bool,
     ) -> Next<T, E> {
-        match began {
-            Began::Own(tx) => {
-                self.conclude_attempt(tx, outcome, Some(retryable), into)
-                    .await
-            }
+        let tx = match entered {
+            Entered::Own(tx) => tx,
             // The caller's transaction retries as a whole, if at all.
-            Began::Joined(joined) => Next::Done(self.conclude_joined(joined, outcome, into)),
+            Entered::Joined(joined) => {
+                return Next::Done(self.conclude_joined(joined, outcome, into));
+            }
+        };
+        // A nested operation shares its caller's transaction: only the outermost retries.
+        let outermost = tx.depth() == 0;
+        let ended = self.end_attempt(tx, outcome, Some(retryable), into).await;
+        if let Ended::Conflict(_) = ended
+            && outermost
+            && let Some(pause) = self.retry.pause()
+        {
+            let span = self.span.clone();
+            in_span(span, self.pause_before_retry(pause)).await;
+            return Next::Retry;
         }
+        Next::Done(self.ended_with(ended.into_result(into)))
     }
 
-    /// `retryable`: none for an operation without retries.
-    async fn conclude_attempt<T, E>(
+    /// The end of an operation's last attempt: a commit, a timeout and a panic record
+    /// their end where they happen; what is left unrecorded is a rollback.
+    fn ended_with<T, E>(&mut self, result: Result<T, E>) -> Result<T, E> {
+        if !self.ended {
+            self.record_end(End::RolledBack);
+        }
+        result
+    }
+
+    /// Ends an attempt's transaction as the body's outcome says (the protocol's steps are
+    /// `Tx`'s), in the operation's span. `retryable`: none for an operation without
+    /// retries.
+    async fn end_attempt<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
         retryable: Option<fn(&E) -> bool>,
         into: fn(DbErr) -> E,
-    ) -> Next<T, E> {
+    ) -> Ended<T, E> {
         let span = self.span.clone();
-        let next = in_span(span, self.decide(tx, outcome, retryable, into)).await;
-        // A commit, a timeout and a panic record their end where they happen; what is
-        // left unrecorded is a rollback.
-        match &next {
-            Next::Retry => observe::retried(self.name),
-            Next::Done(_) if !self.ended => self.record_end(End::RolledBack),
-            Next::Done(_) => {}
-        }
-        next
+        in_span(span, self.decide(tx, outcome, retryable, into)).await
     }
 
-    /// The policy: what the body's outcome means for the transaction (the protocol's
-    /// steps are `Tx`'s), and whether another attempt follows.
+    /// The policy: what the body's outcome means for the transaction, and whether the
+    /// failure, if any, is one another attempt may mend (the retry itself is decided by
+    /// the caller, [`Operation::conclude_or_retry`]).
     async fn decide<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
         retryable: Option<fn(&E) -> bool>,
         into: fn(DbErr) -> E,
-    ) -> Next<T, E> {
-        // A nested operation shares its caller's transaction: only the outermost retries.
-        let may_retry = retryable.is_some() && tx.depth() == 0;
+    ) -> Ended<T, E> {
         match outcome {
             Outcome::Returned(Ok(value)) => {
                 if let Some(err) = tx.why_not_commit(self.name).await {
-                    let conflicted = tx.may_retry();
+                    let conflicted = tx.lost_retryably();
                     self.rollback(tx).await;
-                    return if conflicted && may_retry && self.backoff().await {
-                        Next::Retry
-                    } else {
-                        Next::Done(Err(into(err)))
-                    };
+                    return Ended::failed(conflicted, Failure::Db(err), into);
                 }
                 match tx.commit().await {
                     Ok(callbacks) => {
@@ -470,29 +527,20 @@ impl Operation {
                         // while they run).
                         self.record_end(End::Committed);
                         Callbacks::new(self.name, callbacks).run().await;
-                        Next::Done(Ok(value))
+                        Ended::Final(Ok(value))
                     }
-                    Err(err)
-                        if ErrorKind::of(&err).is_retryable()
-                            && may_retry
-                            && self.backoff().await =>
-                    {
-                        Next::Retry
+                    Err(err) => {
+                        Ended::failed(ErrorKind::of(&err).is_retryable(), Failure::Db(err), into)
                     }
-                    Err(err) => Next::Done(Err(into(err))),
                 }
             }
             Outcome::Returned(Err(err)) => {
                 // A conflict this tree lost, or one the body passes on from another
                 // transaction (a `requires_new` operation's, already rolled back): either
                 // way re-running the whole operation is safe.
-                let conflicted = tx.may_retry() || retryable.is_some_and(|r| r(&err));
+                let conflicted = tx.lost_retryably() || retryable.is_some_and(|r| r(&err));
                 self.rollback(tx).await;
-                if conflicted && may_retry && self.backoff().await {
-                    Next::Retry
-                } else {
-                    Next::Done(Err(err))
-                }
+                Ended::failed(conflicted, Failure::Body(err), into)
             }
             Outcome::Panicked(payload) => {
                 self.rollback(tx).await;
@@ -504,7 +552,7 @@ impl Operation {
                 // behind a statement the server has not stopped yet, goes on without it.
                 tx.rollback_later().await;
                 self.record_end(End::TimedOut);
-                Next::Done(Err(into(self.timeout_error())))
+                Ended::Final(Err(into(self.timeout_error())))
             }
         }
     }

@@ -29,7 +29,7 @@ fn is(word: Option<&&str>, keyword: &str) -> bool {
 /// (written by hand on every database), or make MySQL/MariaDB commit it implicitly (DDL
 /// and the others of its "implicit commit" list), or run SQL that cannot be read first
 /// (MySQL's `EXECUTE`, `PREPARE`, compound statements). Returns the offending keywords.
-pub(crate) fn ends_transaction(backend: DbBackend, sql: &str) -> Option<String> {
+pub(crate) fn must_refuse(backend: DbBackend, sql: &str) -> Option<String> {
     readings(backend).iter().find_map(|&reading| {
         statements_read(backend, sql, reading)
             .find_map(|statement| refused(backend, words_read(backend, statement, reading)))

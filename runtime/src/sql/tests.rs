@@ -77,12 +77,12 @@ fn refuses_what_ends_a_transaction_everywhere() {
         "SELECT 1; COMMIT",
         "INSERT INTO t VALUES (';'); commit",
     ] {
-        assert!(ends_transaction(PG, sql).is_some(), "{sql}");
-        assert!(ends_transaction(MY, sql).is_some(), "{sql}");
-        assert!(ends_transaction(LITE, sql).is_some(), "{sql}");
+        assert!(must_refuse(PG, sql).is_some(), "{sql}");
+        assert!(must_refuse(MY, sql).is_some(), "{sql}");
+        assert!(must_refuse(LITE, sql).is_some(), "{sql}");
     }
     assert_eq!(
-        ends_transaction(PG, "rollback to savepoint a").as_deref(),
+        must_refuse(PG, "rollback to savepoint a").as_deref(),
         Some("ROLLBACK TO")
     );
 }
@@ -92,52 +92,52 @@ fn reads_comments_and_strings_as_each_server_does() {
     // MariaDB: `--` is a comment only before a space; `1--1` is arithmetic, and the
     // COMMIT after it is code.
     assert_eq!(
-        ends_transaction(MY, "SELECT 1--1; COMMIT").as_deref(),
+        must_refuse(MY, "SELECT 1--1; COMMIT").as_deref(),
         Some("COMMIT")
     );
-    assert_eq!(ends_transaction(MY, "SELECT 1 -- 1; COMMIT"), None);
-    assert_eq!(ends_transaction(MY, "SELECT 1 --\n; SELECT 2"), None);
+    assert_eq!(must_refuse(MY, "SELECT 1 -- 1; COMMIT"), None);
+    assert_eq!(must_refuse(MY, "SELECT 1 --\n; SELECT 2"), None);
     // PostgreSQL: `name '\'` is a typed literal holding a backslash (standard strings),
     // not an escape string: the COMMIT after it is code.
     assert_eq!(
-        ends_transaction(PG, "SELECT name'\\'; COMMIT; SELECT '--'").as_deref(),
+        must_refuse(PG, "SELECT name'\\'; COMMIT; SELECT '--'").as_deref(),
         Some("COMMIT")
     );
     assert_eq!(
-        ends_transaction(PG, "SELECT E'\\'; COMMIT; SELECT 1'").as_deref(),
+        must_refuse(PG, "SELECT E'\\'; COMMIT; SELECT 1'").as_deref(),
         None
     );
-    assert_eq!(ends_transaction(PG, "SELECT e'it\\'s'; SELECT 1"), None);
+    assert_eq!(must_refuse(PG, "SELECT e'it\\'s'; SELECT 1"), None);
     // Found by an adversarial review, each committing row of an `Err` before this:
     // a `$` inside an identifier opens no dollar quote on PostgreSQL,
     assert_eq!(
-        ends_transaction(PG, "SELECT 1 AS a$x$; COMMIT; SELECT $x$$x$").as_deref(),
+        must_refuse(PG, "SELECT 1 AS a$x$; COMMIT; SELECT $x$$x$").as_deref(),
         Some("COMMIT")
     );
     // a carriage return ends a `--` comment,
     assert_eq!(
-        ends_transaction(PG, "SELECT 1 -- c\r; COMMIT; SELECT 2 -- \n").as_deref(),
+        must_refuse(PG, "SELECT 1 -- c\r; COMMIT; SELECT 2 -- \n").as_deref(),
         Some("COMMIT")
     );
     // a letter of any script before `E` makes it part of a word (a type name),
     assert_eq!(
-        ends_transaction(PG, "SELECT éE'\\'; COMMIT; SELECT 'x'").as_deref(),
+        must_refuse(PG, "SELECT éE'\\'; COMMIT; SELECT 'x'").as_deref(),
         Some("COMMIT")
     );
     // MariaDB's FOR loop is a compound statement, and a `;` inside an executable
     // comment ends a statement for the server,
     assert_eq!(
-        ends_transaction(MY, "FOR i IN 1..1 DO COMMIT /*!;*/ END FOR").as_deref(),
+        must_refuse(MY, "FOR i IN 1..1 DO COMMIT /*!;*/ END FOR").as_deref(),
         Some("FOR")
     );
-    assert!(ends_transaction(MY, "SELECT 1 /*!; COMMIT */").is_some());
+    assert!(must_refuse(MY, "SELECT 1 /*!; COMMIT */").is_some());
     // and NO_BACKSLASH_ESCAPES or ANSI_QUOTES may be set: read both ways.
     assert_eq!(
-        ends_transaction(MY, "SELECT '\\'; COMMIT; SELECT ''").as_deref(),
+        must_refuse(MY, "SELECT '\\'; COMMIT; SELECT ''").as_deref(),
         Some("COMMIT")
     );
     assert_eq!(
-        ends_transaction(MY, "SELECT 1 AS \"a\\\"; COMMIT; SELECT \"\"").as_deref(),
+        must_refuse(MY, "SELECT 1 AS \"a\\\"; COMMIT; SELECT \"\"").as_deref(),
         Some("COMMIT")
     );
     for sql in [
@@ -148,15 +148,15 @@ fn reads_comments_and_strings_as_each_server_does() {
         "SELECT 1 -- ; COMMIT",
         "WITH x AS (SELECT 1) SELECT * FROM x",
     ] {
-        assert_eq!(ends_transaction(PG, sql), None, "{sql}");
-        assert_eq!(ends_transaction(MY, sql), None, "{sql}");
+        assert_eq!(must_refuse(PG, sql), None, "{sql}");
+        assert_eq!(must_refuse(MY, sql), None, "{sql}");
     }
     // Where comments do not nest, `/*/*/` is a whole comment.
-    assert!(ends_transaction(MY, "/*/*/ COMMIT").is_some());
-    assert!(ends_transaction(LITE, "/*/*/ COMMIT").is_some());
+    assert!(must_refuse(MY, "/*/*/ COMMIT").is_some());
+    assert!(must_refuse(LITE, "/*/*/ COMMIT").is_some());
     // MySQL's executable comments are plain comments elsewhere.
-    assert_eq!(ends_transaction(PG, "/*! COMMIT */ SELECT 1"), None);
-    assert_eq!(ends_transaction(PG, "/* /* */ COMMIT */ SELECT 1"), None);
+    assert_eq!(must_refuse(PG, "/*! COMMIT */ SELECT 1"), None);
+    assert_eq!(must_refuse(PG, "/* /* */ COMMIT */ SELECT 1"), None);
 }
 
 #[test]
@@ -190,14 +190,14 @@ fn refuses_implicit_commits_on_mysql_only() {
         ("BACKUP LOCK t", "BACKUP"),
         ("ANALYZE TABLE t", "ANALYZE TABLE"),
     ] {
-        assert_eq!(ends_transaction(MY, sql).as_deref(), Some(named), "{sql}");
+        assert_eq!(must_refuse(MY, sql).as_deref(), Some(named), "{sql}");
     }
     for sql in [
         "CREATE TABLE t (a INT)",
         "ALTER TABLE t ADD b INT",
         "ANALYZE t",
     ] {
-        assert_eq!(ends_transaction(PG, sql), None, "{sql}");
+        assert_eq!(must_refuse(PG, sql), None, "{sql}");
     }
     for sql in [
         "CREATE TEMPORARY TABLE t (a INT)",
@@ -211,7 +211,7 @@ fn refuses_implicit_commits_on_mysql_only() {
         "SET STATEMENT max_statement_time=1 FOR SELECT SLEEP(1)",
         "HANDLER t READ FIRST",
     ] {
-        assert_eq!(ends_transaction(MY, sql), None, "{sql}");
+        assert_eq!(must_refuse(MY, sql), None, "{sql}");
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! With an operation `timeout`, a step is bounded by the time left, plus [`MARGIN`] for a
 //! step that was sent before the deadline (a COMMIT then answered in time still counts).
-//! Without one, by [`step_timeout`] (default [`DEFAULT_STEP_TIMEOUT`]). The statements of
-//! the body are the body's: bounded by the operation's `timeout` only.
+//! Without one, by the step timeout ([`set_step_timeout`], default
+//! [`DEFAULT_STEP_TIMEOUT`]). The statements of the body are the body's: bounded by the
+//! operation's `timeout` only.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use sea_orm::{DbBackend, DbErr};
 
@@ -55,7 +56,7 @@ impl Tx {
             return Err(err);
         }
         let ended = match self.parent {
-            Some(_) => self.release_savepoint(&mut link).await,
+            Some(_) => self.close_savepoint(&mut link).await,
             None => self.commit_outermost(&mut link).await,
         };
         drop(link);
@@ -74,31 +75,28 @@ impl Tx {
         Ok(hand_over_callbacks(&tree, self.id, self.parent))
     }
 
-    /// A savepoint's end on success: `RELEASE` (its statement bound given back to the
-    /// enclosing level first), or `ROLLBACK TO` for a PostgreSQL read-only savepoint: a
-    /// `RELEASE` would leave the caller read-only, and it wrote nothing.
-    async fn release_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
+    /// Closes a savepoint whose body succeeded (its "commit"): `RELEASE` (its statement
+    /// bound given back to the enclosing level first), or `ROLLBACK TO` for a PostgreSQL
+    /// read-only savepoint: a `RELEASE` would leave the caller read-only, and it wrote
+    /// nothing.
+    async fn close_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
         let restore = self.restore_bound.map(left);
         let sql = if self.read_only_savepoint {
             dialect::rollback_to(self.backend, self.depth, restore)
         } else {
             dialect::release(self.backend, self.depth, restore)
         };
-        let step = Critical::step(Some(&self.tree));
         let limit = bound::step(self.deadline);
-        let Some(ended) = bound::within(self.backend, limit, link.step(&sql)).await else {
-            // Unanswered: the tree breaks (`step` dropped) and its connection is closed.
-            link.distrust();
-            return Err(crate::error::step_unanswered("RELEASE", limit));
-        };
-        step.done();
+        let ended = self
+            .savepoint_step(link, &sql, limit, |limit| {
+                crate::error::step_unanswered("RELEASE", limit)
+            })
+            .await;
         if let Err(err) = &ended {
-            if ErrorKind::of(err).is_retryable() {
-                self.tree.lost_conflict(err);
-            }
+            self.tree.note_conflict(err);
             savepoint_end_failed(&self.tree, err);
         }
-        ended.map(drop)
+        ended
     }
 
     /// The outermost COMMIT. The connection goes back to the pool as soon as the COMMIT
@@ -137,9 +135,7 @@ impl Tx {
         let Err(err) = ended else {
             return Ok(());
         };
-        if ErrorKind::of(&err).is_retryable() {
-            self.tree.lost_conflict(&err);
-        }
+        self.tree.note_conflict(&err);
         if ErrorKind::of(&err) == ErrorKind::CommitUnknown {
             link.distrust();
             link.release();
@@ -215,22 +211,17 @@ impl Tx {
         }
         let restore = self.restore_bound.map(left);
         let sql = dialect::rollback_to(self.backend, self.depth, restore);
-        let step = Critical::step(Some(&self.tree));
-        // Cut off by the grace period, the step is not done: the tree is broken when
-        // `step` is dropped, and its connection closed.
+        // Cut off by the grace period, the step is not done: the tree is broken, and its
+        // connection closed.
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
-        let Some(rolled_back) = bound::within(self.backend, limit, link.step(&sql)).await else {
-            link.distrust();
-            return Err(crate::error::rollback_unanswered(limit));
-        };
-        step.done();
+        let rolled_back = self
+            .savepoint_step(link, &sql, limit, crate::error::rollback_unanswered)
+            .await;
         if let Err(err) = &rolled_back {
-            if ErrorKind::of(err).is_retryable() {
-                self.tree.lost_conflict(err);
-            }
+            self.tree.note_conflict(err);
             savepoint_end_failed(&self.tree, err);
         }
-        rolled_back.map(drop)
+        rolled_back
     }
 
     async fn rollback_outermost(&self, link: &mut Link) -> Result<(), DbErr> {
@@ -291,18 +282,36 @@ impl Tx {
             return Ok(());
         };
         let sql = dialect::rollback_to(self.backend, depth, restore.map(left));
-        let step = Critical::step(Some(&self.tree));
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
-        let Some(rolled_back) = bound::within(self.backend, limit, link.step(&sql)).await else {
-            link.distrust();
-            return Err(crate::error::rollback_unanswered(limit));
-        };
-        step.done();
+        let rolled_back = self
+            .savepoint_step(link, &sql, limit, crate::error::rollback_unanswered)
+            .await;
         if let Err(err) = rolled_back {
             self.tree.break_with(err.clone());
             return Err(err);
         }
         Ok(())
+    }
+
+    /// Sends a savepoint step (`RELEASE`, `ROLLBACK TO`) under [`Critical`], bounded by
+    /// `limit`. Cut off (its future dropped) or unanswered by `limit`, the step is not
+    /// done: the tree breaks, and its connection is closed (an unanswered one fails with
+    /// `unanswered(limit)`).
+    async fn savepoint_step(
+        &self,
+        link: &mut Link,
+        sql: &str,
+        limit: Duration,
+        unanswered: impl FnOnce(Duration) -> DbErr,
+    ) -> Result<(), DbErr> {
+        let step = Critical::step(Some(&self.tree));
+        let Some(ended) = bound::within(self.backend, limit, link.step(sql)).await else {
+            // `step` dropped undone: the tree breaks.
+            link.distrust();
+            return Err(unanswered(limit));
+        };
+        step.done();
+        ended
     }
 }
 

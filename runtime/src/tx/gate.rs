@@ -23,7 +23,7 @@ impl Tx {
     }
 
     /// Refuses a statement before it is sent: in a broken tree, or one that would end
-    /// the transaction (see [`crate::sql::ends_transaction`]).
+    /// the transaction (see [`crate::sql::must_refuse`]).
     pub(super) async fn refuse(&self, link: &mut Link, sql: &str) -> Result<(), DbErr> {
         let suspect = self.tree.suspect().clone();
         if let Some(err) = suspect {
@@ -41,7 +41,7 @@ impl Tx {
         {
             return Err(crate::error::read_only_refused(&what));
         }
-        match crate::sql::ends_transaction(backend, sql) {
+        match crate::sql::must_refuse(backend, sql) {
             None => Ok(()),
             Some(keyword) => {
                 let reason = match keyword.as_str() {
@@ -112,9 +112,7 @@ impl Tx {
         if ErrorKind::of(err) == ErrorKind::Unavailable {
             self.lost_connection(err);
         }
-        if ErrorKind::of(err).is_retryable() {
-            self.tree.lost_conflict(err);
-        }
+        self.tree.note_conflict(err);
         if self.backend == DbBackend::MySql {
             match crate::error::mysql_number(err) {
                 // A deadlock always ends the transaction.

@@ -106,9 +106,7 @@ impl Tx {
                 }
             }
         };
-        if ErrorKind::of(&err).is_retryable() {
-            self.tree.lost_conflict(&err);
-        }
+        self.tree.note_conflict(&err);
         Some(err)
     }
 

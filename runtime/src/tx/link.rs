@@ -119,12 +119,17 @@ fn acquire_err(err: sqlx::Error) -> DbErr {
     }
 }
 
-/// What is owed marks the link until the answer is read: a future dropped while it is
-/// awaited leaves the mark.
-macro_rules! owing {
-    ($link:expr, $fut:expr) => {{
+/// Sends on `$link`: what an abandoned statement still owes is read first, then `$send`
+/// runs on its connection (bound to `$conn`; the link gone, it fails). What is owed marks
+/// the link until the answer is read: a future dropped while it is awaited leaves the
+/// mark.
+macro_rules! send {
+    ($link:expr, $conn:ident => $send:expr) => {{
+        $link.read_owed().await?;
+        let $conn = $link.conn.as_mut().ok_or_else(crate::error::link_gone)?;
+        let fut = async move { $send };
         $link.owed = true;
-        let out = $fut.await;
+        let out = fut.await;
         $link.owed = false;
         out
     }};
@@ -239,21 +244,16 @@ impl Link {
 
     /// Sends a prepared statement.
     pub(crate) async fn execute(&mut self, stmt: &Statement) -> Result<ExecResult, DbErr> {
-        self.read_owed().await?;
-        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
-        let fut = async move {
+        send!(self, conn => {
             dispatch!(conn,
                 c => query(stmt).execute(&mut **c).await.map(Into::into).map_err(exec_err),
                 t => sea_orm::ConnectionTrait::execute_raw(t, stmt.clone()).await)
-        };
-        owing!(self, fut)
+        })
     }
 
     /// Sends SQL as it is, unprepared (several statements may go in one message).
     pub(crate) async fn execute_unprepared(&mut self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.read_owed().await?;
-        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
-        let fut = async move {
+        send!(self, conn => {
             dispatch!(conn,
                 c => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                     .execute(&mut **c)
@@ -261,8 +261,7 @@ impl Link {
                     .map(Into::into)
                     .map_err(exec_err),
                 t => sea_orm::ConnectionTrait::execute_unprepared(t, sql).await)
-        };
-        owing!(self, fut)
+        })
     }
 
     /// Sends one of safe-db's own protocol statements (`dialect.rs`): on a server as one
@@ -271,9 +270,7 @@ impl Link {
     /// fixed strings there: parsing each anew was a fifth of a one-statement transaction's
     /// instructions.)
     pub(crate) async fn step(&mut self, sql: &str) -> Result<(), DbErr> {
-        self.read_owed().await?;
-        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
-        let fut = async move {
+        send!(self, conn => {
             match conn {
                 #[cfg(feature = "sqlite")]
                 Conn::Sqlite(c) => sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -297,8 +294,7 @@ impl Link {
                     .await
                     .map(drop),
             }
-        };
-        owing!(self, fut)
+        })
     }
 
     /// Sends a query and reads its first row.
@@ -306,32 +302,26 @@ impl Link {
         &mut self,
         stmt: &Statement,
     ) -> Result<Option<QueryResult>, DbErr> {
-        self.read_owed().await?;
-        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
-        let fut = async move {
+        send!(self, conn => {
             dispatch!(conn,
                 c => match query(stmt).fetch_optional(&mut **c).await {
                     Ok(row) => Ok(row.map(Into::into)),
                     Err(err) => Err(query_err(err)),
                 },
                 t => sea_orm::ConnectionTrait::query_one_raw(t, stmt.clone()).await)
-        };
-        owing!(self, fut)
+        })
     }
 
     /// Sends a query and reads all its rows.
     pub(crate) async fn query_all(&mut self, stmt: &Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.read_owed().await?;
-        let conn = self.conn.as_mut().ok_or_else(crate::error::link_gone)?;
-        let fut = async move {
+        send!(self, conn => {
             dispatch!(conn,
                 c => match query(stmt).fetch_all(&mut **c).await {
                     Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
                     Err(err) => Err(query_err(err)),
                 },
                 t => sea_orm::ConnectionTrait::query_all_raw(t, stmt.clone()).await)
-        };
-        owing!(self, fut)
+        })
     }
 
     /// Ends a SeaORM-run transaction (`commit`: its COMMIT or RELEASE); the link is then

@@ -5,7 +5,7 @@
 //! COMMIT, ROLLBACK), over `link.rs` (the owned connection and what is known of its
 //! state), `tree.rs` (what nested levels share) and `guard.rs` (the steps that must not
 //! be cut off). What to do with an attempt (deadline, retry, panic, observation) is
-//! `operation.rs`'s business, not this folder's.
+//! `operation/`'s business, not this folder's.
 //!
 //! States of a tree of nested transactions (the outermost one and its savepoints):
 //! - *open*: statements run; a failed one is noted (a conflict for the retry; on
@@ -62,11 +62,12 @@ const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 
 /// The transaction of a `#[safe_db_operation]` (or of [`transaction`](crate::transaction)).
 ///
-/// It implements SeaORM's [`ConnectionTrait`], so every query and mutation accepts it
-/// (`Entity::find().one(tx)`, `active.insert(tx)`, raw statements), and
-/// [`TransactionTrait`]. There is no `commit` or `rollback`: the operation that owns the
-/// transaction ends it, from the body's result. Passing `tx` to another operation runs
-/// that one in a `SAVEPOINT` inside this transaction.
+/// It implements SeaORM's [`ConnectionTrait`](sea_orm::ConnectionTrait), so every query
+/// and mutation accepts it (`Entity::find().one(tx)`, `active.insert(tx)`, raw
+/// statements), and [`TransactionTrait`](sea_orm::TransactionTrait). There is no `commit`
+/// or `rollback`: the operation that owns the transaction ends it, from the body's result.
+/// Passing `tx` to another operation runs that one in a `SAVEPOINT` inside this
+/// transaction.
 ///
 /// A `Tx` is only ever lent to the body (`&Tx`), so it cannot outlive its operation.
 ///

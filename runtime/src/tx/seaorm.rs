@@ -125,8 +125,10 @@ impl TransactionTrait for Tx {
 /// its owner, the operation, is the only one that can end it.)
 #[async_trait::async_trait]
 impl TransactionSession for Tx {
-    /// Releases the savepoint, unless its transaction can no longer commit (see
-    /// [`Tx::why_not_commit`]): then it rolls back and fails with the reason.
+    /// Releases the savepoint (a PostgreSQL read-only one is rolled back to instead: it
+    /// wrote nothing, and a `RELEASE` would leave the caller read-only), unless its
+    /// transaction can no longer commit (see `Tx::why_not_commit`): then it rolls back and
+    /// fails with the reason.
     async fn commit(self) -> Result<(), DbErr> {
         if let Some(err) = self.why_not_commit("tx.begin()").await {
             if let Err(rollback) = self.rollback().await {

@@ -101,7 +101,13 @@ impl Tree {
         let _ = self.broken.set(err);
     }
 
-    pub(super) fn lost_conflict(&self, err: &DbErr) {
+    /// Notes a failure if it is a conflict (a serialization failure, deadlock or busy
+    /// error): the tree cannot commit, and its outermost operation may re-run. The one
+    /// place a lost conflict is recorded, whichever step or statement lost it.
+    pub(super) fn note_conflict(&self, err: &DbErr) {
+        if !crate::ErrorKind::of(err).is_retryable() {
+            return;
+        }
         self.conflict.store(true, Ordering::Relaxed);
         let _ = self.first_conflict.set(err.clone());
     }

@@ -23,9 +23,9 @@ impl Tx {
         let _ = self.tree.node.set(node);
     }
 
-    /// Whether the operation may re-run: it lost a conflict, or (on a `Db` with failover)
-    /// its connection before the COMMIT was sent.
-    pub(crate) fn may_retry(&self) -> bool {
+    /// Whether it lost what a re-run of the operation may win: a conflict, or (on a `Db`
+    /// with failover) its connection before the COMMIT was sent.
+    pub(crate) fn lost_retryably(&self) -> bool {
         self.lost_conflict()
             || (self.tree.lost_connection.load(Ordering::Relaxed)
                 && self.tree.home.as_ref().is_some_and(Db::fails_over))
@@ -113,10 +113,10 @@ impl Tx {
         self.read_only
     }
 
-    /// Ends this transaction's tree for whoever still holds it: every later statement,
+    /// Breaks this transaction's tree for whoever still holds it: every later statement,
     /// nested operation and commit through it fails with `err`.
     #[cfg(feature = "axum")]
-    pub(crate) fn abandon(&self, err: DbErr) {
+    pub(crate) fn break_tree(&self, err: DbErr) {
         self.tree.break_with(err);
     }
 }
