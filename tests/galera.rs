@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use safe_db::{Error, Stats, Tx, safe_db_operation};
-use safe_db_test_support::{exec, ids, pool_options};
+use safe_db_test_support::{exec, pool_options};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 
 const ACCOUNTS: i32 = 10;
@@ -127,26 +127,48 @@ async fn status(db: &DatabaseConnection, name: &str) -> i64 {
     value.parse().unwrap_or(0)
 }
 
-/// What a node holds once replication has caught up: balances and logged transfers.
+/// What a node holds once replication has caught up: balances and logged transfers. A
+/// causal read (`wsrep_sync_wait`) that times out while the cluster settles after a fault
+/// (1205) is asked again, for up to 60 s.
 async fn settled(db: &DatabaseConnection, t: &str) -> (Vec<i32>, BTreeSet<String>) {
-    exec(db, "SET SESSION wsrep_sync_wait = 1").await;
-    let balances = ids(
-        db,
-        &format!("SELECT CAST(balance AS SIGNED) FROM {t}accounts ORDER BY id"),
-    )
-    .await;
+    let started = Instant::now();
+    loop {
+        match try_settled(db, t).await {
+            Ok(settled) => return settled,
+            Err(err) if started.elapsed() < std::time::Duration::from_secs(60) => {
+                println!("a causal read waits for the cluster to settle: {err}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(err) => panic!("the node did not settle within 60 s: {err}"),
+        }
+    }
+}
+
+async fn try_settled(
+    db: &DatabaseConnection,
+    t: &str,
+) -> Result<(Vec<i32>, BTreeSet<String>), sea_orm::DbErr> {
+    db.execute_unprepared("SET SESSION wsrep_sync_wait = 1")
+        .await?;
+    let backend = db.get_database_backend();
+    let sql = format!("SELECT CAST(balance AS SIGNED) FROM {t}accounts ORDER BY id");
+    let balances = db
+        .query_all_raw(Statement::from_string(backend, sql))
+        .await?
+        .iter()
+        .map(|r| r.try_get_by_index::<i32>(0))
+        .collect::<Result<Vec<_>, _>>()?;
     let rows = db
         .query_all_raw(Statement::from_string(
-            db.get_database_backend(),
+            backend,
             format!("SELECT tid FROM {t}transfers"),
         ))
-        .await
-        .unwrap();
+        .await?;
     let tids = rows
         .iter()
-        .map(|r| r.try_get_by_index::<String>(0).unwrap())
-        .collect();
-    (balances, tids)
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Ok((balances, tids))
 }
 
 /// The accounts (`ACCOUNTS` of them, `OPENING` each) and the transfer log, tables

@@ -181,10 +181,13 @@ impl Begin for Db {
             (Some(replica), true) => {
                 let options = *options;
                 Either::Left(Box::pin(async move {
-                    if replica.usable().await {
+                    // Each wait a share of the deadline: a replica that hangs leaves the
+                    // operation time to run on the primary.
+                    if replica.usable(deadline).await {
+                        let limit =
+                            crate::quarantine::node_wait(crate::replica::BEGIN_TIMEOUT, deadline);
                         let on_replica = Tx::begin(&replica.pool, Some(self), &options, deadline);
-                        match tokio::time::timeout(crate::replica::BEGIN_TIMEOUT, on_replica).await
-                        {
+                        match tokio::time::timeout(limit, on_replica).await {
                             Ok(Ok(tx)) => return Ok(tx),
                             Ok(Err(err))
                                 if !matches!(
@@ -199,8 +202,8 @@ impl Begin for Db {
                                 crate::Cause::NodeUnreachable {
                                     node: 1,
                                     detail: format!(
-                                        "no transaction began on the read replica within {:?}",
-                                        crate::replica::BEGIN_TIMEOUT
+                                        "no transaction began on the read replica within \
+                                         {limit:?}"
                                     ),
                                 },
                             )),

@@ -85,12 +85,7 @@ impl Nodes {
         let candidates = if up.is_empty() { order } else { up };
         let mut last = None;
         for node in candidates {
-            let limit = match deadline {
-                Some(deadline) => {
-                    BEGIN_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()) / 3)
-                }
-                None => BEGIN_TIMEOUT,
-            };
+            let limit = crate::quarantine::node_wait(BEGIN_TIMEOUT, deadline);
             let begun = tokio::time::timeout(limit, async {
                 let tx = Tx::begin(&self.pools[node], Some(db), options, deadline).await?;
                 self.check_health(node, tx).await

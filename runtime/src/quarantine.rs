@@ -11,6 +11,16 @@ use tokio::time::Instant;
 /// How long a node that could not be reached is left aside before it is tried again.
 pub(crate) const DOWN_FOR: Duration = Duration::from_secs(2);
 
+/// How long one node may take to answer before the next is tried: `limit`, and at most a
+/// third of what is left before `deadline`, so that an operation whose node hangs still has
+/// time to run elsewhere.
+pub(crate) fn node_wait(limit: Duration, deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(deadline) => limit.min(deadline.saturating_duration_since(Instant::now()) / 3),
+        None => limit,
+    }
+}
+
 /// Which node a quarantine is for: named in its warning.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Node {

@@ -154,7 +154,7 @@ impl Replica {
     }
 
     /// Whether a `read_only` operation may run on the replica now.
-    pub(crate) async fn usable(&self) -> bool {
+    pub(crate) async fn usable(&self, deadline: Option<Instant>) -> bool {
         // A commit whose position is not known yet (or could not be read): not on a
         // standby. (Asked once all the same if it has never been, to learn whether it is
         // one.)
@@ -181,12 +181,13 @@ impl Replica {
                 return true;
             }
         }
-        let asked = tokio::time::timeout(ASK_TIMEOUT, self.ask())
+        let limit = crate::quarantine::node_wait(ASK_TIMEOUT, deadline);
+        let asked = tokio::time::timeout(limit, self.ask())
             .await
             .unwrap_or_else(|_| {
                 Err(crate::cause::raise(crate::Cause::NodeUnreachable {
                     node: 1,
-                    detail: format!("the read replica gave no answer within {ASK_TIMEOUT:?}"),
+                    detail: format!("the read replica gave no answer within {limit:?}"),
                 }))
             });
         match asked {
