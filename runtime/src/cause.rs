@@ -93,6 +93,14 @@ pub enum Cause {
     /// An operation on a test's `Db` began inside another one that holds the test
     /// transaction's turn, in the same task (`safe_db::testing`).
     TestTurnWaited,
+    /// A message's payload could not be serialized to JSON (`safe_db::outbox`, feature
+    /// `outbox`); nothing was recorded.
+    Unserializable {
+        /// The message's topic.
+        topic: String,
+        /// What serde said.
+        detail: String,
+    },
 }
 
 /// Why a statement was refused.
@@ -137,6 +145,7 @@ impl Cause {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Cause::ReadOnly { .. } => ErrorKind::ReadOnly,
+            Cause::Unserializable { .. } => ErrorKind::Validation,
             Cause::CommitUnknown => ErrorKind::CommitUnknown,
             Cause::TimedOut { .. } | Cause::StepUnanswered { .. } => ErrorKind::Timeout,
             Cause::ConnectionGone
@@ -157,6 +166,7 @@ impl Cause {
     fn sqlstate(&self) -> &'static str {
         match self {
             Cause::ReadOnly { .. } => "25006", // read_only_sql_transaction
+            Cause::Unserializable { .. } => "22023", // invalid_parameter_value
             Cause::CommitUnknown => "08007",   // transaction_resolution_unknown
             Cause::TimedOut { .. } | Cause::StepUnanswered { .. } => "57014", // query_canceled
             Cause::ConnectionGone
@@ -263,6 +273,11 @@ impl fmt::Display for Cause {
                  test's transaction to end; operations on it take turns in one transaction, \
                  so one begun from inside another (where production takes a second connection \
                  from the pool) cannot run: pass that operation the caller's `tx`",
+            ),
+            Cause::Unserializable { topic, detail } => write!(
+                f,
+                "the payload of an outbox message on topic `{topic}` cannot be serialized to \
+                 JSON ({detail}); nothing was recorded"
             ),
         }
     }

@@ -9,6 +9,9 @@
 //! `SET TRANSACTION ISOLATION LEVEL …; SET … max_statement_time = …; START TRANSACTION
 //! READ ONLY` as one multi-statement query.
 
+#[cfg(feature = "outbox")]
+pub(crate) mod outbox;
+
 use std::fmt::Write;
 use std::time::Duration;
 
