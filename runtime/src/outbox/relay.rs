@@ -312,7 +312,7 @@ impl<H: Handler> Relay<H> {
         let backend = self.db.get_database_backend();
         let batch = i64::from(self.batch_size);
         let lease_ms = self.lease.as_millis().min(i64::MAX as u128) as i64;
-        let body = async |tx: &Tx| {
+        let body = async move |tx: &Tx| {
             let select =
                 Statement::from_sql_and_values(backend, sql::claim_select(backend), [batch.into()]);
             let rows = tx.query_all_raw(select).await?;
