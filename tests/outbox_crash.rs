@@ -115,9 +115,9 @@ fn effects(db: DatabaseConnection) -> impl Handler + use<> {
     }
 }
 
-fn relay(db: &DatabaseConnection) -> Relay<impl Handler + use<>> {
+fn relay(db: &DatabaseConnection, batch: u32) -> Relay<impl Handler + use<>> {
     Relay::new(db.clone(), effects(db.clone()))
-        .batch_size(BATCH)
+        .batch_size(batch)
         .lease(Duration::from_millis(800))
         .max_attempts(1000)
         .backoff(Duration::from_millis(10), Duration::from_millis(50))
@@ -149,7 +149,7 @@ fn outbox_child() {
             options.set_schema_search_path(schema);
         }
         let db = Database::connect(options).await.unwrap();
-        let relay = relay(&db);
+        let relay = relay(&db, BATCH);
         let producer = async {
             for i in 0.. {
                 let n = run * 1_000_000 + i;
@@ -227,7 +227,7 @@ async fn every_committed_message_survives_kills_and_is_applied_exactly_once() {
             child.wait().unwrap();
         }
         // What is left (and what the dead children held leased) is delivered here.
-        let relay = relay(&t.db);
+        let relay = relay(&t.db, 32);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let report = relay.run_once().await.unwrap();

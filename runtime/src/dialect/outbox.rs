@@ -106,10 +106,15 @@ pub(crate) fn ddl(backend: DbBackend) -> [&'static str; 3] {
              delivered_at BIGINT NULL\n)"
         }
     };
+    // The claim walks the pending rows in id order and stops at the batch size; the key
+    // check finds an earlier pending row of the key with one probe. (On PostgreSQL with a
+    // backlog of 1,400 pending rows among 6,300, indexes on (state, available_at, id) and
+    // (msg_key, id) made the claim sort every due row and scan each key's delivered rows:
+    // 34 ms, against 0.07 ms with these.)
     [
         table,
-        "CREATE INDEX IF NOT EXISTS safe_db_outbox_due ON safe_db_outbox (state, available_at, id)",
-        "CREATE INDEX IF NOT EXISTS safe_db_outbox_key ON safe_db_outbox (msg_key, id)",
+        "CREATE INDEX IF NOT EXISTS safe_db_outbox_pending ON safe_db_outbox (state, id)",
+        "CREATE INDEX IF NOT EXISTS safe_db_outbox_key ON safe_db_outbox (msg_key, state, id)",
     ]
 }
 

@@ -166,9 +166,9 @@ pub async fn record(tx: &Tx, message: Message) -> Result<MessageId, DbErr> {
 /// EXISTS`) and is sent alone.
 ///
 /// ```
-/// let [table, due, by_key] = safe_db::outbox::ddl(sea_orm::DbBackend::Postgres);
+/// let [table, pending, by_key] = safe_db::outbox::ddl(sea_orm::DbBackend::Postgres);
 /// assert!(table.starts_with("CREATE TABLE IF NOT EXISTS safe_db_outbox"));
-/// assert!(due.contains("(state, available_at, id)") && by_key.contains("(msg_key, id)"));
+/// assert!(pending.contains("(state, id)") && by_key.contains("(msg_key, state, id)"));
 /// ```
 pub fn ddl(backend: DbBackend) -> [&'static str; 3] {
     sql::ddl(backend)
