@@ -305,10 +305,18 @@ async fn every_committed_message_survives_kills_and_is_applied_exactly_once() {
             "{:?}: effects are not exactly one per message",
             t.backend
         );
+        // Messages claimed more than once: held by a child when it was killed (or, rarely,
+        // past their lease), then claimed again.
+        let reclaimed = all_i64_pairs(
+            &t.db,
+            "SELECT COUNT(*), COUNT(*) FROM safe_db_outbox WHERE attempts > 1",
+        )
+        .await[0]
+            .0;
         eprintln!(
             "{:?}: {kills} kills after {delays:?} ms; {} committed orders, each message delivered, \
-             {duplicates} duplicate handler calls (deliveries in flight at a kill), every effect \
-             exactly once; {:?}",
+             {reclaimed} claimed again after a kill, {duplicates} duplicate handler calls \
+             (deliveries in flight at a kill), every effect exactly once; {:?}",
             t.backend,
             orders.len(),
             started.elapsed()
