@@ -4,7 +4,8 @@
 //! key, retried with back-off and then dead, never held by two relays at once, and
 //! delivered again when a lease runs out. Every assertion reads the table back.
 //!
-//! The crash proof (a child process SIGKILLed at random moments) is `tests/outbox_crash.rs`.
+//! The crash proof (a child process SIGKILLed at random moments) is `tests/outbox_crash.rs`;
+//! spans and metrics are `tests/outbox_observability.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -576,102 +577,4 @@ async fn run_stops_at_shutdown_after_delivering() {
         assert!(rows(&t.db).await.iter().all(|r| r.1 == state::DELIVERED));
         t.cleanup().await;
     }
-}
-
-/// A span per delivery with its outcome, and the counters and the age gauge through the
-/// `metrics` facade (SQLite: what is reported does not depend on the database).
-#[test]
-fn deliveries_report_spans_and_metrics() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use safe_db_test_support::capture;
-
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (captured, guard) = capture::start();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let t = TestDb::sqlite("outbox_metrics", 2).await;
-            outbox::migrate(&t.db).await.unwrap();
-            send(&t.db, "good", 1).await.unwrap();
-            send(&t.db, "bad", 2).await.unwrap();
-            send(&t.db, "worse", 3).await.unwrap();
-            let relay = Relay::new(t.db.clone(), |d: Delivery| async move {
-                match d.topic.as_str() {
-                    "good" => Ok(()),
-                    _ => Err("refused".to_owned()),
-                }
-            })
-            .max_attempts(1);
-            let report = relay.run_once().await.unwrap();
-            assert_eq!((report.delivered, report.dead_lettered), (1, 2));
-            send(&t.db, "waiting", 4).await.unwrap();
-            let relay = Relay::new(t.db.clone(), |_: Delivery| async {
-                Err::<(), _>("later".to_owned())
-            })
-            .backoff(Duration::from_secs(60), Duration::from_secs(60));
-            assert_eq!(relay.run_once().await.unwrap().failed, 1);
-            let table = rows(&t.db).await;
-            let states: Vec<i32> = table.iter().map(|r| r.1).collect();
-            assert_eq!(
-                states,
-                [state::DELIVERED, state::DEAD, state::DEAD, state::PENDING]
-            );
-            t.cleanup().await;
-        })
-    });
-    drop(guard);
-
-    let mut counters = BTreeMap::new();
-    let mut gauges = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<String> = key
-            .key()
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
-        match value {
-            DebugValue::Counter(n) => {
-                counters.insert(name, n);
-            }
-            DebugValue::Gauge(g) => {
-                gauges.insert(name, g.into_inner());
-            }
-            DebugValue::Histogram(_) => {}
-        }
-    }
-    assert_eq!(counters["safe_db_outbox_delivered_total{topic=good}"], 1);
-    assert_eq!(counters["safe_db_outbox_dead_lettered_total{topic=bad}"], 1);
-    assert_eq!(
-        counters["safe_db_outbox_dead_lettered_total{topic=worse}"],
-        1
-    );
-    assert_eq!(counters["safe_db_outbox_failed_total{topic=waiting}"], 1);
-    // The last round left "waiting" pending: its age, in seconds, by the database's clock.
-    let age = gauges["safe_db_outbox_oldest_pending_seconds{}"];
-    assert!((0.0..30.0).contains(&age), "{age}");
-
-    let spans: Vec<_> = captured
-        .spans()
-        .into_iter()
-        .filter(|s| s.name == "safe_db.outbox.deliver")
-        .collect();
-    let outcomes: Vec<(&str, &str)> = spans
-        .iter()
-        .map(|s| (s.fields["topic"].as_str(), s.fields["outcome"].as_str()))
-        .collect();
-    assert_eq!(
-        outcomes,
-        [
-            ("good", "delivered"),
-            ("bad", "dead_lettered"),
-            ("worse", "dead_lettered"),
-            ("waiting", "failed")
-        ]
-    );
-    assert!(spans.iter().all(|s| s.fields["attempt"] == "1"));
 }
