@@ -107,6 +107,14 @@ pub enum Cause {
         /// Where `TestTx::db()` was called (`file:line`).
         taken_at: Vec<String>,
     },
+    /// A message's payload could not be serialized to JSON (`safe_db::outbox`, feature
+    /// `outbox`); nothing was recorded.
+    Unserializable {
+        /// The message's topic.
+        topic: String,
+        /// What serde said.
+        detail: String,
+    },
 }
 
 /// Why a statement was refused.
@@ -151,6 +159,7 @@ impl Cause {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Cause::ReadOnly { .. } => ErrorKind::ReadOnly,
+            Cause::Unserializable { .. } => ErrorKind::Validation,
             Cause::CommitUnknown => ErrorKind::CommitUnknown,
             Cause::TimedOut { .. } | Cause::StepUnanswered { .. } => ErrorKind::Timeout,
             Cause::ConnectionGone
@@ -174,6 +183,7 @@ impl Cause {
     fn sqlstate(&self) -> &'static str {
         match self {
             Cause::ReadOnly { .. } => "25006", // read_only_sql_transaction
+            Cause::Unserializable { .. } => "22023", // invalid_parameter_value
             Cause::CommitUnknown => "08007",   // transaction_resolution_unknown
             Cause::TimedOut { .. } | Cause::StepUnanswered { .. } => "57014", // query_canceled
             Cause::ConnectionGone
@@ -301,6 +311,11 @@ impl fmt::Display for Cause {
                  service keeping it?); `test.db()` was called at {}: drop that handle (and its \
                  clones) first. The transaction rolls back when the last one is dropped",
                 taken_at.join(", ")
+            ),
+            Cause::Unserializable { topic, detail } => write!(
+                f,
+                "the payload of an outbox message on topic `{topic}` cannot be serialized to \
+                 JSON ({detail}); nothing was recorded"
             ),
         }
     }

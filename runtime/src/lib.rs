@@ -38,6 +38,8 @@
 //! - `rustls`: TLS for PostgreSQL and MySQL connections.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade.
 //! - `stream`: `Entity::find().stream(tx)` (SeaORM's `StreamTrait` for [`Tx`]).
+//! - `outbox`: [`outbox`], a transactional outbox: messages recorded in the body's
+//!   transaction, delivered at least once by a relay, after a crash too.
 //! - `axum`: request-scoped transactions and problem+json error responses ([`axum`]).
 //! - `testing`: [`testing`], for your tests: a transaction per test that is always rolled
 //!   back, captured after-commit callbacks, injected failures, per-test PostgreSQL
@@ -92,6 +94,9 @@ mod failover;
 mod observe;
 mod operation;
 mod options;
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+pub mod outbox;
 mod pool;
 mod quarantine;
 mod replica;

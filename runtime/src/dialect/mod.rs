@@ -11,6 +11,8 @@
 
 #[cfg(feature = "axum")]
 pub(crate) mod idempotency;
+#[cfg(feature = "outbox")]
+pub(crate) mod outbox;
 
 use std::fmt::Write;
 use std::time::Duration;
