@@ -166,15 +166,23 @@ impl Link {
     /// instructions of a one-statement transaction).
     pub(crate) async fn acquire(db: &DatabaseConnection) -> Option<Result<Link, DbErr>> {
         use sea_orm::DatabaseConnectionType as Type;
-        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
-        let mut persistent = true;
+        #[cfg(feature = "postgres")]
+        let persistent = match &db.inner {
+            Type::SqlxPostgresPoolConnection(_) => {
+                statement_cache_on(db.get_postgres_connection_pool())
+            }
+            _ => true,
+        };
+        #[cfg(not(feature = "postgres"))]
+        let persistent = true;
         let conn = match &db.inner {
             #[cfg(feature = "postgres")]
-            Type::SqlxPostgresPoolConnection(_) => {
-                let pool = db.get_postgres_connection_pool();
-                persistent = statement_cache_on(pool);
-                pool.acquire().boxed().await.map(Conn::Postgres)
-            }
+            Type::SqlxPostgresPoolConnection(_) => db
+                .get_postgres_connection_pool()
+                .acquire()
+                .boxed()
+                .await
+                .map(Conn::Postgres),
             #[cfg(feature = "mysql")]
             Type::SqlxMySqlPoolConnection(_) => db
                 .get_mysql_connection_pool()
