@@ -56,6 +56,9 @@ pub struct TestDb {
     pub url: String,
     namespace: String,
     admin_url: Option<String>,
+    /// A pool on the server itself when `db` goes through PgBouncer: read-backs use it, so
+    /// they do not depend on what is tested.
+    direct: Option<DatabaseConnection>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -90,6 +93,28 @@ fn servers() -> Vec<(Backend, String)> {
         }
     }
     out
+}
+
+/// PgBouncer in transaction pooling mode in front of the PostgreSQL server
+/// (`SAFE_DB_TEST_PGBOUNCER_URL`), with that server's URL (`SAFE_DB_TEST_POSTGRES_URL`),
+/// after the skip-or-fail rule.
+pub fn pgbouncer_urls() -> Option<(String, String)> {
+    let var = "SAFE_DB_TEST_PGBOUNCER_URL";
+    let Some(bouncer) = env_url(var) else {
+        if in_ci() {
+            panic!("CI=true but {var} is not set");
+        }
+        eprintln!("skipping PgBouncer: {var} is not set");
+        return None;
+    };
+    let server = server_url(Backend::Postgres)?;
+    Some((bouncer, server))
+}
+
+/// `url` with sqlx's statement cache off (`statement-cache-capacity=0`).
+pub fn without_statement_cache(url: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}statement-cache-capacity=0")
 }
 
 /// Options for a test pool: small, quick to give up, quiet.
@@ -169,6 +194,7 @@ impl TestDb {
             url,
             namespace: test.to_owned(),
             admin_url: None,
+            direct: None,
             _dir: Some(dir),
         }
     }
@@ -212,8 +238,63 @@ impl TestDb {
             url,
             namespace,
             admin_url: Some(base.to_owned()),
+            direct: None,
             _dir: None,
         })
+    }
+
+    /// A database of the test's own on the PostgreSQL server, with the agent schema,
+    /// reached through PgBouncer in transaction pooling mode ([`pgbouncer_urls`]; `None`
+    /// when skipped): `db`, `url` and [`TestDb::pool`] go through PgBouncer, with sqlx's
+    /// statement cache off; the read-backs ([`TestDb::agent_ids`], …) and
+    /// [`TestDb::direct`] read the server itself. A database, not a schema: a schema is
+    /// chosen by `search_path`, a session setting that PgBouncer does not carry from one
+    /// server connection to the next.
+    pub async fn via_pgbouncer(test: &str, max_connections: u32) -> Option<TestDb> {
+        let (bouncer, server) = pgbouncer_urls()?;
+        let namespace = format!("safe_db_pgb_{test}");
+        let setup = async {
+            let admin = Database::connect(pool_options(&server, 1)).await?;
+            // FORCE: PgBouncer keeps server connections to the database open.
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {namespace} WITH (FORCE)"))
+                .await?;
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {namespace}"))
+                .await?;
+            admin.close().await?;
+            let direct =
+                Database::connect(pool_options(&replace_database(&server, &namespace), 2)).await?;
+            let url = without_statement_cache(&replace_database(&bouncer, &namespace));
+            let db = Database::connect(pool_options(&url, max_connections)).await?;
+            Ok::<_, DbErr>(TestDb {
+                backend: Backend::Postgres,
+                db,
+                url,
+                namespace: namespace.clone(),
+                admin_url: Some(server.clone()),
+                direct: Some(direct),
+                _dir: None,
+            })
+        };
+        let out = setup
+            .await
+            .unwrap_or_else(|e| panic!("PgBouncer at {}: {e}", redact(&bouncer)));
+        out.create_schema()
+            .await
+            .unwrap_or_else(|e| panic!("PgBouncer: schema: {e}"));
+        Some(out)
+    }
+
+    /// A pool on the server itself: the one read-backs use (`db` but when `db` goes
+    /// through PgBouncer).
+    pub fn direct(&self) -> &DatabaseConnection {
+        self.direct.as_ref().unwrap_or(&self.db)
+    }
+
+    /// Whether a PostgreSQL namespace is a schema (chosen by `search_path`).
+    fn in_schema(&self) -> bool {
+        self.backend == Backend::Postgres && self.direct.is_none()
     }
 
     /// Another pool on the same namespace.
@@ -226,7 +307,7 @@ impl TestDb {
     /// The options of [`TestDb::pool`], to change before connecting.
     pub fn options(&self, max_connections: u32) -> ConnectOptions {
         let mut options = pool_options(&self.url, max_connections);
-        if self.backend == Backend::Postgres {
+        if self.in_schema() {
             options.set_schema_search_path(self.namespace.clone());
         }
         options
@@ -243,7 +324,7 @@ impl TestDb {
         };
         let separator = if url.contains('?') { '&' } else { '?' };
         let mut options = pool_options(&format!("{url}{separator}{plain}"), max_connections);
-        if self.backend == Backend::Postgres {
+        if self.in_schema() {
             options.set_schema_search_path(self.namespace.clone());
         }
         options
@@ -265,26 +346,26 @@ impl TestDb {
             ),
             "CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)".to_owned(),
         ] {
-            self.db.execute_unprepared(&sql).await?;
+            self.direct().execute_unprepared(&sql).await?;
         }
         Ok(())
     }
 
     /// The ids of the agents table, in order: what was really committed.
     pub async fn agent_ids(&self) -> Vec<i32> {
-        ids(&self.db, "SELECT id FROM agents ORDER BY id").await
+        ids(self.direct(), "SELECT id FROM agents ORDER BY id").await
     }
 
     /// The ids of the notes table, in order.
     pub async fn note_ids(&self) -> Vec<i32> {
-        ids(&self.db, "SELECT id FROM notes ORDER BY id").await
+        ids(self.direct(), "SELECT id FROM notes ORDER BY id").await
     }
 
     /// The name of agent `id`, if it exists.
     pub async fn agent_name(&self, id: i32) -> Option<String> {
         let sql = format!("SELECT name FROM agents WHERE id = {id}");
         let row = self
-            .db
+            .direct()
             .query_one_raw(sea_orm::Statement::from_string(
                 self.db.get_database_backend(),
                 sql,
@@ -303,7 +384,11 @@ impl TestDb {
             &format!("INSERT INTO agents (id, name) VALUES ({id}, 'plain{id}')"),
         )
         .await;
-        let seen = ids(&self.db, &format!("SELECT id FROM agents WHERE id = {id}")).await;
+        let seen = ids(
+            self.direct(),
+            &format!("SELECT id FROM agents WHERE id = {id}"),
+        )
+        .await;
         assert_eq!(
             seen,
             vec![id],
@@ -313,13 +398,21 @@ impl TestDb {
     }
 
     /// Drops the test's namespace (SQLite's goes with its temporary directory).
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
         let _ = self.db.close().await;
+        let own_database = self.direct.is_some();
+        if let Some(direct) = self.direct.take() {
+            let _ = direct.close().await;
+        }
         if let Some(admin_url) = &self.admin_url {
             let admin = Database::connect(pool_options(admin_url, 1))
                 .await
                 .expect("admin connection");
             let sql = match self.backend {
+                // PgBouncer keeps server connections to the database open.
+                Backend::Postgres if own_database => {
+                    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.namespace)
+                }
                 Backend::Postgres => format!("DROP SCHEMA IF EXISTS {} CASCADE", self.namespace),
                 _ => format!("DROP DATABASE IF EXISTS {}", self.namespace),
             };

@@ -65,6 +65,10 @@ pub(crate) struct Link {
     owed: bool,
     /// The connection's state cannot be settled by a ROLLBACK: it is closed when dropped.
     untrusted: bool,
+    /// Statements are prepared under a name kept in the connection's statement cache;
+    /// else as the unnamed statement (a PostgreSQL pool with the cache off: see
+    /// [`statement_cache_on`]).
+    persistent: bool,
 }
 
 /// Applies `$body` to the sqlx connection of whichever driver `$conn` holds (the code is
@@ -83,11 +87,16 @@ macro_rules! dispatch {
     };
 }
 
-/// A statement with its values bound, as SeaORM's drivers build it.
+/// A statement with its values bound, as SeaORM's drivers build it; `persistent`: prepared
+/// under a name sqlx keeps in the connection's statement cache, else as the unnamed
+/// statement (see [`Link::persistent`]).
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-fn query<DB>(stmt: &Statement) -> sqlx::query::Query<'_, DB, sea_query_sqlx::SqlxValues>
+fn query<DB>(
+    stmt: &Statement,
+    persistent: bool,
+) -> sqlx::query::Query<'_, DB, sea_query_sqlx::SqlxValues>
 where
-    DB: sqlx::Database,
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
     sea_query_sqlx::SqlxValues: sqlx::IntoArguments<DB>,
 {
     let values = stmt
@@ -98,6 +107,25 @@ where
         sqlx::AssertSqlSafe(stmt.sql.as_str()),
         sea_query_sqlx::SqlxValues(values),
     )
+    .persistent(persistent)
+}
+
+/// Whether the connections of a PostgreSQL pool keep prepared statements
+/// (`statement_cache_capacity`, 100 by default; `statement-cache-capacity=0` in the URL
+/// turns it off). Off, sqlx still prepares a persistent statement under a name of its own
+/// (`sqlx_s_1`, …), counted per client connection, and never closes it: behind PgBouncer
+/// in transaction pooling mode before 1.21, another client's statement of the same name
+/// is already there on the server connection ("prepared statement \"sqlx_s_1\" already
+/// exists"). So with the cache off, a `Tx` sends its statements as the unnamed statement,
+/// which lives inside the transaction that the server connection is held for.
+#[cfg(feature = "postgres")]
+fn statement_cache_on(pool: &sqlx::PgPool) -> bool {
+    use sqlx::ConnectOptions;
+    !pool
+        .connect_options()
+        .to_url_lossy()
+        .query_pairs()
+        .any(|(key, value)| key == "statement-cache-capacity" && value == "0")
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
@@ -143,6 +171,15 @@ impl Link {
     /// instructions of a one-statement transaction).
     pub(crate) async fn acquire(db: &DatabaseConnection) -> Option<Result<Link, DbErr>> {
         use sea_orm::DatabaseConnectionType as Type;
+        #[cfg(feature = "postgres")]
+        let persistent = match &db.inner {
+            Type::SqlxPostgresPoolConnection(_) => {
+                statement_cache_on(db.get_postgres_connection_pool())
+            }
+            _ => true,
+        };
+        #[cfg(not(feature = "postgres"))]
+        let persistent = true;
         let conn = match &db.inner {
             #[cfg(feature = "postgres")]
             Type::SqlxPostgresPoolConnection(_) => db
@@ -170,12 +207,16 @@ impl Link {
         };
         #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
         return Some(
-            conn.map(|conn| Link::new(conn, db.get_database_backend()))
-                .map_err(acquire_err),
+            conn.map(|conn| {
+                let mut link = Link::new(conn, db.get_database_backend());
+                link.persistent = persistent;
+                link
+            })
+            .map_err(acquire_err),
         );
         #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
         {
-            let _ = conn;
+            let _ = (conn, persistent);
             None
         }
     }
@@ -196,6 +237,7 @@ impl Link {
             open: false,
             owed: false,
             untrusted: false,
+            persistent: true,
         }
     }
 
@@ -244,9 +286,10 @@ impl Link {
 
     /// Sends a prepared statement.
     pub(crate) async fn execute(&mut self, stmt: &Statement) -> Result<ExecResult, DbErr> {
+        let persistent = self.persistent;
         send!(self, conn => {
             dispatch!(conn,
-                c => query(stmt).execute(&mut **c).await.map(Into::into).map_err(exec_err),
+                c => query(stmt, persistent).execute(&mut **c).await.map(Into::into).map_err(exec_err),
                 t => sea_orm::ConnectionTrait::execute_raw(t, stmt.clone()).await)
         })
     }
@@ -302,9 +345,10 @@ impl Link {
         &mut self,
         stmt: &Statement,
     ) -> Result<Option<QueryResult>, DbErr> {
+        let persistent = self.persistent;
         send!(self, conn => {
             dispatch!(conn,
-                c => match query(stmt).fetch_optional(&mut **c).await {
+                c => match query(stmt, persistent).fetch_optional(&mut **c).await {
                     Ok(row) => Ok(row.map(Into::into)),
                     Err(err) => Err(query_err(err)),
                 },
@@ -314,9 +358,10 @@ impl Link {
 
     /// Sends a query and reads all its rows.
     pub(crate) async fn query_all(&mut self, stmt: &Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let persistent = self.persistent;
         send!(self, conn => {
             dispatch!(conn,
-                c => match query(stmt).fetch_all(&mut **c).await {
+                c => match query(stmt, persistent).fetch_all(&mut **c).await {
                     Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
                     Err(err) => Err(query_err(err)),
                 },
@@ -382,6 +427,7 @@ impl Link {
             let _ = rows.send(Err(err)).await;
             return;
         }
+        let persistent = self.persistent;
         let Some(conn) = self.conn.as_mut() else {
             let _ = rows.send(Err(crate::error::link_gone())).await;
             return;
@@ -389,7 +435,7 @@ impl Link {
         self.owed = true;
         dispatch!(conn,
         c => {
-            let mut stream = query(stmt).fetch(&mut **c);
+            let mut stream = query(stmt, persistent).fetch(&mut **c);
             while let Some(row) = stream.next().await {
                 let row = row.map(Into::into).map_err(query_err);
                 if rows.send(row).await.is_err() {
