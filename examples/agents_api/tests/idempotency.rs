@@ -332,3 +332,68 @@ async fn what_a_key_costs_per_request() {
         t.cleanup().await;
     }
 }
+
+/// Review findings: outside `TxLayer` the handler never runs (its writes would commit on
+/// their own); another caller's `Authorization` with the same key gets a 422, never the
+/// stored response; keys differing in case are two keys on every database.
+#[tokio::test]
+async fn misplaced_layers_other_callers_and_key_case() {
+    for t in api_db("idem_review").await {
+        let db = Db::new(t.db.clone(), None);
+        let wrong = routes()
+            .layer(TxLayer::new(db.clone()))
+            .layer(Idempotency::new(t.db.clone()))
+            .with_state(db.clone());
+        let answer = send(&wrong, Some("k-kim"), "kim").await;
+        assert_eq!(
+            answer.0,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{:?}",
+            t.backend
+        );
+        assert_eq!(
+            agents_named(&t, "kim").await,
+            0,
+            "{:?}: the handler did not run",
+            t.backend
+        );
+
+        let app = with_transactions(routes(), db);
+        let as_caller = |who: &'static str, key: &'static str, name: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = Request::builder()
+                    .method("POST")
+                    .uri("/agents")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::AUTHORIZATION, who)
+                    .header("idempotency-key", key)
+                    .body(Body::from(serde_json::json!({ "name": name }).to_string()))
+                    .unwrap();
+                app.oneshot(request).await.unwrap().status()
+            }
+        };
+        assert_eq!(
+            as_caller("Bearer alice", "k-shared", "lee").await,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            as_caller("Bearer mallory", "k-shared", "lee").await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{:?}",
+            t.backend
+        );
+        assert_eq!(
+            send(&app, Some("Key-ABC"), "max").await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            send(&app, Some("key-abc"), "ned").await.0,
+            StatusCode::CREATED,
+            "{:?}: another key",
+            t.backend
+        );
+        assert_eq!(agents_named(&t, "ned").await, 1, "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}

@@ -269,13 +269,27 @@ where
             ));
         }
     };
-    let fingerprint = fingerprint(&parts.method, &parts.uri, &body);
+    let Some(handle) = parts.extensions.get::<Handle>().cloned() else {
+        // Checked before the handler runs: outside TxLayer its writes would commit on their
+        // own, and no response could be stored with them.
+        return Ok(Error::new(
+            ErrorKind::Database,
+            "the Idempotency layer runs outside TxLayer: add `.layer(idempotency)` before \
+             `.layer(TxLayer::new(db))`, so that TxLayer wraps it",
+        )
+        .into_response());
+    };
+    let fingerprint = fingerprint(
+        &parts.method,
+        &parts.uri,
+        parts.headers.get(http::header::AUTHORIZATION),
+        &body,
+    );
     let claim = match claim(&config, &key, &fingerprint).await {
         Ok(Claimed::Run(claim)) => claim,
         Ok(Claimed::Answer(response)) => return Ok(response),
         Err(err) => return Ok(Error::from(err).into_response()),
     };
-    let handle = parts.extensions.get::<Handle>().cloned();
     let response = inner
         .call(Request::from_parts(parts, Body::from(body)))
         .await;
@@ -289,14 +303,6 @@ where
         // a retry runs the handler again.
         return Ok(response);
     }
-    let Some(handle) = handle else {
-        return Ok(Error::new(
-            ErrorKind::Database,
-            "the Idempotency layer runs outside TxLayer: add `.layer(idempotency)` before \
-             `.layer(TxLayer::new(db))`",
-        )
-        .into_response());
-    };
     // The claim is released as it drops, once the request's transaction has ended, only
     // if that transaction did not commit the response.
     Ok(store(&config, handle, &claim, response).await)
@@ -447,16 +453,26 @@ async fn store(
 }
 
 /// A fingerprint of the request: two FNV-1a hashes (64 bits each, different offsets) of
-/// its method, path and query, and body, with the body's length. Not a cryptographic
-/// hash: it tells a client's own requests apart, and a key is the client's.
-fn fingerprint(method: &Method, uri: &http::Uri, body: &[u8]) -> String {
+/// its method, path and query, `Authorization` header and body, with the body's length.
+/// Not a cryptographic hash: it tells a client's own requests apart. With the
+/// `Authorization` header in it, another caller who sends the same key gets a 422, never
+/// the stored response.
+fn fingerprint(
+    method: &Method,
+    uri: &http::Uri,
+    authorization: Option<&HeaderValue>,
+    body: &[u8],
+) -> String {
     let mut a: u64 = 0xcbf2_9ce4_8422_2325;
     let mut b: u64 = 0x6c62_272e_07bb_0142;
     let path = uri.path_and_query().map_or("", |p| p.as_str());
+    let caller = authorization.map_or(&b""[..], HeaderValue::as_bytes);
     for part in [
         method.as_str().as_bytes(),
         b"\n",
         path.as_bytes(),
+        b"\n",
+        caller,
         b"\n",
         body,
     ] {
@@ -475,18 +491,27 @@ mod tests {
     #[test]
     fn fingerprints_tell_requests_apart() {
         let uri: http::Uri = "/agents?x=1".parse().unwrap();
-        let one = fingerprint(&Method::POST, &uri, b"{\"name\":\"ada\"}");
-        assert_eq!(one, fingerprint(&Method::POST, &uri, b"{\"name\":\"ada\"}"));
-        assert_ne!(one, fingerprint(&Method::POST, &uri, b"{\"name\":\"bob\"}"));
+        let one = fingerprint(&Method::POST, &uri, None, b"{\"name\":\"ada\"}");
+        assert_eq!(
+            one,
+            fingerprint(&Method::POST, &uri, None, b"{\"name\":\"ada\"}")
+        );
         assert_ne!(
             one,
-            fingerprint(&Method::PATCH, &uri, b"{\"name\":\"ada\"}")
+            fingerprint(&Method::POST, &uri, None, b"{\"name\":\"bob\"}")
+        );
+        assert_ne!(
+            one,
+            fingerprint(&Method::PATCH, &uri, None, b"{\"name\":\"ada\"}")
         );
         let other: http::Uri = "/agents?x=2".parse().unwrap();
         assert_ne!(
             one,
-            fingerprint(&Method::POST, &other, b"{\"name\":\"ada\"}")
+            fingerprint(&Method::POST, &other, None, b"{\"name\":\"ada\"}")
         );
+        let alice = HeaderValue::from_static("Bearer alice");
+        let hers = fingerprint(&Method::POST, &uri, Some(&alice), b"{\"name\":\"ada\"}");
+        assert_ne!(one, hers);
         assert!(one.len() <= 64);
     }
 }

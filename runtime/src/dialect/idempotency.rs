@@ -21,9 +21,12 @@ pub(crate) fn create_table(backend: DbBackend) -> &'static str {
              headers TEXT NULL, \
              body BYTEA NULL)"
         }
+        // A binary collation: keys compare byte for byte, as on the other databases
+        // (the default collation would make `Key-ABC` and `key-abc` one key).
         DbBackend::MySql => {
             "CREATE TABLE IF NOT EXISTS safe_db_idempotency (\
-             idem_key VARCHAR(255) NOT NULL PRIMARY KEY, \
+             idem_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL \
+             PRIMARY KEY, \
              fingerprint VARCHAR(64) NOT NULL, \
              token VARCHAR(64) NOT NULL, \
              state SMALLINT NOT NULL, \
