@@ -192,6 +192,39 @@ async fn where_ran(tx: &Tx) -> Result<bool, Error> {
     in_recovery(tx).await
 }
 
+/// The pair of commands named by `first` and `second`, or `None` (the scenario skipped;
+/// under `CI=true` a missing one fails).
+fn commands(first: &str, second: &str) -> Option<(String, String)> {
+    let found = env(first).zip(env(second));
+    if found.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "CI=true but {first}/{second} are not set");
+        println!("{first}/{second} are not set: skipped");
+    }
+    found
+}
+
+fn run(cmd: &str) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd}");
+}
+
+/// Runs a command when dropped: what undoes a scenario's fault whatever the test does.
+struct Undo<'a>(&'a str);
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(self.0)
+            .status();
+    }
+}
+
 /// Where an operation ran, under a short deadline.
 #[safe_db_operation(read_only, timeout = "300ms", retries = 3)]
 async fn where_ran_in_time(tx: &Tx) -> Result<bool, Error> {
@@ -205,40 +238,15 @@ async fn a_hung_standby_is_routed_around_within_the_deadline(
     primary: &DatabaseConnection,
     standby: &DatabaseConnection,
 ) {
-    let (Some(pause), Some(cont)) = (
-        env("SAFE_DB_TEST_STANDBY_PAUSE"),
-        env("SAFE_DB_TEST_STANDBY_CONT"),
-    ) else {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "CI=true but SAFE_DB_TEST_STANDBY_PAUSE/CONT are not set"
-        );
-        println!("SAFE_DB_TEST_STANDBY_PAUSE/CONT are not set: skipped");
+    let Some((pause, cont)) = commands("SAFE_DB_TEST_STANDBY_PAUSE", "SAFE_DB_TEST_STANDBY_CONT")
+    else {
         return;
-    };
-    let run = |cmd: &str| {
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .unwrap();
-        assert!(status.success(), "{cmd}");
     };
     let db = Db::new(primary.clone(), Some(standby.clone()));
     assert!(where_ran(&db).await.unwrap(), "the standby serves at first");
     run(&pause);
     // Continued whatever happens below, for the tests after this one.
-    struct Cont<'a>(&'a str);
-    impl Drop for Cont<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let cont_guard = Cont(&cont);
+    let cont_guard = Undo(&cont);
     let mut slowest = Duration::ZERO;
     for n in 0..20 {
         let started = Instant::now();
@@ -347,40 +355,15 @@ async fn a_stopped_standby_is_skipped_and_used_again_once_back(
     primary: &DatabaseConnection,
     standby: &DatabaseConnection,
 ) {
-    let (Some(stop), Some(start)) = (
-        env("SAFE_DB_TEST_STANDBY_STOP"),
-        env("SAFE_DB_TEST_STANDBY_START"),
-    ) else {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "CI=true but SAFE_DB_TEST_STANDBY_STOP/START are not set"
-        );
-        println!("SAFE_DB_TEST_STANDBY_STOP/START are not set: skipped");
+    let Some((stop, start)) = commands("SAFE_DB_TEST_STANDBY_STOP", "SAFE_DB_TEST_STANDBY_START")
+    else {
         return;
-    };
-    let run = |cmd: &str| {
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .unwrap();
-        assert!(status.success(), "{cmd}");
     };
     let db = Db::new(primary.clone(), Some(standby.clone()));
     assert!(where_ran(&db).await.unwrap(), "the standby serves at first");
     run(&stop);
     // Started again whatever happens below, for the tests after this one.
-    struct Restart<'a>(&'a str);
-    impl Drop for Restart<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let restart = Restart(&start);
+    let restart = Undo(&start);
     let (captured, _guard) = capture::start();
     let started = Instant::now();
     let on_standby = where_ran(&db)

@@ -4,6 +4,7 @@
 
 mod callbacks;
 mod joined;
+mod name;
 mod retry;
 mod run;
 
@@ -19,6 +20,7 @@ use crate::observe::{self, End};
 use crate::{Begin, ErrorKind, Options, Tx};
 use callbacks::Callbacks;
 pub(crate) use joined::Joined;
+pub use name::OpName;
 use retry::Retry;
 pub use run::Run;
 #[cfg(feature = "axum")]
@@ -100,30 +102,6 @@ impl Entered<'_> {
             Entered::Own(tx) => tx,
             Entered::Joined(joined) => joined.tx,
         }
-    }
-}
-
-/// What an operation is called: its name (in spans and metrics) and its path
-/// (`module::function`, `Type::method`: what `safe_db::testing::Faults` targets).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub struct OpName {
-    name: &'static str,
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
-    path: &'static str,
-}
-
-impl OpName {
-    /// An annotated function's: `here` is the type name of an item declared in its body.
-    #[inline]
-    pub fn at(name: &'static str, here: &'static str) -> OpName {
-        OpName { name, path: here }
-    }
-
-    /// The closure form's: its path is its name.
-    #[inline]
-    pub const fn plain(name: &'static str) -> OpName {
-        OpName { name, path: name }
     }
 }
 
