@@ -88,6 +88,12 @@ pub enum Cause {
         /// `wsrep_local_state` (4 when `Synced`).
         state: String,
     },
+    /// A PostgreSQL node of a `Db` with failover that is a standby (in recovery): it takes
+    /// no writes until it is promoted.
+    NodeStandby {
+        /// Which node.
+        node: usize,
+    },
     /// The request whose transaction this is has ended (`safe_db::axum`).
     RequestEnded,
     /// An operation on a test's `Db` began inside another one that holds the test
@@ -165,6 +171,7 @@ impl Cause {
             Cause::ConnectionGone
             | Cause::NodeUnreachable { .. }
             | Cause::NodeUnfit { .. }
+            | Cause::NodeStandby { .. }
             | Cause::TestTurnWaited => ErrorKind::Unavailable,
             Cause::IdempotencyKeyContended => ErrorKind::SerializationFailure,
             Cause::TestSelfDeadlock { .. } => ErrorKind::PoolExhausted,
@@ -189,6 +196,7 @@ impl Cause {
             Cause::ConnectionGone
             | Cause::NodeUnreachable { .. }
             | Cause::NodeUnfit { .. }
+            | Cause::NodeStandby { .. }
             | Cause::TestTurnWaited => "08006", // connection_failure
             Cause::TreeBroken
             | Cause::Doomed { .. }
@@ -282,6 +290,11 @@ impl fmt::Display for Cause {
                 f,
                 "database node {node} is not fit to serve (wsrep_ready = {ready}, \
                  wsrep_local_state = {state}; Synced is 4)"
+            ),
+            Cause::NodeStandby { node } => write!(
+                f,
+                "database node {node} is a standby (in recovery): it takes writes only once \
+                 it is promoted"
             ),
             Cause::RequestEnded => f.write_str(
                 "the request's transaction was used after its request ended (a RequestTx \

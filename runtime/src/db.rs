@@ -48,8 +48,11 @@ impl Db {
         }
     }
 
-    /// More nodes that take writes besides the primary (a MariaDB Galera cluster's, say):
-    /// each operation begins on the next node in turn; one that cannot be reached is left
+    /// More nodes that may take writes besides the primary. On MariaDB Galera each
+    /// operation begins on the next node in turn, skipping nodes that are not `Synced`; on
+    /// PostgreSQL (the primary and its standbys) operations stay on the node that took the
+    /// last one, and a standby is used only once it is promoted (as libpq's
+    /// `target_session_attrs=read-write` finds it). A node that cannot be reached is left
     /// aside for 2 s and the next is tried, and an operation with `retries` whose
     /// connection is lost before its COMMIT is re-run on another node. A COMMIT whose
     /// answer is lost fails with [`ErrorKind::CommitUnknown`](crate::ErrorKind::CommitUnknown),

@@ -1,8 +1,9 @@
-//! A `Db` over several nodes that all take writes (a MariaDB Galera cluster): each
-//! operation begins on the next node in turn that is not known to be down; a node that
-//! cannot be reached, does not answer in time, or (Galera) is not `Synced` and ready is
-//! left aside for a while and used again after. See
-//! [`Db::with_failover`](crate::Db::with_failover).
+//! A `Db` over several nodes that may take writes: a MariaDB Galera cluster's, where each
+//! operation begins on the next node in turn, or a PostgreSQL primary and its standbys,
+//! where operations stay on the node that last took one and move on only when it fails
+//! (libpq's `target_session_attrs=read-write`). A node that cannot be reached, does not
+//! answer in time, is a standby (PostgreSQL) or is not `Synced` and ready (Galera) is left
+//! aside for a while and asked again after. See [`Db::with_failover`](crate::Db::with_failover).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,12 @@ const BEGIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a Galera node found `Synced` and ready is taken as such before it is asked
 /// again (one round trip, inside the transaction begun on it).
 const HEALTHY_FOR: Duration = Duration::from_secs(1);
+/// While no node can take a transaction, how long [`Nodes::begin`] waits before it asks
+/// them all again.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+/// How long [`Nodes::begin`] waits for a node that can take a transaction when the
+/// operation has no deadline (a failover under way, say).
+const WAIT_FOR_A_NODE: Duration = Duration::from_secs(5);
 
 /// The nodes of a `Db` with failover; the first is its primary pool.
 #[derive(Debug)]
@@ -31,6 +38,9 @@ pub(crate) struct Nodes {
     down: Vec<Quarantine>,
     healthy_until: Vec<Mutex<Option<Instant>>>,
     next: AtomicUsize,
+    /// PostgreSQL: one primary at a time, so operations stay on the node that took the
+    /// last one (writes spread over two promoted servers would diverge).
+    sticky: bool,
 }
 
 impl Nodes {
@@ -39,11 +49,15 @@ impl Nodes {
             .map(|node| Quarantine::new(Node::Writer(node)))
             .collect();
         let healthy_until = pools.iter().map(|_| Mutex::new(None)).collect();
+        let sticky = pools
+            .first()
+            .is_some_and(|pool| pool.get_database_backend() == sea_orm::DbBackend::Postgres);
         Nodes {
             pools,
             down,
             healthy_until,
             next: AtomicUsize::new(0),
+            sticky,
         }
     }
 
@@ -67,15 +81,43 @@ impl Nodes {
     }
 
     /// Begins on the next node in turn that is not known to be down (all of them, if every
-    /// one is), trying the others when one cannot be reached.
+    /// one is), trying the others when one cannot be reached. While no node can take it
+    /// (a failover under way: the primary gone, its standby not promoted yet), it asks
+    /// again every [`ROUND_PAUSE`] until the deadline, or for [`WAIT_FOR_A_NODE`] without
+    /// one.
     pub(crate) async fn begin(
         &self,
         db: &Db,
         options: &Options,
         deadline: Option<Instant>,
     ) -> Result<Tx, DbErr> {
+        let until = deadline.unwrap_or_else(|| Instant::now() + WAIT_FOR_A_NODE);
+        loop {
+            let err = match self.begin_round(db, options, deadline).await {
+                Ok(tx) => return Ok(tx),
+                Err(err) if ErrorKind::of(&err) == ErrorKind::Unavailable => err,
+                Err(err) => return Err(err),
+            };
+            if Instant::now() + ROUND_PAUSE >= until {
+                return Err(err);
+            }
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+    }
+
+    /// One round of [`Nodes::begin`]: each candidate node once.
+    async fn begin_round(
+        &self,
+        db: &Db,
+        options: &Options,
+        deadline: Option<Instant>,
+    ) -> Result<Tx, DbErr> {
         let n = self.pools.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = if self.sticky {
+            self.next.load(Ordering::Relaxed) % n
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
         let order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
         let up: Vec<usize> = order
             .iter()
@@ -93,6 +135,9 @@ impl Nodes {
             .await;
             let err = match begun {
                 Ok(Ok(mut tx)) => {
+                    if self.sticky {
+                        self.next.store(node, Ordering::Relaxed);
+                    }
                     tx.set_node(node);
                     return Ok(tx);
                 }
@@ -123,23 +168,37 @@ impl Nodes {
 
     /// The transaction `tx` just begun on `node`, if the node is fit to serve: a Galera
     /// node that is not `Synced` with `wsrep_ready = ON` (a donor, a joiner, a node cut off
-    /// from the primary component) is not, as ProxySQL and MaxScale judge it. Asked once
-    /// per [`HEALTHY_FOR`] per node; a server without Galera is fit.
+    /// from the primary component) is not, as ProxySQL and MaxScale judge it; nor is a
+    /// PostgreSQL standby (in recovery), as libpq's `target_session_attrs=read-write`
+    /// judges it. Asked once per [`HEALTHY_FOR`] per node; a server without Galera is fit.
     async fn check_health(&self, node: usize, tx: Tx) -> Result<Tx, DbErr> {
         use sea_orm::ConnectionTrait;
         let fresh = self.healthy_until[node]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|until| Instant::now() < until);
-        if fresh || tx.get_database_backend() != sea_orm::DbBackend::MySql {
-            return Ok(tx);
-        }
+        let sql = match tx.get_database_backend() {
+            _ if fresh => return Ok(tx),
+            sea_orm::DbBackend::MySql => crate::dialect::GALERA_HEALTH,
+            sea_orm::DbBackend::Postgres => crate::dialect::PG_IN_RECOVERY,
+            _ => return Ok(tx),
+        };
+        let backend = tx.get_database_backend();
         let row = tx
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::MySql,
-                crate::dialect::GALERA_HEALTH,
-            ))
+            .query_one_raw(sea_orm::Statement::from_string(backend, sql))
             .await?;
+        if backend == sea_orm::DbBackend::Postgres {
+            let standby = row
+                .as_ref()
+                .and_then(|r| r.try_get_by_index::<bool>(0).ok())
+                .unwrap_or(true);
+            if !standby {
+                self.healthy(node);
+                return Ok(tx);
+            }
+            let _ = tx.rollback().await;
+            return Err(crate::cause::raise(crate::Cause::NodeStandby { node }));
+        }
         let state = |i| {
             row.as_ref()
                 .and_then(|r| r.try_get_by_index::<Option<String>>(i).ok().flatten())
@@ -152,9 +211,7 @@ impl Nodes {
             _ => false,
         };
         if fit {
-            *self.healthy_until[node]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + HEALTHY_FOR);
+            self.healthy(node);
             return Ok(tx);
         }
         let _ = tx.rollback().await;
@@ -163,5 +220,12 @@ impl Nodes {
             ready.as_deref().unwrap_or("?"),
             local_state.as_deref().unwrap_or("?"),
         ))
+    }
+
+    /// Node `node` was found fit: not asked again for [`HEALTHY_FOR`].
+    fn healthy(&self, node: usize) {
+        *self.healthy_until[node]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + HEALTHY_FOR);
     }
 }

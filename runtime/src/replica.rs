@@ -118,7 +118,7 @@ impl Replica {
                 NOTE_TIMEOUT,
                 primary.query_one_raw(Statement::from_string(
                     DbBackend::Postgres,
-                    "SELECT pg_current_wal_insert_lsn()::text",
+                    crate::dialect::PRIMARY_WAL_POSITION,
                 )),
             )
             .await;
@@ -263,9 +263,7 @@ impl Replica {
             .pool
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
-                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
-                 pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), \
-                 CAST(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS BIGINT)",
+                crate::dialect::REPLICA_STATE,
             ))
             .await?;
         let Some(row) = row else {

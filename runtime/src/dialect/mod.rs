@@ -194,6 +194,20 @@ pub(crate) fn max_statement_time(left: Option<Duration>) -> String {
 /// fails, and the transaction is taken as ended.
 pub(crate) const IN_TRANSACTION: &str = "SELECT CAST(@@in_transaction AS SIGNED)";
 
+/// PostgreSQL: whether a node is a standby (in recovery), as libpq's
+/// `target_session_attrs=read-write` asks before it takes a server.
+pub(crate) const PG_IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
+
+/// PostgreSQL: the primary's WAL position after a commit (read-your-writes on a standby).
+pub(crate) const PRIMARY_WAL_POSITION: &str = "SELECT pg_current_wal_insert_lsn()::text";
+
+/// PostgreSQL: a read replica's state: in recovery, its replay position, whether it has
+/// received WAL it has not replayed, and the age in milliseconds of its last replayed
+/// transaction.
+pub(crate) const REPLICA_STATE: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
+     pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), \
+     CAST(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS BIGINT)";
+
 /// MariaDB Galera: whether a node is ready (`wsrep_ready`, `ON`) and `Synced`
 /// (`wsrep_local_state`, 4). Both NULL on a server without Galera.
 pub(crate) const GALERA_HEALTH: &str = "SELECT \

@@ -1,0 +1,317 @@
+//! PostgreSQL failover: a `Db` over a primary and its synchronous hot standby
+//! (`.ci/clusters/pg-failover.sh`, started by `.ci/run`). Six writers make transfers; the
+//! primary crashes (`pg_ctl -m immediate`) mid-run and, a second later, the standby is
+//! promoted. Operations wait for a node that takes writes (the standby is refused while it
+//! is in recovery, as libpq's `target_session_attrs=read-write` does) and move to the new
+//! primary within their deadline; only COMMITs in flight at the crash may be
+//! `CommitUnknown`. Afterwards the new primary holds every `Ok` transfer exactly once, none
+//! reported as failed, the total, and no negative balance.
+//!
+//! `SAFE_DB_TEST_PG_FAILOVER_URLS` (the primary's URL, then the standby's),
+//! `SAFE_DB_TEST_PG_FAILOVER_CRASH` and `SAFE_DB_TEST_PG_FAILOVER_PROMOTE` (commands).
+//! Unset, the test is skipped with one line, unless `CI=true`. Promotion cannot be undone:
+//! each run needs a fresh pair.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
+use safe_db_test_support::{exec, pool_options};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+
+const ACCOUNTS: i32 = 10;
+const OPENING: i64 = 1_000;
+const DEADLINE: Duration = Duration::from_secs(5);
+
+struct Pair {
+    urls: Vec<String>,
+    crash: String,
+    promote: String,
+}
+
+fn pair() -> Option<Pair> {
+    let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    match (
+        var("SAFE_DB_TEST_PG_FAILOVER_URLS"),
+        var("SAFE_DB_TEST_PG_FAILOVER_CRASH"),
+        var("SAFE_DB_TEST_PG_FAILOVER_PROMOTE"),
+    ) {
+        (Some(urls), Some(crash), Some(promote)) => Some(Pair {
+            urls: urls.split(',').map(|s| s.trim().to_owned()).collect(),
+            crash,
+            promote,
+        }),
+        _ => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "CI=true but SAFE_DB_TEST_PG_FAILOVER_URLS/CRASH/PROMOTE are not set"
+            );
+            println!("SAFE_DB_TEST_PG_FAILOVER_URLS/CRASH/PROMOTE are not set: skipped");
+            None
+        }
+    }
+}
+
+fn run(command: &str) {
+    let status = std::process::Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
+    assert!(status.success(), "{command}: {status}");
+}
+
+/// A transfer as a production user bounds it: a deadline, a few retries.
+#[safe_db_operation(retries = 5, timeout = "5s")]
+async fn transfer(tx: &Tx, tid: &str, from: i32, to: i32, amount: i64) -> Result<bool, Error> {
+    let debited = tx
+        .execute_unprepared(&format!(
+            "UPDATE fo_accounts SET balance = balance - {amount} \
+             WHERE id = {from} AND balance >= {amount}"
+        ))
+        .await?
+        .rows_affected();
+    if debited == 0 {
+        return Ok(false);
+    }
+    tx.execute_unprepared(&format!(
+        "UPDATE fo_accounts SET balance = balance + {amount} WHERE id = {to}"
+    ))
+    .await?;
+    tx.execute_unprepared(&format!(
+        "INSERT INTO fo_transfers (tid, from_id, to_id, amount) \
+         VALUES ('{tid}', {from}, {to}, {amount})"
+    ))
+    .await?;
+    Ok(true)
+}
+
+/// Which server the transaction runs on: its port.
+#[safe_db_operation]
+async fn port(tx: &Tx) -> Result<i32, Error> {
+    let row = tx
+        .query_one_raw(Statement::from_string(
+            tx.get_database_backend(),
+            "SELECT current_setting('port')::int",
+        ))
+        .await?
+        .expect("a row");
+    Ok(row.try_get_by_index(0)?)
+}
+
+async fn open_bank(db: &DatabaseConnection) {
+    exec(db, "DROP TABLE IF EXISTS fo_transfers, fo_accounts").await;
+    exec(
+        db,
+        "CREATE TABLE fo_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
+    )
+    .await;
+    exec(
+        db,
+        "CREATE TABLE fo_transfers (tid TEXT PRIMARY KEY, from_id INT NOT NULL, \
+         to_id INT NOT NULL, amount BIGINT NOT NULL)",
+    )
+    .await;
+    let values: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!("({id}, {OPENING})"))
+        .collect();
+    exec(
+        db,
+        &format!(
+            "INSERT INTO fo_accounts (id, balance) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+}
+
+/// A pseudo-random sequence per writer.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
+    let Some(pair) = pair() else {
+        return;
+    };
+    let setup = Database::connect(pool_options(&pair.urls[0], 1))
+        .await
+        .unwrap();
+    open_bank(&setup).await;
+    setup.close().await.unwrap();
+    let mut pools = Vec::new();
+    for url in &pair.urls {
+        let mut options = pool_options(url, 6);
+        options
+            .connect_lazy(true)
+            .connect_timeout(Duration::from_millis(500));
+        pools.push(Database::connect(options).await.unwrap());
+    }
+    let db = safe_db::Db::new(pools[0].clone(), None).with_failover(pools[1..].to_vec());
+    let primary_port = port(&db).await.unwrap();
+
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let db = db.clone();
+        writers.push(tokio::spawn(async move {
+            let mut seed = w * 104_729 + 7;
+            let (mut committed, mut unknown, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+            let mut slowest = Duration::ZERO;
+            for i in 0..40 {
+                let from = (next(&mut seed) % ACCOUNTS as u64) as i32 + 1;
+                let to = (from % ACCOUNTS) + 1;
+                let amount = (next(&mut seed) % 50) as i64 + 1;
+                let tid = format!("{w}-{i}");
+                let started = Instant::now();
+                let outcome = transfer(&db, &tid, from, to, amount).await;
+                slowest = slowest.max(started.elapsed());
+                match outcome {
+                    Ok(true) => committed.push(tid),
+                    Ok(false) => {}
+                    Err(err) if err.kind() == ErrorKind::CommitUnknown => unknown.push(tid),
+                    Err(err) => failed.push((tid, err.kind(), err.to_string())),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (committed, unknown, failed, slowest)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crash = pair.crash.clone();
+    tokio::task::spawn_blocking(move || run(&crash))
+        .await
+        .unwrap();
+    let crashed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let promote = pair.promote.clone();
+    tokio::task::spawn_blocking(move || run(&promote))
+        .await
+        .unwrap();
+    let promoted = crashed.elapsed();
+
+    let (mut committed, mut unknown, mut failed) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+    let mut slowest = Duration::ZERO;
+    for writer in writers {
+        let (c, u, f, s) = writer.await.expect("a writer");
+        committed.extend(c);
+        unknown.extend(u);
+        failed.extend(f);
+        slowest = slowest.max(s);
+    }
+    println!(
+        "PostgreSQL failover (promoted {promoted:?} after the crash): {} committed, {} \
+         unknown, {} failed {:?}, slowest call {slowest:?} against a {DEADLINE:?} deadline",
+        committed.len(),
+        unknown.len(),
+        failed.len(),
+        failed.iter().map(|(_, kind, _)| *kind).collect::<Vec<_>>()
+    );
+    assert!(
+        failed.is_empty(),
+        "operations failed although the standby was promoted within their deadline: \
+         {failed:?}"
+    );
+    assert!(
+        slowest <= DEADLINE + Duration::from_millis(250),
+        "a call took {slowest:?} against a {DEADLINE:?} deadline"
+    );
+    assert!(
+        committed.len() >= 200,
+        "only {} transfers committed",
+        committed.len()
+    );
+
+    // The new primary: every Ok transfer once, nothing else but unknown ones, the total.
+    let new_primary = Database::connect(pool_options(&pair.urls[1], 1))
+        .await
+        .unwrap();
+    let in_recovery = new_primary
+        .query_one_raw(Statement::from_string(
+            new_primary.get_database_backend(),
+            "SELECT pg_is_in_recovery()",
+        ))
+        .await
+        .unwrap()
+        .expect("a row")
+        .try_get_by_index::<bool>(0)
+        .unwrap();
+    assert!(!in_recovery, "the standby was not promoted");
+    let backend = new_primary.get_database_backend();
+    let balances: Vec<i64> = new_primary
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT balance FROM fo_accounts ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
+        .collect();
+    assert_eq!(balances.iter().sum::<i64>(), i64::from(ACCOUNTS) * OPENING);
+    assert!(balances.iter().all(|b| *b >= 0), "a negative balance");
+    let logged: BTreeSet<String> = new_primary
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT tid FROM fo_transfers",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).unwrap())
+        .collect();
+    let missing: Vec<_> = committed.difference(&logged).collect();
+    assert!(
+        missing.is_empty(),
+        "transfers answered Ok are missing on the new primary: {missing:?}"
+    );
+    let extra: BTreeSet<_> = logged.difference(&committed).cloned().collect();
+    assert!(
+        extra.is_subset(&unknown),
+        "logged but never reported as committed or unknown: {extra:?}"
+    );
+    // The transfers reconcile with the balances: replaying the log gives them.
+    let mut replayed = vec![OPENING; ACCOUNTS as usize];
+    for row in new_primary
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT from_id, to_id, amount FROM fo_transfers",
+        ))
+        .await
+        .unwrap()
+    {
+        let (from, to, amount): (i32, i32, i64) = (
+            row.try_get_by_index(0).unwrap(),
+            row.try_get_by_index(1).unwrap(),
+            row.try_get_by_index(2).unwrap(),
+        );
+        replayed[from as usize - 1] -= amount;
+        replayed[to as usize - 1] += amount;
+    }
+    assert_eq!(
+        replayed, balances,
+        "the log does not replay to the balances"
+    );
+
+    // Recovery: the Db serves on the new primary.
+    let now_on = port(&db).await.unwrap();
+    assert_ne!(now_on, primary_port, "still on the crashed primary's port?");
+    assert!(transfer(&db, "after", 1, 2, 1).await.unwrap());
+    let after = new_primary
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT count(*) FROM fo_transfers WHERE tid = 'after'",
+        ))
+        .await
+        .unwrap()
+        .expect("a row")
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(
+        after, 1,
+        "the transfer after the failover is not on the new primary"
+    );
+}
