@@ -252,35 +252,17 @@ impl Failure {
     /// What the server is sent instead of the statement, so that it answers with the
     /// real error (and PostgreSQL aborts the transaction as it would).
     fn sql(self, backend: DbBackend) -> Option<String> {
-        let message = format!("safe-db testing: injected {self:?}");
-        match backend {
-            DbBackend::Postgres => Some(match self {
-                Failure::LostConnection => "SELECT pg_terminate_backend(pg_backend_pid())".into(),
-                _ => {
-                    let code = self.sqlstate();
-                    format!(
-                        "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = \
-                         '{message}'; END$$"
-                    )
-                }
-            }),
-            DbBackend::MySql => Some(match self {
-                Failure::LostConnection => "KILL CONNECTION_ID()".into(),
-                _ => {
-                    let (state, number) = match self {
-                        Failure::SerializationFailure => ("40001", 1020),
-                        Failure::Deadlock => ("40001", 1213),
-                        Failure::Timeout => ("70100", 1969),
-                        _ => ("23000", 1062),
-                    };
-                    format!(
-                        "SIGNAL SQLSTATE '{state}' SET MYSQL_ERRNO = {number}, MESSAGE_TEXT = \
-                         '{message}'"
-                    )
-                }
-            }),
-            _ => None,
+        if self == Failure::LostConnection {
+            return crate::dialect::testing::end_own_session(backend).map(str::to_owned);
         }
+        let message = format!("safe-db testing: injected {self:?}");
+        let mysql = match self {
+            Failure::SerializationFailure => ("40001", 1020),
+            Failure::Deadlock => ("40001", 1213),
+            Failure::Timeout => ("70100", 1969),
+            _ => ("23000", 1062),
+        };
+        crate::dialect::testing::raise_error(backend, self.sqlstate(), mysql, &message)
     }
 
     /// The error itself, where no server can be asked for it (SQLite).

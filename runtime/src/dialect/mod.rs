@@ -1,4 +1,5 @@
-//! Every SQL string safe-db writes itself, per database: the BEGIN with its settings, the
+//! Every SQL string safe-db writes itself, per database (the outbox's, the idempotency
+//! keys' and the testing kit's in rooms of their own here): the BEGIN with its settings, the
 //! savepoints, the COMMIT and ROLLBACK, the server-side statement bounds, and the one
 //! question it asks MySQL/MariaDB. (What safe-db *reads* of the caller's SQL, to refuse a
 //! statement, is `sql/`'s business; safe-db never rewrites the caller's SQL.)
@@ -13,6 +14,8 @@
 pub(crate) mod idempotency;
 #[cfg(feature = "outbox")]
 pub(crate) mod outbox;
+#[cfg(feature = "testing")]
+pub(crate) mod testing;
 
 use std::fmt::Write;
 use std::time::Duration;

@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 
 use super::attr::{Plan, TestBackend};
 use super::template::on_server;
 use crate::db_url::DbUrl;
+use crate::dialect::testing as dialect;
 
 /// The prefix of every database the kit creates for one test.
 const PREFIX: &str = "safe_db_t_";
@@ -81,7 +82,7 @@ impl Place {
                 let admin = parse(url, backend)?;
                 sweep_once(&admin, url).await?;
                 let name = own_name(PREFIX);
-                on_server(&admin, &[&format!("CREATE DATABASE {name}")])
+                on_server(&admin, &[&dialect::create_database(&name)])
                     .await
                     .map_err(shown)?;
                 let pool = connect(&admin.with_database(&name)).await?;
@@ -136,11 +137,7 @@ fn remove_sqlite(file: &std::path::Path) {
 }
 
 fn drop_sql(admin: &DbUrl, name: &str) -> String {
-    if admin.scheme() == "postgres" {
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    } else {
-        format!("DROP DATABASE IF EXISTS {name}")
-    }
+    dialect::drop_database(admin.scheme() == "postgres", name)
 }
 
 /// Runs the plan's set-up on a shared database once per process, under a lock held on
@@ -161,17 +158,7 @@ async fn set_up_shared(
     if done.iter().any(|(u, n)| u == url && *n == name) {
         return Ok(());
     }
-    let (lock, unlock) = if admin.scheme() == "postgres" {
-        (
-            "SELECT pg_advisory_lock(7243014017)",
-            "SELECT pg_advisory_unlock(7243014017)",
-        )
-    } else {
-        (
-            "SELECT GET_LOCK('safe_db_test_setup', 600)",
-            "SELECT RELEASE_LOCK('safe_db_test_setup')",
-        )
-    };
+    let (lock, unlock) = dialect::setup_lock(admin.scheme() == "postgres");
     let mut options = admin.connect_options();
     options.max_connections(1).sqlx_logging(false);
     let locker = Database::connect(options).await.map_err(shown)?;
@@ -218,14 +205,7 @@ fn alive(pid: u32) -> Option<bool> {
 /// Drops the databases named `{prefix}{this host}_{pid}_{n}` whose process is gone: copies
 /// a killed run left behind. Never a database of another pattern, host or live process.
 pub(crate) async fn sweep(admin: &DbUrl, prefix: &str) -> Result<u32, String> {
-    let (backend, list) = if admin.scheme() == "postgres" {
-        (DbBackend::Postgres, "SELECT datname FROM pg_database")
-    } else {
-        (
-            DbBackend::MySql,
-            "SELECT schema_name FROM information_schema.schemata",
-        )
-    };
+    let (backend, list) = dialect::list_databases(admin.scheme() == "postgres");
     let mut options = admin.connect_options();
     options.max_connections(1).sqlx_logging(false);
     let conn = Database::connect(options).await.map_err(shown)?;

@@ -11,6 +11,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, S
 
 use super::place::{own_name, sweep};
 use crate::db_url::DbUrl;
+use crate::dialect::testing as dialect;
 
 /// The comment a template carries: what marks a database as one safe-db made (and may
 /// drop), and the run it was prepared for.
@@ -119,9 +120,7 @@ impl Template {
         let mut options = admin.connect_options();
         options.max_connections(1).sqlx_logging(false);
         let locker = Database::connect(options).await?;
-        locker
-            .execute_unprepared("SELECT pg_advisory_lock(7243014018)")
-            .await?;
+        locker.execute_unprepared(dialect::TEMPLATE_LOCK).await?;
         let made = Template::make(&admin, &locker, name, migrate).await;
         let _ = locker.close().await;
         made?;
@@ -157,11 +156,7 @@ impl Template {
             }
             Some(Some(mark)) if ready.as_ref() == Some(&mark) => return Ok(()),
             Some(Some(_)) => {
-                on_server(
-                    admin,
-                    &[&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")],
-                )
-                .await?;
+                on_server(admin, &[&dialect::drop_database(true, name)]).await?;
             }
             None => {}
         }
@@ -173,8 +168,8 @@ impl Template {
         on_server(
             admin,
             &[
-                &format!("CREATE DATABASE {name}"),
-                &format!("COMMENT ON DATABASE {name} IS '{mark}'"),
+                &dialect::create_database(name),
+                &dialect::comment_on_database(name, &mark),
             ],
         )
         .await?;
@@ -194,7 +189,7 @@ impl Template {
         let _ = conn.close().await;
         match mark? {
             Some(Some(mark)) if mark.starts_with(MARK) => {
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+                let sql = dialect::drop_database(true, &self.name);
                 on_server(&self.admin, &[&sql]).await
             }
             _ => Ok(()),
@@ -204,7 +199,7 @@ impl Template {
     /// A fresh copy of the template, for one test.
     pub async fn create(&self) -> Result<TestDatabase, DbErr> {
         let name = own_name(&format!("{}_", self.name));
-        let create = format!("CREATE DATABASE {name} TEMPLATE {}", self.name);
+        let create = dialect::create_database_from(&name, &self.name);
         on_server(&self.admin, &[&create]).await?;
         let db = Database::connect(self.admin.with_database(&name).connect_options()).await?;
         Ok(TestDatabase {
@@ -219,7 +214,7 @@ impl TestDatabase {
     /// Drops the database, ending its sessions (`WITH (FORCE)`: connections still checked
     /// out of the pool do not hold it up), then lets the pool go.
     pub async fn drop_database(self) -> Result<(), DbErr> {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let sql = dialect::drop_database(true, &self.name);
         let dropped = on_server(&self.admin, &[&sql]).await;
         drop(self.db);
         dropped
@@ -229,8 +224,11 @@ impl TestDatabase {
 /// The comment on database `name`: `None` if there is no such database, `Some(None)` if
 /// it has none.
 async fn comment(conn: &DatabaseConnection, name: &str) -> Result<Option<Option<String>>, DbErr> {
-    let sql = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1";
-    let stmt = Statement::from_sql_and_values(DbBackend::Postgres, sql, [name.into()]);
+    let stmt = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        dialect::DATABASE_COMMENT,
+        [name.into()],
+    );
     let Some(row) = conn.query_one_raw(stmt).await? else {
         return Ok(None);
     };
