@@ -12,15 +12,15 @@
 //! Unset, the test is skipped with one line, unless `CI=true`. Promotion cannot be undone:
 //! each run needs a fresh pair.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_test_support::{exec, pool_options};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use safe_db::{Error, Tx, safe_db_operation};
+use safe_db_test_support::ledger::{self, ACCOUNTS, Held, Told, next};
+use safe_db_test_support::pool_options;
+use sea_orm::{ConnectionTrait, Database, Statement};
 
-const ACCOUNTS: i32 = 10;
-const OPENING: i64 = 1_000;
+/// The bank's tables' prefix.
+const T: &str = "fo_";
 const DEADLINE: Duration = Duration::from_secs(5);
 
 struct Pair {
@@ -64,26 +64,7 @@ fn run(command: &str) {
 /// A transfer as a production user bounds it: a deadline, a few retries.
 #[safe_db_operation(retries = 5, timeout = "5s")]
 async fn transfer(tx: &Tx, tid: &str, from: i32, to: i32, amount: i64) -> Result<bool, Error> {
-    let debited = tx
-        .execute_unprepared(&format!(
-            "UPDATE fo_accounts SET balance = balance - {amount} \
-             WHERE id = {from} AND balance >= {amount}"
-        ))
-        .await?
-        .rows_affected();
-    if debited == 0 {
-        return Ok(false);
-    }
-    tx.execute_unprepared(&format!(
-        "UPDATE fo_accounts SET balance = balance + {amount} WHERE id = {to}"
-    ))
-    .await?;
-    tx.execute_unprepared(&format!(
-        "INSERT INTO fo_transfers (tid, from_id, to_id, amount) \
-         VALUES ('{tid}', {from}, {to}, {amount})"
-    ))
-    .await?;
-    Ok(true)
+    Ok(ledger::move_money(tx, T, tid, from, to, amount).await?)
 }
 
 /// Which server the transaction runs on: its port.
@@ -99,40 +80,6 @@ async fn port(tx: &Tx) -> Result<i32, Error> {
     Ok(row.try_get_by_index(0)?)
 }
 
-async fn open_bank(db: &DatabaseConnection) {
-    exec(db, "DROP TABLE IF EXISTS fo_transfers, fo_accounts").await;
-    exec(
-        db,
-        "CREATE TABLE fo_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
-    )
-    .await;
-    exec(
-        db,
-        "CREATE TABLE fo_transfers (tid TEXT PRIMARY KEY, from_id INT NOT NULL, \
-         to_id INT NOT NULL, amount BIGINT NOT NULL)",
-    )
-    .await;
-    let values: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!("({id}, {OPENING})"))
-        .collect();
-    exec(
-        db,
-        &format!(
-            "INSERT INTO fo_accounts (id, balance) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
-}
-
-/// A pseudo-random sequence per writer.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
     let Some(pair) = pair() else {
@@ -141,7 +88,7 @@ async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
     let setup = Database::connect(pool_options(&pair.urls[0], 1))
         .await
         .unwrap();
-    open_bank(&setup).await;
+    ledger::open(&setup, T).await;
     setup.close().await.unwrap();
     let mut pools = Vec::new();
     for url in &pair.urls {
@@ -159,8 +106,7 @@ async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
         let db = db.clone();
         writers.push(tokio::spawn(async move {
             let mut seed = w * 104_729 + 7;
-            let (mut committed, mut unknown, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-            let mut slowest = Duration::ZERO;
+            let mut told = Told::default();
             for i in 0..40 {
                 let from = (next(&mut seed) % ACCOUNTS as u64) as i32 + 1;
                 let to = (from % ACCOUNTS) + 1;
@@ -168,16 +114,10 @@ async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
                 let tid = format!("{w}-{i}");
                 let started = Instant::now();
                 let outcome = transfer(&db, &tid, from, to, amount).await;
-                slowest = slowest.max(started.elapsed());
-                match outcome {
-                    Ok(true) => committed.push(tid),
-                    Ok(false) => {}
-                    Err(err) if err.kind() == ErrorKind::CommitUnknown => unknown.push(tid),
-                    Err(err) => failed.push((tid, err.kind(), err.to_string())),
-                }
+                told.note(&tid, outcome, started.elapsed());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (committed, unknown, failed, slowest)
+            told
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -193,36 +133,29 @@ async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
         .unwrap();
     let promoted = crashed.elapsed();
 
-    let (mut committed, mut unknown, mut failed) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
-    let mut slowest = Duration::ZERO;
+    let mut told = Told::default();
     for writer in writers {
-        let (c, u, f, s) = writer.await.expect("a writer");
-        committed.extend(c);
-        unknown.extend(u);
-        failed.extend(f);
-        slowest = slowest.max(s);
+        told.merge(writer.await.expect("a writer"));
     }
     println!(
-        "PostgreSQL failover (promoted {promoted:?} after the crash): {} committed, {} \
-         unknown, {} failed {:?}, slowest call {slowest:?} against a {DEADLINE:?} deadline",
-        committed.len(),
-        unknown.len(),
-        failed.len(),
-        failed.iter().map(|(_, kind, _)| *kind).collect::<Vec<_>>()
+        "PostgreSQL failover (promoted {promoted:?} after the crash): {} against a \
+         {DEADLINE:?} deadline",
+        told.summary()
     );
     assert!(
-        failed.is_empty(),
-        "operations failed although the standby was promoted within their deadline: \
-         {failed:?}"
+        told.failed.is_empty(),
+        "operations failed although the standby was promoted within their deadline: {:?}",
+        told.failed
     );
     assert!(
-        slowest <= DEADLINE + Duration::from_millis(250),
-        "a call took {slowest:?} against a {DEADLINE:?} deadline"
+        told.slowest <= DEADLINE + Duration::from_millis(250),
+        "a call took {:?} against a {DEADLINE:?} deadline",
+        told.slowest
     );
     assert!(
-        committed.len() >= 200,
+        told.committed.len() >= 200,
         "only {} transfers committed",
-        committed.len()
+        told.committed.len()
     );
 
     // The new primary: every Ok transfer once, nothing else but unknown ones, the total.
@@ -240,61 +173,11 @@ async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
         .try_get_by_index::<bool>(0)
         .unwrap();
     assert!(!in_recovery, "the standby was not promoted");
+    Held::read(&new_primary, T)
+        .await
+        .unwrap()
+        .check(&told, "the new primary");
     let backend = new_primary.get_database_backend();
-    let balances: Vec<i64> = new_primary
-        .query_all_raw(Statement::from_string(
-            backend,
-            "SELECT balance FROM fo_accounts ORDER BY id",
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
-        .collect();
-    assert_eq!(balances.iter().sum::<i64>(), i64::from(ACCOUNTS) * OPENING);
-    assert!(balances.iter().all(|b| *b >= 0), "a negative balance");
-    let logged: BTreeSet<String> = new_primary
-        .query_all_raw(Statement::from_string(
-            backend,
-            "SELECT tid FROM fo_transfers",
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index::<String>(0).unwrap())
-        .collect();
-    let missing: Vec<_> = committed.difference(&logged).collect();
-    assert!(
-        missing.is_empty(),
-        "transfers answered Ok are missing on the new primary: {missing:?}"
-    );
-    let extra: BTreeSet<_> = logged.difference(&committed).cloned().collect();
-    assert!(
-        extra.is_subset(&unknown),
-        "logged but never reported as committed or unknown: {extra:?}"
-    );
-    // The transfers reconcile with the balances: replaying the log gives them.
-    let mut replayed = vec![OPENING; ACCOUNTS as usize];
-    for row in new_primary
-        .query_all_raw(Statement::from_string(
-            backend,
-            "SELECT from_id, to_id, amount FROM fo_transfers",
-        ))
-        .await
-        .unwrap()
-    {
-        let (from, to, amount): (i32, i32, i64) = (
-            row.try_get_by_index(0).unwrap(),
-            row.try_get_by_index(1).unwrap(),
-            row.try_get_by_index(2).unwrap(),
-        );
-        replayed[from as usize - 1] -= amount;
-        replayed[to as usize - 1] += amount;
-    }
-    assert_eq!(
-        replayed, balances,
-        "the log does not replay to the balances"
-    );
 
     // Recovery: the Db serves on the new primary.
     let now_on = port(&db).await.unwrap();
