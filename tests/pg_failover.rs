@@ -27,6 +27,7 @@ struct Pair {
     urls: Vec<String>,
     crash: String,
     promote: String,
+    revive: String,
 }
 
 fn pair() -> Option<Pair> {
@@ -35,19 +36,21 @@ fn pair() -> Option<Pair> {
         var("SAFE_DB_TEST_PG_FAILOVER_URLS"),
         var("SAFE_DB_TEST_PG_FAILOVER_CRASH"),
         var("SAFE_DB_TEST_PG_FAILOVER_PROMOTE"),
+        var("SAFE_DB_TEST_PG_FAILOVER_REVIVE"),
     ) {
-        (Some(urls), Some(crash), Some(promote)) => Some(Pair {
+        (Some(urls), Some(crash), Some(promote), Some(revive)) => Some(Pair {
             urls: urls.split(',').map(|s| s.trim().to_owned()).collect(),
             crash,
             promote,
+            revive,
         }),
         _ => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             assert!(
                 !ci,
-                "CI=true but SAFE_DB_TEST_PG_FAILOVER_URLS/CRASH/PROMOTE are not set"
+                "CI=true but SAFE_DB_TEST_PG_FAILOVER_URLS/CRASH/PROMOTE/REVIVE are not set"
             );
-            println!("SAFE_DB_TEST_PG_FAILOVER_URLS/CRASH/PROMOTE are not set: skipped");
+            println!("SAFE_DB_TEST_PG_FAILOVER_URLS/CRASH/PROMOTE/REVIVE are not set: skipped");
             None
         }
     }
@@ -70,6 +73,16 @@ async fn transfer(tx: &Tx, tid: &str, from: i32, to: i32, amount: i64) -> Result
 /// Which server the transaction runs on: its port.
 #[safe_db_operation]
 async fn port(tx: &Tx) -> Result<i32, Error> {
+    read_port(tx).await
+}
+
+/// The same, serializable: a standby refuses its BEGIN outright.
+#[safe_db_operation(isolation = "serializable", timeout = "5s")]
+async fn serializable_port(tx: &Tx) -> Result<i32, Error> {
+    read_port(tx).await
+}
+
+async fn read_port(tx: &Tx) -> Result<i32, Error> {
     let row = tx
         .query_one_raw(Statement::from_string(
             tx.get_database_backend(),
@@ -100,6 +113,16 @@ async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
     }
     let db = safe_db::Db::new(pools[0].clone(), None).with_failover(pools[1..].to_vec());
     let primary_port = port(&db).await.unwrap();
+    // The standby listed first: a serializable operation (whose BEGIN the standby
+    // refuses) runs on the primary all the same.
+    let standby_first =
+        safe_db::Db::new(pools[1].clone(), None).with_failover(vec![pools[0].clone()]);
+    for _ in 0..3 {
+        assert_eq!(
+            serializable_port(&standby_first).await.unwrap(),
+            primary_port
+        );
+    }
 
     let mut writers = Vec::new();
     for w in 0..6u64 {
@@ -197,4 +220,43 @@ async fn a_db_over_a_primary_and_its_standby_moves_to_the_promoted_standby() {
         after, 1,
         "the transfer after the failover is not on the new primary"
     );
+
+    // The old primary back as a primary of its own, on its old timeline (split brain): a
+    // Db made now, listing it first, and the Db that ran the failover, after losing a
+    // session of the new primary, both write on the promoted one.
+    let revive = pair.revive.clone();
+    tokio::task::spawn_blocking(move || run(&revive))
+        .await
+        .unwrap();
+    let mut fresh = Vec::new();
+    for url in &pair.urls {
+        let mut options = pool_options(url, 2);
+        options.connect_lazy(true);
+        fresh.push(Database::connect(options).await.unwrap());
+    }
+    let fresh = safe_db::Db::new(fresh[0].clone(), None).with_failover(vec![fresh[1].clone()]);
+    assert_eq!(
+        port(&fresh).await.unwrap(),
+        now_on,
+        "a fresh Db took the old primary"
+    );
+    let killed = kill_own_session_once(&db).await;
+    assert_eq!(
+        killed.unwrap(),
+        now_on,
+        "the Db went back to the old primary"
+    );
+    assert_eq!(port(&db).await.unwrap(), now_on);
+}
+
+/// A write whose first attempt loses its session (killed on the server), re-run with
+/// `retries`: where it ran in the end.
+#[safe_db_operation(retries = 3, timeout = "5s")]
+async fn kill_own_session_once(tx: &Tx) -> Result<i32, Error> {
+    static KILLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !KILLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        tx.execute_unprepared("SELECT pg_terminate_backend(pg_backend_pid())")
+            .await?;
+    }
+    read_port(tx).await
 }

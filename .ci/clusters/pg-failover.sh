@@ -8,6 +8,8 @@
 #   pg-failover.sh crash DIR PORT    the primary stops at once (`pg_ctl -m immediate`: its
 #                                    sessions are cut, no shutdown checkpoint), as in a crash
 #   pg-failover.sh promote DIR PORT  the standby becomes the primary (`pg_ctl promote`)
+#   pg-failover.sh revive DIR PORT   the crashed primary starts again, as a primary of its
+#                                    own on its old timeline (split brain, for the test)
 #   pg-failover.sh stop DIR PORT     stop both servers started here, by their pids
 set -euo pipefail
 cmd=$1 dir=$2 port=$3
@@ -28,6 +30,9 @@ case $cmd in
     ;;
   crash)
     as_postgres "$bin/pg_ctl" -D "$dir/primary" -w -m immediate stop >/dev/null
+    ;;
+  revive)
+    "$here/throwaway-postgres.sh" start "$dir/primary" "$port" >/dev/null
     ;;
   promote)
     as_postgres "$bin/pg_ctl" -D "$dir/standby" -w promote >/dev/null

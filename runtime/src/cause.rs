@@ -94,6 +94,25 @@ pub enum Cause {
         /// Which node.
         node: usize,
     },
+    /// A PostgreSQL node of a `Db` with failover that is a primary on an older timeline
+    /// than another node was seen on: a former primary back after a failover (split
+    /// brain). It is not used.
+    NodeBehind {
+        /// Which node.
+        node: usize,
+        /// Its timeline.
+        timeline: u32,
+        /// The newest timeline seen on a primary.
+        newest: u32,
+    },
+    /// A node of a `Db` with failover whose pool had no free connection in time: skipped,
+    /// not left aside.
+    NodeBusy {
+        /// Which node.
+        node: usize,
+        /// How long the operation waited for one of its connections.
+        waited: Duration,
+    },
     /// The request whose transaction this is has ended (`safe_db::axum`).
     RequestEnded,
     /// An operation on a test's `Db` began inside another one that holds the test
@@ -172,9 +191,10 @@ impl Cause {
             | Cause::NodeUnreachable { .. }
             | Cause::NodeUnfit { .. }
             | Cause::NodeStandby { .. }
+            | Cause::NodeBehind { .. }
             | Cause::TestTurnWaited => ErrorKind::Unavailable,
             Cause::IdempotencyKeyContended => ErrorKind::SerializationFailure,
-            Cause::TestSelfDeadlock { .. } => ErrorKind::PoolExhausted,
+            Cause::TestSelfDeadlock { .. } | Cause::NodeBusy { .. } => ErrorKind::PoolExhausted,
             Cause::TreeBroken
             | Cause::Doomed { .. }
             | Cause::ConflictSwallowed { .. }
@@ -197,6 +217,7 @@ impl Cause {
             | Cause::NodeUnreachable { .. }
             | Cause::NodeUnfit { .. }
             | Cause::NodeStandby { .. }
+            | Cause::NodeBehind { .. }
             | Cause::TestTurnWaited => "08006", // connection_failure
             Cause::TreeBroken
             | Cause::Doomed { .. }
@@ -204,7 +225,7 @@ impl Cause {
             | Cause::FailedStatementSwallowed { .. } => "25P02", // in_failed_sql_transaction
             Cause::Refused { .. } => "25001",  // active_sql_transaction
             Cause::PoolUnknown | Cause::RequestEnded | Cause::TestHeld { .. } => "25000", // invalid_transaction_state
-            Cause::TestSelfDeadlock { .. } => "53300", // too_many_connections
+            Cause::TestSelfDeadlock { .. } | Cause::NodeBusy { .. } => "53300", // too_many_connections
             Cause::IdempotencyKeyContended => "40001", // serialization_failure
         }
     }
@@ -290,6 +311,20 @@ impl fmt::Display for Cause {
                 f,
                 "database node {node} is not fit to serve (wsrep_ready = {ready}, \
                  wsrep_local_state = {state}; Synced is 4)"
+            ),
+            Cause::NodeBehind {
+                node,
+                timeline,
+                newest,
+            } => write!(
+                f,
+                "database node {node} is a primary on timeline {timeline}, but timeline \
+                 {newest} was seen on another: a former primary back after a failover (split \
+                 brain); it is not used"
+            ),
+            Cause::NodeBusy { node, waited } => write!(
+                f,
+                "database node {node}'s pool had no free connection within {waited:?}"
             ),
             Cause::NodeStandby { node } => write!(
                 f,

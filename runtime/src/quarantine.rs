@@ -73,8 +73,8 @@ impl Quarantine {
             Node::Writer(node) => tracing::warn!(
                 node,
                 %error,
-                "a database node cannot be reached: operations go to the other nodes (it is \
-                 tried again in {DOWN_FOR:?})"
+                "a database node cannot be used (unreachable, or not fit to take writes): \
+                 operations go to the other nodes (it is tried again in {DOWN_FOR:?})"
             ),
             Node::Replica => tracing::warn!(
                 %error,

@@ -198,8 +198,11 @@ pub(crate) fn max_statement_time(left: Option<Duration>) -> String {
 pub(crate) const IN_TRANSACTION: &str = "SELECT CAST(@@in_transaction AS SIGNED)";
 
 /// PostgreSQL: whether a node is a standby (in recovery), as libpq's
-/// `target_session_attrs=read-write` asks before it takes a server.
-pub(crate) const PG_IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
+/// `target_session_attrs=read-write` asks before it takes a server, and, on a primary, the
+/// timeline it writes on (from its current WAL file's name; 0 in recovery), by which a
+/// former primary back after a failover is told from the promoted one.
+pub(crate) const PG_ROLE: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
+     THEN 0 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
 
 /// PostgreSQL: the primary's WAL position after a commit (read-your-writes on a standby).
 pub(crate) const PRIMARY_WAL_POSITION: &str = "SELECT pg_current_wal_insert_lsn()::text";

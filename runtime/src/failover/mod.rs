@@ -6,14 +6,16 @@
 //! aside for a while and asked again after. See [`Db::with_failover`](crate::Db::with_failover).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::time::Instant;
 
 use crate::quarantine::{Node, Quarantine};
-use crate::{Db, ErrorKind, Options, Tx};
+use crate::{Db, ErrorKind, Options, PoolStats, Tx};
+
+mod health;
 
 /// How long a BEGIN on one node may take (a connection included) before the next node is
 /// tried: a pool waits for a connection up to its acquire timeout (30 s by default). With
@@ -41,6 +43,9 @@ pub(crate) struct Nodes {
     /// PostgreSQL: one primary at a time, so operations stay on the node that took the
     /// last one (writes spread over two promoted servers would diverge).
     sticky: bool,
+    /// PostgreSQL: the newest timeline seen on a primary; a primary on an older one is a
+    /// former primary back after a failover (split brain), never used again.
+    newest_timeline: AtomicU32,
 }
 
 impl Nodes {
@@ -58,6 +63,7 @@ impl Nodes {
             healthy_until,
             next: AtomicUsize::new(0),
             sticky,
+            newest_timeline: AtomicU32::new(0),
         }
     }
 
@@ -93,9 +99,16 @@ impl Nodes {
     ) -> Result<Tx, DbErr> {
         let until = deadline.unwrap_or_else(|| Instant::now() + WAIT_FOR_A_NODE);
         loop {
-            let err = match self.begin_round(db, options, deadline).await {
+            let err = match self.begin_round(db, options, deadline, until).await {
                 Ok(tx) => return Ok(tx),
-                Err(err) if ErrorKind::of(&err) == ErrorKind::Unavailable => err,
+                Err(err)
+                    if matches!(
+                        ErrorKind::of(&err),
+                        ErrorKind::Unavailable | ErrorKind::PoolExhausted
+                    ) =>
+                {
+                    err
+                }
                 Err(err) => return Err(err),
             };
             if Instant::now() + ROUND_PAUSE >= until {
@@ -105,12 +118,16 @@ impl Nodes {
         }
     }
 
-    /// One round of [`Nodes::begin`]: each candidate node once.
+    /// One round of [`Nodes::begin`]: each candidate node once, each given at most
+    /// [`BEGIN_TIMEOUT`] and a third of the time left before `until`. A node whose pool
+    /// has no free connection is skipped, not left aside; if one was, the round's error
+    /// says so (`Cause::NodeBusy`), since waiting may mend it.
     async fn begin_round(
         &self,
         db: &Db,
         options: &Options,
         deadline: Option<Instant>,
+        until: Instant,
     ) -> Result<Tx, DbErr> {
         let n = self.pools.len();
         let start = if self.sticky {
@@ -125,11 +142,13 @@ impl Nodes {
             .filter(|&i| !self.down[i].is_down())
             .collect();
         let candidates = if up.is_empty() { order } else { up };
-        let mut last = None;
+        let (mut last, mut busy) = (None, None);
         for node in candidates {
-            let limit = crate::quarantine::node_wait(BEGIN_TIMEOUT, deadline);
+            let limit = crate::quarantine::node_wait(BEGIN_TIMEOUT, Some(until));
             let begun = tokio::time::timeout(limit, async {
-                let tx = Tx::begin(&self.pools[node], Some(db), options, deadline).await?;
+                let tx = Tx::begin(&self.pools[node], Some(db), options, deadline)
+                    .await
+                    .map_err(|err| self.standby_refusal(node, err))?;
                 self.check_health(node, tx).await
             })
             .await;
@@ -138,18 +157,26 @@ impl Nodes {
                     if self.sticky {
                         self.next.store(node, Ordering::Relaxed);
                     }
+                    self.down[node].clear();
                     tx.set_node(node);
                     return Ok(tx);
                 }
                 // Busy, not down: the next node is tried, this one is not left aside.
                 Ok(Err(err)) if ErrorKind::of(&err) == ErrorKind::PoolExhausted => {
-                    last = Some(err);
+                    busy = Some(err);
                     continue;
                 }
                 Ok(Err(err)) if ErrorKind::of(&err) != ErrorKind::Unavailable => {
                     return Err(err);
                 }
                 Ok(Err(err)) => err,
+                Err(_) if self.pool_full(node) => {
+                    busy = Some(crate::cause::raise(crate::Cause::NodeBusy {
+                        node,
+                        waited: limit,
+                    }));
+                    continue;
+                }
                 Err(_) => crate::cause::raise(crate::Cause::NodeUnreachable {
                     node,
                     detail: format!("no transaction began on it within {limit:?}"),
@@ -158,7 +185,7 @@ impl Nodes {
             self.mark_down(node, &err);
             last = Some(err);
         }
-        Err(last.unwrap_or_else(|| {
+        Err(busy.or(last).unwrap_or_else(|| {
             crate::cause::raise(crate::Cause::NodeUnreachable {
                 node: 0,
                 detail: "no database node is configured".to_owned(),
@@ -166,66 +193,9 @@ impl Nodes {
         }))
     }
 
-    /// The transaction `tx` just begun on `node`, if the node is fit to serve: a Galera
-    /// node that is not `Synced` with `wsrep_ready = ON` (a donor, a joiner, a node cut off
-    /// from the primary component) is not, as ProxySQL and MaxScale judge it; nor is a
-    /// PostgreSQL standby (in recovery), as libpq's `target_session_attrs=read-write`
-    /// judges it. Asked once per [`HEALTHY_FOR`] per node; a server without Galera is fit.
-    async fn check_health(&self, node: usize, tx: Tx) -> Result<Tx, DbErr> {
-        use sea_orm::ConnectionTrait;
-        let fresh = self.healthy_until[node]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| Instant::now() < until);
-        let sql = match tx.get_database_backend() {
-            _ if fresh => return Ok(tx),
-            sea_orm::DbBackend::MySql => crate::dialect::GALERA_HEALTH,
-            sea_orm::DbBackend::Postgres => crate::dialect::PG_IN_RECOVERY,
-            _ => return Ok(tx),
-        };
-        let backend = tx.get_database_backend();
-        let row = tx
-            .query_one_raw(sea_orm::Statement::from_string(backend, sql))
-            .await?;
-        if backend == sea_orm::DbBackend::Postgres {
-            let standby = row
-                .as_ref()
-                .and_then(|r| r.try_get_by_index::<bool>(0).ok())
-                .unwrap_or(true);
-            if !standby {
-                self.healthy(node);
-                return Ok(tx);
-            }
-            let _ = tx.rollback().await;
-            return Err(crate::cause::raise(crate::Cause::NodeStandby { node }));
-        }
-        let state = |i| {
-            row.as_ref()
-                .and_then(|r| r.try_get_by_index::<Option<String>>(i).ok().flatten())
-        };
-        let (ready, local_state) = (state(0), state(1));
-        let fit = match (ready.as_deref(), local_state.as_deref()) {
-            // Not a Galera node.
-            (None, None) => true,
-            (Some(ready), Some(local_state)) => ready == "ON" && local_state == "4",
-            _ => false,
-        };
-        if fit {
-            self.healthy(node);
-            return Ok(tx);
-        }
-        let _ = tx.rollback().await;
-        Err(crate::error::node_unfit(
-            node,
-            ready.as_deref().unwrap_or("?"),
-            local_state.as_deref().unwrap_or("?"),
-        ))
-    }
-
-    /// Node `node` was found fit: not asked again for [`HEALTHY_FOR`].
-    fn healthy(&self, node: usize) {
-        *self.healthy_until[node]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + HEALTHY_FOR);
+    /// Whether node `node`'s pool has every connection open and none free: a BEGIN that
+    /// timed out there was waiting for a connection, not for the server.
+    fn pool_full(&self, node: usize) -> bool {
+        PoolStats::of(&self.pools[node]).is_some_and(|pool| pool.idle == 0 && pool.size >= pool.max)
     }
 }
