@@ -13,8 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use safe_db::{DbConfig, Error};
 use sea_orm::{
-    ActiveModelTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryOrder, Set, TransactionTrait,
+    ActiveModelTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait, QueryOrder, Set,
+    TransactionTrait,
 };
 
 fn valid_name(name: &str) -> Result<String, Error> {
