@@ -105,9 +105,12 @@ async fn delete(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .init();
+    // `LOG_LEVEL` (error, warn, info, debug, trace; info by default).
+    let level = std::env::var("LOG_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt().with_max_level(level).init();
     let config = DbConfig::from_env()?;
     tracing::info!(%config, "connecting (by hand)");
     // The pool `DbConfig::connect` makes, with the same options.
