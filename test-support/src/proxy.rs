@@ -2,7 +2,10 @@
 //! connection after a chosen message: the server gets the message (and carries it out),
 //! its answer never reaches the client, and nothing more passes either way until the
 //! client closes the connection, which the proxy then closes on the server. This is a
-//! peer that hangs (a SIGSTOPped server, a partition), not one that is dead.
+//! peer that hangs (a SIGSTOPped server, a partition), not one that is dead. It can also
+//! kill a connection at a chosen message: after forwarding it (the server carries it out,
+//! its answer is lost with the connection) or instead of forwarding it (the server never
+//! sees it, and rolls back what the connection had open).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,12 +14,25 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// What happens to the connection of the next client message holding a pattern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Forwarded, then nothing more passes either way.
+    FreezeAfter,
+    /// Forwarded, its answer dropped, then both sides closed.
+    KillAfter,
+    /// Not forwarded: both sides closed.
+    KillBefore,
+}
+
 #[derive(Default)]
 struct Shared {
-    /// The next client message holding this freezes its connection, once.
-    freeze_after: Mutex<Option<Vec<u8>>>,
+    /// The next client message holding this meets the fault, once.
+    armed: Mutex<Option<(Vec<u8>, Fault)>>,
     /// How many connections have frozen so far.
     frozen: AtomicUsize,
+    /// How many connections the proxy has killed so far.
+    killed: AtomicUsize,
     /// How many connections the proxy has accepted.
     accepted: AtomicUsize,
     /// How many connections the client side has closed.
@@ -62,7 +78,33 @@ impl FaultProxy {
     /// The next message a client sends that holds `pattern` is forwarded, and then its
     /// connection freezes.
     pub fn freeze_after(&self, pattern: &str) {
-        *self.shared.freeze_after.lock().unwrap() = Some(pattern.as_bytes().to_vec());
+        self.arm(pattern, Fault::FreezeAfter);
+    }
+
+    /// The next message a client sends that holds `pattern` is forwarded; the server's
+    /// answer is dropped and the connection closed on both sides.
+    pub fn kill_after(&self, pattern: &str) {
+        self.arm(pattern, Fault::KillAfter);
+    }
+
+    /// The next message a client sends that holds `pattern` is not forwarded: the
+    /// connection is closed on both sides instead.
+    pub fn kill_before(&self, pattern: &str) {
+        self.arm(pattern, Fault::KillBefore);
+    }
+
+    fn arm(&self, pattern: &str, fault: Fault) {
+        *self.shared.armed.lock().unwrap() = Some((pattern.as_bytes().to_vec(), fault));
+    }
+
+    /// Whether a fault armed is still waiting for its message.
+    pub fn armed(&self) -> bool {
+        self.shared.armed.lock().unwrap().is_some()
+    }
+
+    /// How many connections the proxy has killed.
+    pub fn killed(&self) -> usize {
+        self.shared.killed.load(Ordering::Relaxed)
     }
 
     /// How many connections have frozen.
@@ -113,6 +155,7 @@ async fn pipe(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
         })
     };
     let mut buf = vec![0u8; 64 * 1024];
+    let mut killed = false;
     loop {
         let n = match client_read.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -122,26 +165,49 @@ async fn pipe(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
             // Nothing more reaches the server.
             continue;
         }
-        let freeze = {
-            let mut pattern = shared.freeze_after.lock().unwrap();
-            let hit = pattern
-                .as_ref()
-                .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p.as_slice()));
-            if hit {
-                *pattern = None;
+        let fault = {
+            let mut armed = shared.armed.lock().unwrap();
+            let hit = armed.as_ref().and_then(|(p, fault)| {
+                buf[..n]
+                    .windows(p.len())
+                    .any(|w| w == p.as_slice())
+                    .then_some(*fault)
+            });
+            if hit.is_some() {
+                *armed = None;
             }
             hit
         };
+        if fault == Some(Fault::KillBefore) {
+            killed = true;
+            break;
+        }
         if server_write.write_all(&buf[..n]).await.is_err() {
             break;
         }
-        if freeze {
-            frozen.store(true, Ordering::Relaxed);
-            shared.frozen.fetch_add(1, Ordering::Relaxed);
+        match fault {
+            Some(Fault::FreezeAfter) => {
+                frozen.store(true, Ordering::Relaxed);
+                shared.frozen.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Fault::KillAfter) => {
+                // The answer is lost; the server is given time to read the message
+                // before its connection closes.
+                frozen.store(true, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                killed = true;
+                break;
+            }
+            _ => {}
         }
     }
-    // The client closed its side: so does the proxy, on the server too.
-    shared.closed.fetch_add(1, Ordering::Relaxed);
+    // The client closed its side (so does the proxy, on the server too), or the proxy
+    // kills the connection: both sides close as the halves drop.
+    if killed {
+        shared.killed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.closed.fetch_add(1, Ordering::Relaxed);
+    }
     to_client.abort();
     drop(server_write);
 }

@@ -1,16 +1,20 @@
 //! The Python guide's agent registry as an HTTP API: `cargo run -p agents-api`.
 //!
-//! Serves on 127.0.0.1:3000 (`PORT` to change) over the embedded SQLite file, or over
-//! `DATABASE_URL` (PostgreSQL, MySQL) with the pool settings of `DbConfig::from_env`.
+//! Serves on 127.0.0.1:3000 (`PORT` to change; `LOG_LEVEL`, info by default) over the
+//! embedded SQLite file, or over `DATABASE_URL` (PostgreSQL, MySQL) with the pool settings
+//! of `DbConfig::from_env`.
 //! The routes and service functions are in `src/lib.rs`.
 
 use safe_db::DbConfig;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .init();
+    // `LOG_LEVEL` (error, warn, info, debug, trace; info by default).
+    let level = std::env::var("LOG_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt().with_max_level(level).init();
     let config = DbConfig::from_env()?;
     tracing::info!(%config, "connecting");
     let db = config.connect().await?;

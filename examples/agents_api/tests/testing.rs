@@ -205,7 +205,8 @@ async fn injected_failures_map_to_the_right_http_status() {
             (Failure::Timeout, StatusCode::GATEWAY_TIMEOUT),
             (Failure::LostConnection, StatusCode::SERVICE_UNAVAILABLE),
         ] {
-            let faults = Faults::new().fail_statement("create_agent", 1, failure);
+            // The handler's INSERT is the request operation's first statement.
+            let faults = Faults::new().fail_statement("request", 1, failure);
             let (got, body, _) = faults
                 .run(call(
                     &router,

@@ -285,7 +285,22 @@ where
         parts.headers.get(http::header::AUTHORIZATION),
         &body,
     );
-    let claim = match claim(&config, &key, &fingerprint).await {
+    // The claim runs on a task of its own: a request cut off while its `INSERT` is on the
+    // wire (its deadline, a client gone) cannot tell whether the row landed (SQLite's
+    // worker, or the server, carries the statement out anyway), and a claim nobody
+    // releases holds the key for `lock_for`. The task finishes it instead, and the claim
+    // it returns, dropped with nobody waiting, is released.
+    let claiming = {
+        let config = config.clone();
+        let key = key.clone();
+        tokio::spawn(async move { claim(&config, &key, &fingerprint).await })
+    };
+    let claimed = match claiming.await {
+        Ok(claimed) => claimed,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => Err(crate::error::link_gone()),
+    };
+    let claim = match claimed {
         Ok(Claimed::Run(claim)) => claim,
         Ok(Claimed::Answer(response)) => return Ok(response),
         Err(err) => return Ok(Error::from(err).into_response()),
