@@ -13,6 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use sea_orm::DbErr;
 use tokio::time::Instant;
 
@@ -231,15 +233,21 @@ impl Operation {
         }
     }
 
-    async fn within_deadline<F: Future<Output = Result<R, DbErr>>, R>(
+    /// `fut`, failing with the operation's timeout error at its deadline. Not an `async
+    /// fn`, which would hold `fut` twice (see [`in_span`]).
+    fn within_deadline<F: Future<Output = Result<R, DbErr>>, R>(
         &self,
         fut: F,
-    ) -> Result<R, DbErr> {
+    ) -> impl Future<Output = Result<R, DbErr>> + use<F, R> {
         match self.retry.remaining() {
-            None => fut.await,
-            Some(left) => tokio::time::timeout(left, fut)
-                .await
-                .unwrap_or_else(|_| Err(self.timeout_error())),
+            None => Either::Left(fut),
+            Some(left) => {
+                let (name, limit) = (self.name, self.options.timeout.unwrap_or_default());
+                Either::Right(
+                    tokio::time::timeout(left, fut)
+                        .map(move |done| done.unwrap_or_else(|_| Err(timeout_error(name, limit)))),
+                )
+            }
         }
     }
 
