@@ -173,7 +173,10 @@ fn acquire_err(err: sqlx::Error) -> DbErr {
 /// mark.
 macro_rules! send {
     ($link:expr, $conn:ident => $send:expr) => {{
-        $link.read_owed().await?;
+        if $link.owed {
+            // Boxed: rare, and held inline it would add to the size of every send's future.
+            Box::pin($link.read_owed()).await?;
+        }
         let $conn = $link.conn.as_mut().ok_or_else(crate::error::link_gone)?;
         let fut = async move { $send };
         $link.owed = true;
