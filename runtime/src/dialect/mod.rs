@@ -17,6 +17,7 @@ pub(crate) mod outbox;
 #[cfg(feature = "testing")]
 pub(crate) mod testing;
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -42,9 +43,13 @@ fn isolation_sql(isolation: Isolation) -> &'static str {
     }
 }
 
-/// The outermost BEGIN with its settings, as one message.
-pub(crate) fn begin(backend: DbBackend, begin: Begin) -> String {
+/// The outermost BEGIN with its settings, as one message (without settings, a fixed
+/// statement rather than a string made for each transaction).
+pub(crate) fn begin(backend: DbBackend, begin: Begin) -> Cow<'static, str> {
+    let plain = begin.isolation.is_none() && !begin.read_only && begin.bound.is_none();
     match backend {
+        DbBackend::Postgres if plain => Cow::Borrowed("BEGIN"),
+        DbBackend::MySql if plain => Cow::Borrowed("START TRANSACTION"),
         DbBackend::Postgres => {
             let mut sql = "BEGIN".to_owned();
             if let Some(isolation) = begin.isolation {
@@ -56,7 +61,7 @@ pub(crate) fn begin(backend: DbBackend, begin: Begin) -> String {
             if let Some(left) = begin.bound {
                 let _ = write!(sql, "; {}", statement_timeout(Some(left)));
             }
-            sql
+            Cow::Owned(sql)
         }
         DbBackend::MySql => {
             let mut sql = String::new();
@@ -75,13 +80,13 @@ pub(crate) fn begin(backend: DbBackend, begin: Begin) -> String {
             } else {
                 "START TRANSACTION"
             });
-            sql
+            Cow::Owned(sql)
         }
         // SQLite has no isolation levels or access modes. A writer takes the write lock at
         // BEGIN, where a busy database is waited out, instead of failing with "database is
         // locked" when a read lock cannot be upgraded mid-transaction.
-        _ if begin.read_only => "BEGIN DEFERRED".to_owned(),
-        _ => "BEGIN IMMEDIATE".to_owned(),
+        _ if begin.read_only => Cow::Borrowed("BEGIN DEFERRED"),
+        _ => Cow::Borrowed("BEGIN IMMEDIATE"),
     }
 }
 
@@ -105,6 +110,32 @@ fn savepoint_name(depth: u32) -> String {
     format!("safe_db_{depth}")
 }
 
+/// A savepoint's three steps without settings, for the first depths: fixed statements
+/// rather than strings made for each nested transaction. Index `depth - 1`.
+const SAVEPOINTS: [&str; 4] = [
+    "SAVEPOINT safe_db_1",
+    "SAVEPOINT safe_db_2",
+    "SAVEPOINT safe_db_3",
+    "SAVEPOINT safe_db_4",
+];
+const RELEASES: [&str; 4] = [
+    "RELEASE SAVEPOINT safe_db_1",
+    "RELEASE SAVEPOINT safe_db_2",
+    "RELEASE SAVEPOINT safe_db_3",
+    "RELEASE SAVEPOINT safe_db_4",
+];
+const ROLLBACKS_TO: [&str; 4] = [
+    "ROLLBACK TO SAVEPOINT safe_db_1",
+    "ROLLBACK TO SAVEPOINT safe_db_2",
+    "ROLLBACK TO SAVEPOINT safe_db_3",
+    "ROLLBACK TO SAVEPOINT safe_db_4",
+];
+
+/// `table`'s statement for `depth`, if it has one.
+fn fixed(table: &[&'static str; 4], depth: u32) -> Option<&'static str> {
+    table.get(depth.checked_sub(1)? as usize).copied()
+}
+
 /// Begins the savepoint of a nested level, with its settings in the same message: a
 /// PostgreSQL `read_only` savepoint, and the level's own statement bound.
 pub(crate) fn savepoint(
@@ -112,24 +143,41 @@ pub(crate) fn savepoint(
     depth: u32,
     read_only: bool,
     bound: Option<Option<Duration>>,
-) -> String {
+) -> Cow<'static, str> {
+    let read_only = read_only && backend == DbBackend::Postgres;
+    let bound = bound.and_then(|bound| bound_sql(backend, bound));
+    if !read_only
+        && bound.is_none()
+        && let Some(sql) = fixed(&SAVEPOINTS, depth)
+    {
+        return Cow::Borrowed(sql);
+    }
     let mut parts = vec![format!("SAVEPOINT {}", savepoint_name(depth))];
-    if read_only && backend == DbBackend::Postgres {
+    if read_only {
         parts.push("SET LOCAL transaction_read_only = on".to_owned());
     }
-    parts.extend(bound.and_then(|bound| bound_sql(backend, bound)));
-    parts.join("; ")
+    parts.extend(bound);
+    Cow::Owned(parts.join("; "))
 }
 
 /// Releases a nested level's savepoint, giving the enclosing level its statement bound
 /// back first when this level set its own (a `SET LOCAL` outlives a `RELEASE`).
-pub(crate) fn release(backend: DbBackend, depth: u32, restore: Option<Option<Duration>>) -> String {
+pub(crate) fn release(
+    backend: DbBackend,
+    depth: u32,
+    restore: Option<Option<Duration>>,
+) -> Cow<'static, str> {
     let mut parts: Vec<String> = restore
         .and_then(|bound| bound_sql(backend, bound))
         .into_iter()
         .collect();
+    if parts.is_empty()
+        && let Some(sql) = fixed(&RELEASES, depth)
+    {
+        return Cow::Borrowed(sql);
+    }
     parts.push(format!("RELEASE SAVEPOINT {}", savepoint_name(depth)));
-    parts.join("; ")
+    Cow::Owned(parts.join("; "))
 }
 
 /// Rolls a nested level back to its savepoint (which undoes its `SET LOCAL`s on
@@ -139,12 +187,19 @@ pub(crate) fn rollback_to(
     backend: DbBackend,
     depth: u32,
     restore: Option<Option<Duration>>,
-) -> String {
-    let mut parts = vec![format!("ROLLBACK TO SAVEPOINT {}", savepoint_name(depth))];
-    if backend == DbBackend::MySql {
-        parts.extend(restore.and_then(|bound| bound_sql(backend, bound)));
+) -> Cow<'static, str> {
+    let restore = match backend {
+        DbBackend::MySql => restore.and_then(|bound| bound_sql(backend, bound)),
+        _ => None,
+    };
+    if restore.is_none()
+        && let Some(sql) = fixed(&ROLLBACKS_TO, depth)
+    {
+        return Cow::Borrowed(sql);
     }
-    parts.join("; ")
+    let mut parts = vec![format!("ROLLBACK TO SAVEPOINT {}", savepoint_name(depth))];
+    parts.extend(restore);
+    Cow::Owned(parts.join("; "))
 }
 
 /// The statement that bounds the statements after it on the server, if the database has
@@ -258,6 +313,33 @@ mod tests {
             "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET @safe_db_bound = 1 \
              /*M! , @safe_db_saved = IFNULL(@safe_db_saved, @@session.max_statement_time), \
              max_statement_time = 1.300 */; START TRANSACTION READ ONLY"
+        );
+    }
+
+    #[test]
+    fn fixed_steps_are_the_ones_made() {
+        for depth in 1..=5 {
+            let name = savepoint_name(depth);
+            assert_eq!(
+                savepoint(DbBackend::Sqlite, depth, false, None),
+                format!("SAVEPOINT {name}")
+            );
+            assert_eq!(
+                release(DbBackend::Postgres, depth, None),
+                format!("RELEASE SAVEPOINT {name}")
+            );
+            assert_eq!(
+                rollback_to(DbBackend::MySql, depth, None),
+                format!("ROLLBACK TO SAVEPOINT {name}")
+            );
+        }
+        assert_eq!(
+            begin(DbBackend::MySql, Begin::default()),
+            "START TRANSACTION"
+        );
+        assert_eq!(
+            begin(DbBackend::Sqlite, Begin::default()),
+            "BEGIN IMMEDIATE"
         );
     }
 

@@ -13,6 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use sea_orm::DbErr;
 use tokio::time::Instant;
 
@@ -231,15 +233,21 @@ impl Operation {
         }
     }
 
-    async fn within_deadline<F: Future<Output = Result<R, DbErr>>, R>(
+    /// `fut`, failing with the operation's timeout error at its deadline. Not an `async
+    /// fn`, which would hold `fut` twice (see [`in_span`]).
+    fn within_deadline<F: Future<Output = Result<R, DbErr>>, R>(
         &self,
         fut: F,
-    ) -> Result<R, DbErr> {
+    ) -> impl Future<Output = Result<R, DbErr>> + use<F, R> {
         match self.retry.remaining() {
-            None => fut.await,
-            Some(left) => tokio::time::timeout(left, fut)
-                .await
-                .unwrap_or_else(|_| Err(self.timeout_error())),
+            None => Either::Left(fut),
+            Some(left) => {
+                let (name, limit) = (self.name, self.options.timeout.unwrap_or_default());
+                Either::Right(
+                    tokio::time::timeout(left, fut)
+                        .map(move |done| done.unwrap_or_else(|_| Err(timeout_error(name, limit)))),
+                )
+            }
         }
     }
 
@@ -471,15 +479,16 @@ impl Operation {
     /// Ends an attempt's transaction as the body's outcome says (the protocol's steps are
     /// `Tx`'s), in the operation's span. `retryable`: none for an operation without
     /// retries.
-    async fn end_attempt<T, E>(
+    /// Not an `async fn`, which would hold its arguments twice (see [`in_span`]).
+    fn end_attempt<T, E>(
         &mut self,
         tx: Tx,
         outcome: Outcome<T, E>,
         retryable: Option<fn(&E) -> bool>,
         into: fn(DbErr) -> E,
-    ) -> Ended<T, E> {
+    ) -> impl Future<Output = Ended<T, E>> {
         let span = self.span.clone();
-        in_span(span, self.decide(tx, outcome, retryable, into)).await
+        in_span(span, self.decide(tx, outcome, retryable, into))
     }
 
     /// The policy: what the body's outcome means for the transaction, and whether the
@@ -496,7 +505,8 @@ impl Operation {
             Outcome::Returned(Ok(value)) => {
                 if let Some(err) = tx.why_not_commit(self.name).await {
                     let conflicted = tx.lost_retryably();
-                    self.rollback(tx).await;
+                    // Rollbacks boxed: inline, each adds to every operation's end's size.
+                    Box::pin(self.rollback(tx)).await;
                     return Ended::failed(conflicted, Failure::Db(err), into);
                 }
                 match tx.commit().await {
@@ -517,18 +527,18 @@ impl Operation {
                 // transaction (a `requires_new` operation's, already rolled back): either
                 // way re-running the whole operation is safe.
                 let conflicted = tx.lost_retryably() || retryable.is_some_and(|r| r(&err));
-                self.rollback(tx).await;
+                Box::pin(self.rollback(tx)).await;
                 Ended::failed(conflicted, Failure::Body(err), into)
             }
             Outcome::Panicked(payload) => {
-                self.rollback(tx).await;
+                Box::pin(self.rollback(tx)).await;
                 self.record_end(End::Panicked);
                 std::panic::resume_unwind(payload)
             }
             Outcome::TimedOut => {
                 // The caller has its answer now: an outermost rollback, which may wait
                 // behind a statement the server has not stopped yet, goes on without it.
-                tx.rollback_later().await;
+                Box::pin(tx.rollback_later()).await;
                 self.record_end(End::TimedOut);
                 Ended::Final(Err(into(self.timeout_error())))
             }

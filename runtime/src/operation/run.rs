@@ -5,6 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use tracing::Instrument;
 
 use super::Outcome;
@@ -73,11 +74,19 @@ impl<T, E, F: Future<Output = Result<T, E>>> Future for Run<F> {
 /// Runs `fut` in `span`, or bare when no subscriber wants the span: entering and leaving
 /// it on every poll was most of the wrapper's cost per transaction when nothing listens
 /// (measured in benches/instructions).
-pub(super) async fn in_span<F: Future>(span: tracing::Span, fut: F) -> F::Output {
+///
+/// Not an `async fn`: one would hold `fut` twice (the argument, and the future it awaits:
+/// rust-lang/rust#62958), and every future passed through it doubled in size (an
+/// operation's begin and end were 4-5 KB each, copied into their boxes and allocated
+/// past the allocator's small-size caches).
+pub(super) fn in_span<F: Future>(
+    span: tracing::Span,
+    fut: F,
+) -> Either<F, tracing::instrument::Instrumented<F>> {
     if span.is_disabled() {
-        fut.await
+        Either::Left(fut)
     } else {
-        fut.instrument(span).await
+        Either::Right(fut.instrument(span))
     }
 }
 

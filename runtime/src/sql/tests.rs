@@ -262,3 +262,47 @@ fn tells_writes_from_reads() {
     );
     assert_eq!(writes(MY, "SHOW TABLES"), None);
 }
+
+#[test]
+fn the_plain_path_agrees_with_the_lexer() {
+    let cases = [
+        "UPDATE bench SET v = v + 1 WHERE id = 1",
+        "  select 1",
+        "\n\tWITH x AS (SELECT 1) SELECT * FROM x",
+        "INSERT INTO t VALUES (1)",
+        "delete from t",
+        "UPDATEx t",
+        "SELECT 1; COMMIT",
+        "SELECT 1 -- ;\n",
+        "/* c */ COMMIT",
+        "COMMIT",
+        "ROLLBACK TO x",
+        "SELECT$ 1",
+        "_SELECT 1",
+        "",
+        "   ",
+        "SELECT/*!50001 ; COMMIT */",
+        "WITH/*!*/ COMMIT",
+        "SELECT 'a';",
+        "é SELECT",
+    ];
+    for sql in cases {
+        if plainly_allowed(sql) {
+            for backend in [PG, MY, LITE] {
+                let reads: Vec<Option<String>> = readings(backend)
+                    .iter()
+                    .map(|&reading| {
+                        statements_read(backend, sql, reading).find_map(|statement| {
+                            refused(backend, words_read(backend, statement, reading))
+                        })
+                    })
+                    .collect();
+                assert!(reads.iter().all(Option::is_none), "{sql}: {reads:?}");
+            }
+        }
+    }
+    assert!(plainly_allowed("UPDATE bench SET v = v + 1 WHERE id = 1"));
+    assert!(!plainly_allowed("SELECT 1; COMMIT"));
+    assert!(!plainly_allowed("/* c */ SELECT 1"));
+    assert!(!plainly_allowed("UPDATEx t"));
+}

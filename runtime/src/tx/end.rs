@@ -107,12 +107,16 @@ impl Tx {
         let ended = if link.is_sea_orm() {
             // A transaction begun by hand: this level is SeaORM's savepoint, which keeps
             // a `SET LOCAL` made in it when released. Give the statement bound back first.
-            if let Some(restore) = self.restore_bound
-                && let Some(sql) = dialect::bound_sql(self.backend, left(restore))
-            {
-                link.step(&sql).await?;
-            }
-            link.end_sea_orm(true).await
+            // (Boxed: held inline, SeaORM's commit would add to every commit's future.)
+            Box::pin(async {
+                if let Some(restore) = self.restore_bound
+                    && let Some(sql) = dialect::bound_sql(self.backend, left(restore))
+                {
+                    link.step(&sql).await?;
+                }
+                link.end_sea_orm(true).await
+            })
+            .await
         } else {
             if link.untrusted() {
                 link.release();
@@ -196,7 +200,7 @@ impl Tx {
             let tree = Arc::clone(&self.tree);
             tree.link.lock().await.release();
             self.ended = true;
-        } else if let Err(err) = self.rollback().await {
+        } else if let Err(err) = Box::pin(self.rollback()).await {
             tracing::warn!(error = %crate::error::redact(&err.to_string()), "rollback failed");
         }
     }
@@ -226,9 +230,13 @@ impl Tx {
 
     async fn rollback_outermost(&self, link: &mut Link) -> Result<(), DbErr> {
         if link.is_sea_orm() {
-            return tokio::time::timeout(ROLLBACK_GRACE, link.end_sea_orm(false))
-                .await
-                .unwrap_or_else(|_| Err(crate::error::rollback_unanswered(ROLLBACK_GRACE)));
+            // Boxed, as in `commit_outermost`.
+            return Box::pin(tokio::time::timeout(
+                ROLLBACK_GRACE,
+                link.end_sea_orm(false),
+            ))
+            .await
+            .unwrap_or_else(|_| Err(crate::error::rollback_unanswered(ROLLBACK_GRACE)));
         }
         if link.owes() || link.untrusted() {
             link.release();
@@ -258,9 +266,13 @@ impl Tx {
     /// Gives a MariaDB session its own statement bound back after a transaction that set
     /// one; a connection where that fails is closed rather than handed on with it.
     async fn reset_bound(&self, link: &mut Link) {
-        if !self.tree.session_bound.load(Ordering::Relaxed) {
-            return;
+        if self.tree.session_bound.load(Ordering::Relaxed) {
+            // Boxed: MariaDB's only, and held inline it would add to every end's future.
+            Box::pin(self.reset_session_bound(link)).await;
         }
+    }
+
+    async fn reset_session_bound(&self, link: &mut Link) {
         let limit = bound::step(self.deadline).max(bound::MARGIN);
         let reset = bound::within(self.backend, limit, link.step(dialect::RESET_BOUND)).await;
         if !matches!(reset, Some(Ok(()))) {
@@ -281,6 +293,17 @@ impl Tx {
         let Some((depth, restore)) = dropped else {
             return Ok(());
         };
+        // Boxed: rare, and held inline it would add a savepoint step to the size of every
+        // statement's and every commit's future.
+        Box::pin(self.roll_back_dropped(link, depth, restore)).await
+    }
+
+    async fn roll_back_dropped(
+        &self,
+        link: &mut Link,
+        depth: u32,
+        restore: Option<Option<tokio::time::Instant>>,
+    ) -> Result<(), DbErr> {
         let sql = dialect::rollback_to(self.backend, depth, restore.map(left));
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
         let rolled_back = self

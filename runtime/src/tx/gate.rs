@@ -27,7 +27,9 @@ impl Tx {
     pub(super) async fn refuse(&self, link: &mut Link, sql: &str) -> Result<(), DbErr> {
         let suspect = self.tree.suspect().clone();
         if let Some(err) = suspect {
-            self.settle_suspicion(link, err).await;
+            // Boxed, as every rare path here: held inline, it would add to the size of every
+            // statement's future.
+            Box::pin(self.settle_suspicion(link, err)).await;
         }
         if let Some(err) = self.tree.broken() {
             return Err(err);
@@ -100,7 +102,7 @@ impl Tx {
     /// the server may have rolled the whole transaction back, breaks the tree if it has.
     pub(super) async fn note_failure(&self, link: &mut Link, err: &DbErr) {
         if self.note_failure_now(err) {
-            self.settle_suspicion(link, err.clone()).await;
+            Box::pin(self.settle_suspicion(link, err.clone())).await;
         }
     }
 

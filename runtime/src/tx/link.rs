@@ -128,6 +128,26 @@ fn statement_cache_on(pool: &sqlx::PgPool) -> bool {
         .any(|(key, value)| key == "statement-cache-capacity" && value == "0")
 }
 
+/// What sqlx's `Executor::execute` does with a statement's answer (sqlx-core 0.9: its
+/// `fetch_many`, rows skipped, results summed, the first error returned and the rest left
+/// unread), read here from `fetch_many` itself: `execute` wraps that stream in two more
+/// boxed layers of adapters and boxes the future, which was most of what a protocol step
+/// cost the caller's thread on SQLite beside the driver's own work.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+async fn executed<R: Default + Extend<R>, Row>(
+    mut answers: futures_util::stream::BoxStream<'_, Result<sqlx::Either<R, Row>, sqlx::Error>>,
+) -> Result<R, sqlx::Error> {
+    use futures_util::StreamExt;
+    let mut done = R::default();
+    while let Some(answer) = answers.next().await {
+        match answer? {
+            sqlx::Either::Left(result) => done.extend(Some(result)),
+            sqlx::Either::Right(_row) => {}
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 fn exec_err(err: sqlx::Error) -> DbErr {
     DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
@@ -153,7 +173,10 @@ fn acquire_err(err: sqlx::Error) -> DbErr {
 /// mark.
 macro_rules! send {
     ($link:expr, $conn:ident => $send:expr) => {{
-        $link.read_owed().await?;
+        if $link.owed {
+            // Boxed: rare, and held inline it would add to the size of every send's future.
+            Box::pin($link.read_owed()).await?;
+        }
         let $conn = $link.conn.as_mut().ok_or_else(crate::error::link_gone)?;
         let fut = async move { $send };
         $link.owed = true;
@@ -289,7 +312,10 @@ impl Link {
         let persistent = self.persistent;
         send!(self, conn => {
             dispatch!(conn,
-                c => query(stmt, persistent).execute(&mut **c).await.map(Into::into).map_err(exec_err),
+                c => executed(sqlx::Executor::fetch_many(&mut **c, query(stmt, persistent)))
+                    .await
+                    .map(Into::into)
+                    .map_err(exec_err),
                 t => sea_orm::ConnectionTrait::execute_raw(t, stmt.clone()).await)
         })
     }
@@ -298,8 +324,10 @@ impl Link {
     pub(crate) async fn execute_unprepared(&mut self, sql: &str) -> Result<ExecResult, DbErr> {
         send!(self, conn => {
             dispatch!(conn,
-                c => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut **c)
+                c => executed(sqlx::Executor::fetch_many(
+                        &mut **c,
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)),
+                    ))
                     .await
                     .map(Into::into)
                     .map_err(exec_err),
@@ -316,23 +344,29 @@ impl Link {
         send!(self, conn => {
             match conn {
                 #[cfg(feature = "sqlite")]
-                Conn::Sqlite(c) => sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut **c)
-                    .await
-                    .map(drop)
-                    .map_err(exec_err),
+                Conn::Sqlite(c) => executed(sqlx::Executor::fetch_many(
+                    &mut **c,
+                    sqlx::query(sqlx::AssertSqlSafe(sql)),
+                ))
+                .await
+                .map(drop)
+                .map_err(exec_err),
                 #[cfg(feature = "postgres")]
-                Conn::Postgres(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut **c)
-                    .await
-                    .map(drop)
-                    .map_err(exec_err),
+                Conn::Postgres(c) => executed(sqlx::Executor::fetch_many(
+                    &mut **c,
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)),
+                ))
+                .await
+                .map(drop)
+                .map_err(exec_err),
                 #[cfg(feature = "mysql")]
-                Conn::MySql(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut **c)
-                    .await
-                    .map(drop)
-                    .map_err(exec_err),
+                Conn::MySql(c) => executed(sqlx::Executor::fetch_many(
+                    &mut **c,
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)),
+                ))
+                .await
+                .map(drop)
+                .map_err(exec_err),
                 Conn::SeaOrm(t) => sea_orm::ConnectionTrait::execute_unprepared(t, sql)
                     .await
                     .map(drop),

@@ -45,8 +45,12 @@ impl Tx {
     pub(crate) async fn why_not_commit(&self, operation: &'static str) -> Option<DbErr> {
         let suspect = self.tree.suspect().clone();
         if let Some(err) = suspect {
-            let mut link = self.tree.link.lock().await;
-            self.settle_suspicion(&mut link, err).await;
+            // Boxed: rare, and held inline it would add to the size of every commit's future.
+            Box::pin(async {
+                let mut link = self.tree.link.lock().await;
+                self.settle_suspicion(&mut link, err).await;
+            })
+            .await;
         }
         if let Some(err) = self.tree.broken() {
             return Some(err);
