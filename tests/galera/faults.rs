@@ -1,6 +1,8 @@
 //! A node cut off, and a node that hangs, under transfers with a short deadline.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use safe_db_test_support::{exec, pool_options};
@@ -32,7 +34,7 @@ pub(crate) async fn a_node_cut_off_from_the_cluster_never_commits_what_failed(ur
         )
         .await;
     };
-    bank_under(urls, "i_", "isolated node", isolate).await;
+    bank_under(urls, "i_", "isolated node", 0, isolate).await;
 }
 
 /// Node 2 hangs (SIGSTOP for 8 s, longer than Galera's 5 s suspect timeout: the others
@@ -70,20 +72,31 @@ pub(crate) async fn a_hung_node_never_commits_what_failed(urls: &[String]) {
         tokio::time::sleep(std::time::Duration::from_secs(8)).await;
         run(resume).await;
     };
-    bank_under(urls, "p_", "SIGSTOPped node", hang).await;
+    bank_under(urls, "p_", "SIGSTOPped node", 0, hang).await;
+}
+
+/// What the writers of [`bank_under`] were told.
+pub(crate) struct BankRun {
+    pub(crate) committed: BTreeSet<String>,
+    pub(crate) failed: Vec<(String, safe_db::ErrorKind)>,
+    /// Transfers committed that began after `disturb` had ended.
+    pub(crate) committed_after: usize,
 }
 
 /// Six writers transfer through a `Db` over the three nodes (3 s deadline, 5 retries)
-/// while `disturb` runs 300 ms in; then, with node 2 back and synced, every node is
-/// read: totals, no negative balance, every `Ok` transfer logged, none reported failed
-/// logged, anything logged but unreported among the `CommitUnknown` ones; and the
-/// slowest call against its deadline.
-async fn bank_under(
+/// while `disturb` runs 300 ms in; each makes 40 transfers, and, with `after` > 0, goes on
+/// until `disturb` has ended and it has made `after` more. Then, with every node back and
+/// synced, every node is read: totals, no negative balance, every `Ok` transfer logged,
+/// none reported failed logged, anything logged but unreported among the `CommitUnknown`
+/// ones (how many of them are present is printed); and the slowest call against its
+/// deadline.
+pub(crate) async fn bank_under(
     urls: &[String],
     prefix: &'static str,
     label: &str,
+    after: usize,
     disturb: impl std::future::Future<Output = ()>,
-) {
+) -> BankRun {
     let setup = Database::connect(pool_options(&urls[0], 1)).await.unwrap();
     open_bank(&setup, prefix).await;
     let mut pools = Vec::new();
@@ -93,16 +106,22 @@ async fn bank_under(
         pools.push(Database::connect(options).await.unwrap());
     }
     let db = safe_db::Db::new(pools[0].clone(), None).with_failover(pools[1..].to_vec());
-    let node2 = Database::connect(pool_options(&urls[1], 1)).await.unwrap();
+    let disturbed = Arc::new(AtomicBool::new(false));
 
     let mut writers = Vec::new();
     for w in 0..6u64 {
         let db = db.clone();
+        let disturbed = Arc::clone(&disturbed);
         writers.push(tokio::spawn(async move {
             let mut seed = w * 104_729 + 3 + prefix.len() as u64;
             let (mut committed, mut unknown, mut failed) = (Vec::new(), Vec::new(), Vec::new());
             let mut slowest = std::time::Duration::ZERO;
-            for i in 0..40 {
+            let (mut made_after, mut committed_after) = (0, 0);
+            for i in 0.. {
+                if i >= 40 && (after == 0 || made_after >= after) {
+                    break;
+                }
+                let late = disturbed.load(Ordering::SeqCst);
                 let from = (next(&mut seed) % ACCOUNTS as u64) as i32 + 1;
                 let to = (from % ACCOUNTS) + 1;
                 let amount = (next(&mut seed) % 50) as i64 + 1;
@@ -110,6 +129,10 @@ async fn bank_under(
                 let started = Instant::now();
                 let outcome = transfer_in_time(&db, prefix, &tid, from, to, amount).await;
                 slowest = slowest.max(started.elapsed());
+                if late {
+                    made_after += 1;
+                    committed_after += usize::from(matches!(outcome, Ok(true)));
+                }
                 match outcome {
                     Ok(true) => committed.push(tid),
                     Ok(false) => {}
@@ -120,29 +143,39 @@ async fn bank_under(
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            (committed, unknown, failed, slowest)
+            (committed, unknown, failed, slowest, committed_after)
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     disturb.await;
+    disturbed.store(true, Ordering::SeqCst);
+    let mut committed_after = 0;
     let (mut committed, mut unknown, mut failed) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
     let mut slowest = std::time::Duration::ZERO;
     for writer in writers {
-        let (c, u, f, s) = writer.await.expect("a writer");
+        let (c, u, f, s, a) = writer.await.expect("a writer");
+        committed_after += a;
         committed.extend(c);
         unknown.extend(u);
         failed.extend(f);
         slowest = slowest.max(s);
     }
-    // Back in the primary component, and synced.
+    // Every node back in the primary component, and synced.
     let started = Instant::now();
-    while !galera_ready(&node2).await {
-        assert!(started.elapsed().as_secs() < 60, "node 2 did not rejoin");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for (n, url) in urls.iter().enumerate() {
+        let node = Database::connect(pool_options(url, 1)).await.unwrap();
+        while !galera_ready(&node).await {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "node {} did not rejoin",
+                n + 1
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
     println!(
-        "{label}: {} committed, {} unknown, {} failed ({:?}), slowest call {slowest:?} \
-         against a 3 s deadline",
+        "{label}: {} committed ({committed_after} begun after the fault had ended), {} \
+         unknown, {} failed ({:?}), slowest call {slowest:?} against a 3 s deadline",
         committed.len(),
         unknown.len(),
         failed.len(),
@@ -202,9 +235,21 @@ async fn bank_under(
             extra.is_subset(&unknown),
             "node {n}: logged but never reported: {extra:?}"
         );
+        if first.is_none() {
+            println!(
+                "{label}: of the {} unknown, {} committed",
+                unknown.len(),
+                unknown.intersection(&logged).count()
+            );
+        }
         match &first {
             None => first = Some(balances),
             Some(first) => assert_eq!(&balances, first, "node {n} holds other balances"),
         }
+    }
+    BankRun {
+        committed,
+        failed,
+        committed_after,
     }
 }

@@ -11,9 +11,11 @@
 //! own, the bank they all use is in `bank`.
 
 mod bank;
+mod cluster;
 mod conflicts;
 mod failover;
 mod faults;
+mod quorum;
 
 fn galera_urls() -> Option<Vec<String>> {
     match std::env::var("SAFE_DB_TEST_GALERA_URLS") {
@@ -27,7 +29,7 @@ fn galera_urls() -> Option<Vec<String>> {
     }
 }
 
-/// One cluster for both scenarios, the second of which kills a node: one after the other.
+/// One cluster for every scenario, one after the other (several disturb the cluster).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_galera_cluster_keeps_every_invariant() {
     let Some(urls) = galera_urls() else {
@@ -37,4 +39,5 @@ async fn a_galera_cluster_keeps_every_invariant() {
     failover::a_db_over_the_nodes_keeps_serving_when_one_dies(&urls).await;
     faults::a_node_cut_off_from_the_cluster_never_commits_what_failed(&urls).await;
     faults::a_hung_node_never_commits_what_failed(&urls).await;
+    quorum::quorum_lost_and_the_survivor_bootstrapped(&urls).await;
 }
