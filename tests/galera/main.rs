@@ -15,6 +15,7 @@ mod cluster;
 mod conflicts;
 mod failover;
 mod faults;
+mod outbox;
 mod quorum;
 
 fn galera_urls() -> Option<Vec<String>> {
@@ -39,5 +40,6 @@ async fn a_galera_cluster_keeps_every_invariant() {
     failover::a_db_over_the_nodes_keeps_serving_when_one_dies(&urls).await;
     faults::a_node_cut_off_from_the_cluster_never_commits_what_failed(&urls).await;
     faults::a_hung_node_never_commits_what_failed(&urls).await;
+    outbox::outbox_relays_on_every_node_survive_a_killed_node(&urls).await;
     quorum::quorum_lost_and_the_survivor_bootstrapped(&urls).await;
 }
