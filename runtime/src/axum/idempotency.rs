@@ -210,11 +210,26 @@ impl Drop for Claim {
     }
 }
 
+/// Deletes the claim (only this token's, only while no response is stored under it), asked
+/// again after a deadlock or serialization failure: on Galera the claim's node may abort
+/// the `DELETE` for a write-set of another node (seen as 1213 when a node was killed), and
+/// an unreleased key answers 409 until its lock runs out.
 async fn release(db: &DatabaseConnection, key: &str, token: &str) {
     let backend = db.get_database_backend();
-    if let Err(err) = db.execute_raw(sql::release(backend, key, token)).await {
-        tracing::warn!(error = %err, "an idempotency key's claim was not released: it is \
-                       taken over once its lock runs out");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match db.execute_raw(sql::release(backend, key, token)).await {
+            Ok(_) => return,
+            Err(err) if attempt < 5 && ErrorKind::of(&err) == ErrorKind::SerializationFailure => {
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "an idempotency key's claim was not released: it \
+                               is taken over once its lock runs out");
+                return;
+            }
+        }
     }
 }
 
