@@ -300,7 +300,7 @@ where
         parts.headers.get(http::header::AUTHORIZATION),
         &body,
     );
-    let claim = match claim(&config, &key, &fingerprint).await {
+    let claim = match claim_detached(&config, key, fingerprint).await {
         Ok(Claimed::Run(claim)) => claim,
         Ok(Claimed::Answer(response)) => return Ok(response),
         Err(err) => return Ok(Error::from(err).into_response()),
@@ -321,6 +321,31 @@ where
     // The claim is released as it drops, once the request's transaction has ended, only
     // if that transaction did not commit the response.
     Ok(store(&config, handle, &claim, response).await)
+}
+
+/// [`claim`] on a task of its own: a request dropped while its claim's `INSERT` (or
+/// take-over) is on the wire (its deadline, a client gone) would otherwise leave a claim
+/// that nobody holds, once the statement commits, and the key in flight (409) until its
+/// lock runs out (seen on Galera, where a node's death stalls commits for seconds). The
+/// task finishes the claim and, if the request is gone by then, releases it. (Its runtime
+/// shutting down meanwhile ends the request: `RequestEnded`.)
+async fn claim_detached(
+    config: &Idempotency,
+    key: String,
+    fingerprint: String,
+) -> Result<Claimed, DbErr> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return claim(config, &key, &fingerprint).await;
+    };
+    let config = config.clone();
+    // Its output, a claim taken, is dropped with the task if this request is gone by then
+    // (tokio drops the output of a task whose handle was dropped), and its drop releases it.
+    let task = runtime.spawn(async move { claim(&config, &key, &fingerprint).await });
+    match task.await {
+        Ok(claimed) => claimed,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(crate::cause::raise(crate::Cause::RequestEnded)),
+    }
 }
 
 /// Claims the key, or answers from what is stored under it.
