@@ -4,8 +4,14 @@
 //! always see the same total; afterwards every node holds the same balances and each
 //! committed transfer logged exactly once.
 //!
+//! Then, under faults: a node killed under a `Db` with failover, a node cut off, a node
+//! that hangs, outbox relays with a node killed, and quorum lost (two nodes killed) and the
+//! cluster bootstrapped again.
+//!
 //! `SAFE_DB_TEST_GALERA_URLS` lists the nodes' URLs, comma-separated. Unset, the test is
-//! skipped with one line, unless `CI=true`.
+//! skipped with one line, unless `CI=true`. The faults need `SAFE_DB_TEST_GALERA_KILL`,
+//! `_RESTART`, `_PAUSE`, `_RESUME` (node 2) and `SAFE_DB_TEST_GALERA_CTL` (any node), as
+//! `.ci/run` sets them.
 //!
 //! The scenarios share one cluster and run one after the other; each has a module of its
 //! own, the bank they all use is in `bank`.
