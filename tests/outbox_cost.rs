@@ -4,7 +4,7 @@
 //! not a check: ignored in the suite, run with
 //!
 //! ```sh
-//! SAFE_DB_TEST_POSTGRES_URL=… cargo test --release --test outbox_cost -- --ignored --nocapture
+//! SAFE_DB_TEST_POSTGRES_URL=… SAFE_DB_TEST_MYSQL_URL=… cargo test --release --test outbox_cost -- --ignored --nocapture
 //! ```
 
 use std::time::{Duration, Instant};
@@ -48,7 +48,12 @@ fn p90(v: &[Duration]) -> Duration {
 #[tokio::test]
 #[ignore = "a measurement: run it with --release --ignored --nocapture"]
 async fn what_record_costs_per_operation() {
-    let dbs = TestDb::empty_on(&[Backend::Sqlite, Backend::Postgres], "outbox_cost", 4).await;
+    let dbs = TestDb::empty_on(
+        &[Backend::Sqlite, Backend::Postgres, Backend::MySql],
+        "outbox_cost",
+        4,
+    )
+    .await;
     for t in dbs {
         outbox::migrate(&t.db).await.unwrap();
         t.db.execute_unprepared("CREATE TABLE orders (n BIGINT PRIMARY KEY)")

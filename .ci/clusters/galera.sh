@@ -9,8 +9,15 @@
 #   galera.sh pause DIR N     SIGSTOP node N (by its pid): a node that hangs
 #   galera.sh resume DIR N    SIGCONT node N
 #   galera.sh stop DIR        stop every node started here, by its pid
+#   galera.sh ctl DIR CMD N   the same as galera.sh CMD DIR N (kill, restart, pause, resume):
+#                             a prefix to which a test appends "kill 3"
 set -euo pipefail
 cmd=$1 dir=$2
+if [ "$cmd" = ctl ]; then
+  cmd=$3
+  set -- "$cmd" "$dir" "${@:4}"
+  case $cmd in kill|restart|pause|resume) ;; *) echo "galera.sh ctl: $cmd?" >&2; exit 2 ;; esac
+fi
 provider=/usr/lib/galera/libgalera_smm.so
 [ -f "$provider" ] || provider=/usr/lib/libgalera_smm.so
 members="127.0.0.1:4567,127.0.0.1:4577,127.0.0.1:4587"

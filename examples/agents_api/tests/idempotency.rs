@@ -269,6 +269,48 @@ async fn a_commit_whose_answer_was_lost_is_resolved_by_the_retry() {
     }
 }
 
+/// A request dropped at its deadline while its claim's `INSERT` waits (here on an
+/// uncommitted row of the same key, held by another session) does not leave a claim that
+/// nobody holds once the `INSERT` goes through: the claim is released, and the retry runs
+/// at once instead of getting 409 until `lock_for` (60 s) runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
+    for t in api_db("idem_dropped").await {
+        if t.backend == Backend::Sqlite {
+            t.cleanup().await;
+            continue; // one writer at a time: the claim cannot wait on a row
+        }
+        let db = Db::new(t.db.clone(), None);
+        let app = routes()
+            .layer(Idempotency::new(t.db.clone()))
+            .layer(TxLayer::new(db.clone()).timeout(Duration::from_millis(300)))
+            .with_state(db);
+        let blocker = Database::connect(t.options(1)).await.unwrap();
+        let begin = match t.backend {
+            Backend::Postgres => "BEGIN",
+            _ => "START TRANSACTION",
+        };
+        blocker.execute_unprepared(begin).await.unwrap();
+        blocker
+            .execute_unprepared(
+                "INSERT INTO safe_db_idempotency (idem_key, fingerprint, token, state, \
+                 locked_until, expires_at) VALUES ('k-kai', 'x', 'blocker', 0, 0, 0)",
+            )
+            .await
+            .unwrap();
+        let first = send(&app, Some("k-kai"), "kai").await;
+        assert_eq!(first.0, StatusCode::GATEWAY_TIMEOUT, "{:?}", t.backend);
+        // The other session gives the key up: the abandoned claim's INSERT goes through.
+        blocker.execute_unprepared("ROLLBACK").await.unwrap();
+        let retry = send_until_not_in_flight(&app, "k-kai", "kai").await;
+        assert_eq!(retry.0, StatusCode::CREATED, "{:?}", t.backend);
+        assert!(retry.1.get(&IDEMPOTENT_REPLAYED).is_none());
+        assert_eq!(agents_named(&t, "kai").await, 1, "{:?}", t.backend);
+        blocker.close().await.unwrap();
+        t.cleanup().await;
+    }
+}
+
 /// Eight clients send one keyed create at once and retry while it is in flight: every
 /// one ends with the same response, and the agent exists once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

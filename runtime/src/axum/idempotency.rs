@@ -210,11 +210,26 @@ impl Drop for Claim {
     }
 }
 
+/// Deletes the claim (only this token's, only while no response is stored under it), asked
+/// again after a deadlock or serialization failure: on Galera the claim's node may abort
+/// the `DELETE` for a write-set of another node (seen as 1213 when a node was killed), and
+/// an unreleased key answers 409 until its lock runs out.
 async fn release(db: &DatabaseConnection, key: &str, token: &str) {
     let backend = db.get_database_backend();
-    if let Err(err) = db.execute_raw(sql::release(backend, key, token)).await {
-        tracing::warn!(error = %err, "an idempotency key's claim was not released: it is \
-                       taken over once its lock runs out");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match db.execute_raw(sql::release(backend, key, token)).await {
+            Ok(_) => return,
+            Err(err) if attempt < 5 && ErrorKind::of(&err) == ErrorKind::SerializationFailure => {
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "an idempotency key's claim was not released: it \
+                               is taken over once its lock runs out");
+                return;
+            }
+        }
     }
 }
 
@@ -285,22 +300,7 @@ where
         parts.headers.get(http::header::AUTHORIZATION),
         &body,
     );
-    // The claim runs on a task of its own: a request cut off while its `INSERT` is on the
-    // wire (its deadline, a client gone) cannot tell whether the row landed (SQLite's
-    // worker, or the server, carries the statement out anyway), and a claim nobody
-    // releases holds the key for `lock_for`. The task finishes it instead, and the claim
-    // it returns, dropped with nobody waiting, is released.
-    let claiming = {
-        let config = config.clone();
-        let key = key.clone();
-        tokio::spawn(async move { claim(&config, &key, &fingerprint).await })
-    };
-    let claimed = match claiming.await {
-        Ok(claimed) => claimed,
-        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-        Err(_) => Err(crate::error::link_gone()),
-    };
-    let claim = match claimed {
+    let claim = match claim_detached(&config, key, fingerprint).await {
         Ok(Claimed::Run(claim)) => claim,
         Ok(Claimed::Answer(response)) => return Ok(response),
         Err(err) => return Ok(Error::from(err).into_response()),
@@ -321,6 +321,31 @@ where
     // The claim is released as it drops, once the request's transaction has ended, only
     // if that transaction did not commit the response.
     Ok(store(&config, handle, &claim, response).await)
+}
+
+/// [`claim`] on a task of its own: a request dropped while its claim's `INSERT` (or
+/// take-over) is on the wire (its deadline, a client gone) would otherwise leave a claim
+/// that nobody holds, once the statement commits, and the key in flight (409) until its
+/// lock runs out (seen on Galera, where a node's death stalls commits for seconds). The
+/// task finishes the claim and, if the request is gone by then, releases it. (Its runtime
+/// shutting down meanwhile ends the request: `RequestEnded`.)
+async fn claim_detached(
+    config: &Idempotency,
+    key: String,
+    fingerprint: String,
+) -> Result<Claimed, DbErr> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return claim(config, &key, &fingerprint).await;
+    };
+    let config = config.clone();
+    // Its output, a claim taken, is dropped with the task if this request is gone by then
+    // (tokio drops the output of a task whose handle was dropped), and its drop releases it.
+    let task = runtime.spawn(async move { claim(&config, &key, &fingerprint).await });
+    match task.await {
+        Ok(claimed) => claimed,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(crate::cause::raise(crate::Cause::RequestEnded)),
+    }
 }
 
 /// Claims the key, or answers from what is stored under it.

@@ -92,7 +92,7 @@ pub(crate) fn begin(backend: DbBackend, begin: Begin) -> Cow<'static, str> {
 
 /// The outermost COMMIT: one statement, alone in its message, so that its answer is the
 /// COMMIT's and nothing else's. (Sent after another statement in one message, a Galera
-/// node's COMMIT was seen reported committed when it was not: `tests/galera.rs`.)
+/// node's COMMIT was seen reported committed when it was not: `tests/galera/`.)
 pub(crate) const COMMIT: &str = "COMMIT";
 
 /// The outermost ROLLBACK.
