@@ -1,0 +1,278 @@
+//! What the layer is on the server and in traces: one operation per request with its
+//! span, isolation and read-only in force, and every rejection a problem response.
+
+use super::*;
+
+#[tokio::test]
+async fn a_request_is_one_operation_whose_span_holds_the_handler_and_its_nested_operations() {
+    let (t, db) = api_db("web_span", &[Backend::Sqlite], 2).await.remove(0);
+    let app = test_app(db);
+    let (captured, guard) = safe_db_test_support::capture::start();
+    call(&app, "POST", "/status/201", None).await;
+    call(&app, "POST", "/status/409", None).await;
+    drop(guard);
+    let spans: Vec<_> = captured
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "safe_db.operation")
+        .collect();
+    let named = |name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.fields.get("operation").map(String::as_str) == Some(name))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let requests = named("request");
+    assert_eq!(requests.len(), 2, "{}", captured.all_text());
+    // Begun like any operation (its attempt and depth recorded), ended through the same
+    // commit and rollback, with the real reason for the rollback.
+    assert_eq!(requests[0].fields["outcome"], "committed");
+    assert_eq!(requests[0].fields["attempt"], "1");
+    assert_eq!(requests[0].fields["depth"], "0");
+    assert_eq!(requests[1].fields["outcome"], "rolled_back");
+    assert_eq!(
+        requests[1].fields["reason"],
+        "the response was 409 Conflict"
+    );
+    // The handler runs in the request's span: its nested operations are children.
+    let nested = named("create_agent");
+    assert_eq!(nested.len(), 2, "{}", captured.all_text());
+    assert!(
+        nested
+            .iter()
+            .all(|s| s.parent_operation.as_deref() == Some("request")),
+        "{nested:?}"
+    );
+    let kept: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+    assert_eq!(kept, ["status-201"]);
+    t.cleanup().await;
+}
+
+/// Reads the request transaction's isolation level, as the server reports it.
+async fn show_isolation(tx: RequestTx) -> Result<String, Error> {
+    let tx = tx.get().await?;
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        tx,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('transaction_isolation') || ' ' || \
+             current_setting('transaction_read_only')",
+        ),
+    )
+    .await?
+    .expect("one row");
+    Ok(row.try_get_by_index::<String>(0)?)
+}
+
+#[tokio::test]
+async fn the_layer_sets_isolation_and_read_only_on_the_server() {
+    for (t, db) in api_db("web_layer_options", &[Backend::Postgres], 2).await {
+        let plain = Router::new()
+            .route("/show", post(show_isolation))
+            .layer(TxLayer::new(db.clone()));
+        let (_, body, _) = call(&plain, "POST", "/show", None).await;
+        assert_eq!(body, Value::String("read committed off".into()));
+        let strict = Router::new().route("/show", post(show_isolation)).layer(
+            TxLayer::new(db)
+                .isolation(safe_db::Isolation::Serializable)
+                .read_only(),
+        );
+        let (_, body, _) = call(&strict, "POST", "/show", None).await;
+        assert_eq!(body, Value::String("serializable on".into()));
+        t.cleanup().await;
+    }
+}
+
+/// Sends `request` over a real socket and returns the status line, the content type and
+/// the body.
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> (String, String, Value) {
+    let answer = raw_http(addr, request).await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let body = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+    (status, content_type, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_a_problem_response_over_a_real_socket() {
+    for (t, db) in api_db("web_rejections", &[Backend::Sqlite], 2).await {
+        let addr = serve(agents_api::app(db)).await;
+        let json = |method: &str, path: &str, body: &str| {
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let cases = [
+            (
+                "malformed JSON",
+                json("POST", "/agents", "{\"name\": "),
+                "400",
+            ),
+            ("a missing field", json("POST", "/agents", "{}"), "422"),
+            (
+                "no JSON content type",
+                "POST /agents HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\
+                 \r\n\r\n{}"
+                    .to_owned(),
+                "415",
+            ),
+            ("a bad path parameter", get("/agents/abc"), "400"),
+            ("a bad query string", get("/agents?page=minus-one"), "400"),
+            (
+                "an unknown agent (safe-db's own)",
+                get("/agents/999"),
+                "404",
+            ),
+            ("an unknown path (axum's router)", get("/nowhere"), "404"),
+        ];
+        for (what, request, code) in cases {
+            let (status, content_type, body) = exchange(addr, &request).await;
+            assert!(status.contains(code), "{what}: {status}");
+            assert_eq!(content_type, "application/problem+json", "{what}");
+            assert_eq!(
+                body["status"],
+                code.parse::<u16>().unwrap(),
+                "{what}: {body}"
+            );
+            assert!(
+                body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{what}: {body}"
+            );
+        }
+        // Nothing was written by any of them.
+        assert!(names(&t).await.is_empty());
+        t.cleanup().await;
+    }
+}
+
+/// Audited in a transaction of its own: it stays when the request rolls back.
+#[safe_db::safe_db_operation(requires_new)]
+async fn audit(tx: &safe_db::Tx, what: &str) -> Result<(), Error> {
+    create_agent(tx, what).await.map(drop)
+}
+
+/// Joins the request's transaction without a savepoint, writes, then fails.
+#[safe_db::safe_db_operation(savepoint = false)]
+async fn write_then_fail_joined(tx: &safe_db::Tx, name: &str) -> Result<(), Error> {
+    create_agent(tx, name).await?;
+    Err(Error::validation(
+        "failed after writing, without a savepoint",
+    ))
+}
+
+/// Audits, writes in the request's transaction, then answers 409: only the audit stays.
+async fn audited_conflict(tx: RequestTx) -> Result<StatusCode, Error> {
+    audit(&tx, "audit-row").await?;
+    create_agent(&tx, "request-row").await?;
+    Ok(StatusCode::CONFLICT)
+}
+
+/// Swallows a `savepoint = false` failure and answers 200: the request must not commit.
+async fn swallowed_joined_failure(tx: RequestTx) -> Result<StatusCode, Error> {
+    create_agent(&tx, "request-row").await?;
+    let _ = write_then_fail_joined(&tx, "joined-row").await;
+    Ok(StatusCode::OK)
+}
+
+#[tokio::test]
+async fn propagation_through_the_request_transaction() {
+    for (t, db) in api_db("web_propagation", ALL, 5).await {
+        let app = with_transactions(
+            routes()
+                .route("/audited", post(audited_conflict))
+                .route("/swallowed", post(swallowed_joined_failure)),
+            db,
+        );
+        let (status, _, _) = call(&app, "POST", "/audited", None).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let rows: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(rows, vec!["audit-row"], "{:?}", t.backend);
+
+        let (status, body, _) = call(&app, "POST", "/swallowed", None).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        let rows: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(
+            rows,
+            vec!["audit-row"],
+            "{:?}: nothing of the request",
+            t.backend
+        );
+        t.cleanup().await;
+    }
+}
+
+/// What `audit_log` got when it asked its copy of the extensions for the request's
+/// transaction after the response, one entry per request.
+static AUDITED: std::sync::Mutex<Vec<Result<(), String>>> = std::sync::Mutex::new(Vec::new());
+
+/// An audit logger, as a middleware inside `TxLayer`: it copies the request's extensions
+/// (where `TxLayer` put the request's transaction) and logs from a task of its own, 50 ms
+/// after the response, so the copy outlives the request. It then tries to take the
+/// request's transaction from its copy, which must fail.
+async fn audit_log(
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let extensions = request.extensions().clone();
+    let response = next.run(request).await;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.extensions = extensions;
+        let late =
+            <RequestTx as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &())
+                .await;
+        AUDITED
+            .lock()
+            .unwrap()
+            .push(late.map(drop).map_err(|e| e.to_string()));
+    });
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_middleware_that_copies_the_extensions_does_not_hold_the_transaction() {
+    for (t, db) in api_db("web_audit", ALL, 5).await {
+        // Only a live RequestTx keeps the request from committing; a copy of the request's
+        // extensions, alive when the handler has returned, is no holder.
+        let app = with_transactions(routes().layer(axum::middleware::from_fn(audit_log)), db);
+        let addr = serve(app).await;
+        AUDITED.lock().unwrap().clear();
+        let body = r#"{"name":"audited"}"#;
+        let answer = raw_http(addr, &format!(
+            "POST /agents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 201"),
+            "{:?}: {answer}",
+            t.backend
+        );
+        let kept: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(kept, ["audited"], "{:?}", t.backend);
+        // The copy was still alive when the request committed; used after the request,
+        // it gives no transaction.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let audited = AUDITED.lock().unwrap().clone();
+        assert_eq!(audited.len(), 1, "{:?}", t.backend);
+        let err = audited[0]
+            .clone()
+            .expect_err("no transaction after the request");
+        assert!(err.contains("used after its request ended"), "{err}");
+        t.cleanup().await;
+    }
+}
