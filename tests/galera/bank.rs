@@ -4,11 +4,10 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use safe_db::{Error, Tx, safe_db_operation};
-use safe_db_test_support::exec;
+use safe_db_test_support::ledger;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
-pub(crate) const ACCOUNTS: i32 = 10;
-pub(crate) const OPENING: i64 = 1_000;
+pub(crate) use safe_db_test_support::ledger::{ACCOUNTS, OPENING, next, open as open_bank};
 
 /// A transfer between two accounts, logged; `t` prefixes the tables (each scenario has
 /// its own).
@@ -58,26 +57,7 @@ pub(crate) async fn move_money(
         .expect("a row");
     let (port, session): (i64, i64) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
     RAN_ON.lock().unwrap().push((tid.to_owned(), port, session));
-    let debited = tx
-        .execute_unprepared(&format!(
-            "UPDATE {t}accounts SET balance = balance - {amount} \
-             WHERE id = {from} AND balance >= {amount}"
-        ))
-        .await?
-        .rows_affected();
-    if debited == 0 {
-        return Ok(false);
-    }
-    tx.execute_unprepared(&format!(
-        "UPDATE {t}accounts SET balance = balance + {amount} WHERE id = {to}"
-    ))
-    .await?;
-    tx.execute_unprepared(&format!(
-        "INSERT INTO {t}transfers (tid, from_id, to_id, amount) \
-         VALUES ('{tid}', {from}, {to}, {amount})"
-    ))
-    .await?;
-    Ok(true)
+    Ok(ledger::move_money(tx, t, tid, from, to, amount).await?)
 }
 
 #[safe_db_operation(read_only, retries = 10)]
@@ -149,45 +129,6 @@ pub(crate) async fn try_settled(
         .map(|r| r.try_get_by_index::<String>(0))
         .collect::<Result<BTreeSet<_>, _>>()?;
     Ok((balances, tids))
-}
-
-/// The accounts (`ACCOUNTS` of them, `OPENING` each) and the transfer log, tables
-/// prefixed with `t`, made afresh through `db`.
-pub(crate) async fn open_bank(db: &DatabaseConnection, t: &str) {
-    exec(db, &format!("DROP TABLE IF EXISTS {t}transfers")).await;
-    exec(db, &format!("DROP TABLE IF EXISTS {t}accounts")).await;
-    exec(
-        db,
-        &format!("CREATE TABLE {t}accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)"),
-    )
-    .await;
-    exec(
-        db,
-        &format!(
-            "CREATE TABLE {t}transfers (tid VARCHAR(40) PRIMARY KEY, from_id INT NOT NULL, \
-             to_id INT NOT NULL, amount BIGINT NOT NULL)"
-        ),
-    )
-    .await;
-    let values: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!("({id}, {OPENING})"))
-        .collect();
-    exec(
-        db,
-        &format!(
-            "INSERT INTO {t}accounts (id, balance) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
-}
-
-/// A pseudo-random sequence per writer (no dependency needed for spreading accounts).
-pub(crate) fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
 }
 
 /// The client port of the node an operation runs on.
