@@ -145,7 +145,7 @@ async fn pipe(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                     Ok(n) => n,
                 };
                 // Frozen: the server's answers are lost on the way.
-                if frozen.load(Ordering::Relaxed) {
+                if frozen.load(Ordering::SeqCst) {
                     continue;
                 }
                 if client_write.write_all(&buf[..n]).await.is_err() {
@@ -182,18 +182,21 @@ async fn pipe(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
             killed = true;
             break;
         }
+        // Set before the message goes: set after, the server's answer could reach the
+        // client first (the other direction runs on its own task), and nothing froze.
+        if matches!(fault, Some(Fault::FreezeAfter | Fault::KillAfter)) {
+            frozen.store(true, Ordering::SeqCst);
+        }
         if server_write.write_all(&buf[..n]).await.is_err() {
             break;
         }
         match fault {
             Some(Fault::FreezeAfter) => {
-                frozen.store(true, Ordering::Relaxed);
                 shared.frozen.fetch_add(1, Ordering::Relaxed);
             }
             Some(Fault::KillAfter) => {
                 // The answer is lost; the server is given time to read the message
                 // before its connection closes.
-                frozen.store(true, Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 killed = true;
                 break;
