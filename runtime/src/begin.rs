@@ -53,6 +53,13 @@ pub trait Begin: Sync + sealed::Sealed {
     fn __join(&self) -> impl Future<Output = Result<Option<&Tx>, DbErr>> + Send {
         std::future::ready(Ok(None))
     }
+
+    /// The span that the span of an operation called with this is a child of, when it is
+    /// not the current one (a web request's, while its handler is being polled).
+    #[doc(hidden)]
+    fn __span_parent(&self) -> Option<tracing::Id> {
+        None
+    }
 }
 
 /// A connection, on which an operation begins an outermost transaction of its own:
@@ -154,6 +161,10 @@ impl<T: Begin + ?Sized> Begin for &T {
         (**self).__from_pool()
     }
 
+    fn __span_parent(&self) -> Option<tracing::Id> {
+        (**self).__span_parent()
+    }
+
     fn __begin(
         &self,
         options: &Options,
@@ -174,6 +185,10 @@ impl<T: Begin + ?Sized + Send> sealed::Sealed for Arc<T> {}
 impl<T: Begin + ?Sized + Send> Begin for Arc<T> {
     fn __from_pool(&self) -> bool {
         (**self).__from_pool()
+    }
+
+    fn __span_parent(&self) -> Option<tracing::Id> {
+        (**self).__span_parent()
     }
 
     fn __begin(

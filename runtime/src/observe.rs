@@ -186,9 +186,19 @@ pub(crate) fn ended(name: &'static str, end: End, elapsed: Duration, span: &trac
         End::Joined => &JOINED,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if !span.is_disabled() {
-        span.record("outcome", end.as_str());
-        span.record("duration_ms", elapsed.as_millis() as u64);
+    if let Some(meta) = span.metadata() {
+        // Both fields in one record: a subscriber formats and stores each record it is
+        // given (the `fmt` layer: a lookup, a lock and a format per record).
+        let fields = meta.fields();
+        if let (Some(outcome), Some(duration)) =
+            (fields.field("outcome"), fields.field("duration_ms"))
+        {
+            let ms = elapsed.as_millis() as u64;
+            span.record_all(&fields.value_set(&[
+                (&outcome, Some(&end.as_str() as &dyn tracing::Value)),
+                (&duration, Some(&ms as &dyn tracing::Value)),
+            ]));
+        }
     }
     if elapsed >= slow_threshold() {
         span.in_scope(|| {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -156,7 +157,7 @@ impl<S> tower_layer::Layer<S> for Idempotency {
     fn layer(&self, inner: S) -> IdempotencyService<S> {
         IdempotencyService {
             inner,
-            config: self.clone(),
+            config: Arc::new(self.clone()),
         }
     }
 }
@@ -165,7 +166,8 @@ impl<S> tower_layer::Layer<S> for Idempotency {
 #[derive(Clone)]
 pub struct IdempotencyService<S> {
     inner: S,
-    config: Idempotency,
+    /// Shared: a request takes a reference, not a copy of the lists and the pool.
+    config: Arc<Idempotency>,
 }
 
 impl<S> tower_service::Service<Request<Body>> for IdempotencyService<S>
@@ -183,6 +185,13 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // A request without a key goes through as it is, called by the service that was
+        // polled ready; only a keyed one needs a copy of it, called later.
+        if !self.config.methods.contains(request.method())
+            || (!self.config.required && !request.headers().contains_key(&IDEMPOTENCY_KEY))
+        {
+            return Box::pin(self.inner.call(request));
+        }
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
         let config = self.config.clone();
@@ -240,7 +249,7 @@ enum Claimed {
 }
 
 async fn serve<S>(
-    config: Idempotency,
+    config: Arc<Idempotency>,
     mut inner: S,
     request: Request<Body>,
 ) -> Result<Response, S::Error>
@@ -330,14 +339,14 @@ where
 /// task finishes the claim and, if the request is gone by then, releases it. (Its runtime
 /// shutting down meanwhile ends the request: `RequestEnded`.)
 async fn claim_detached(
-    config: &Idempotency,
+    config: &Arc<Idempotency>,
     key: String,
     fingerprint: String,
 ) -> Result<Claimed, DbErr> {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return claim(config, &key, &fingerprint).await;
     };
-    let config = config.clone();
+    let config = Arc::clone(config);
     // Its output, a claim taken, is dropped with the task if this request is gone by then
     // (tokio drops the output of a task whose handle was dropped), and its drop releases it.
     let task = runtime.spawn(async move { claim(&config, &key, &fingerprint).await });

@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use http::Request;
 use sea_orm::DbErr;
 
-use super::slot::{BeginFuture, Closed, Handle, NewFuture, Slot};
+use super::slot::{BeginFuture, Closed, Handle, NewFuture, Slot, Starter};
 use crate::operation::{Entered, Operation, Outcome};
 use crate::{Begin, Error, ErrorKind, Options, Tx};
 
@@ -72,9 +72,11 @@ impl<S, C: Clone> tower_layer::Layer<S> for TxLayer<C> {
     fn layer(&self, inner: S) -> TxService<S, C> {
         TxService {
             inner,
-            conn: self.conn.clone(),
-            options: self.options,
-            timeout: self.timeout,
+            shared: Arc::new(Shared {
+                conn: self.conn.clone(),
+                options: self.options,
+                timeout: self.timeout,
+            }),
         }
     }
 }
@@ -83,9 +85,45 @@ impl<S, C: Clone> tower_layer::Layer<S> for TxLayer<C> {
 #[derive(Clone)]
 pub struct TxService<S, C> {
     inner: S,
+    shared: Arc<Shared<C>>,
+}
+
+/// What every request through one layer shares: a request takes a reference to it (one
+/// `Arc`), not copies of the pool handle.
+struct Shared<C> {
     conn: C,
     options: Options,
     timeout: Option<std::time::Duration>,
+}
+
+impl<C> Starter for Shared<C>
+where
+    C: Begin + Clone + Send + Sync + 'static,
+{
+    fn begin(
+        self: Arc<Self>,
+        span: tracing::Span,
+        arrived: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
+    ) -> BeginFuture {
+        Box::pin(async move {
+            let mut operation = Operation::for_request(&self.options, arrived, deadline, span);
+            let begun = operation.begin_tx(&self.conn).await;
+            (operation, begun)
+        })
+    }
+
+    fn begin_new(
+        self: Arc<Self>,
+        options: Options,
+        deadline: Option<tokio::time::Instant>,
+    ) -> NewFuture {
+        Box::pin(async move { self.conn.__begin(&options, deadline).await })
+    }
+
+    fn options(&self) -> Options {
+        self.options
+    }
 }
 
 /// How the handler ended: `None` when it overran the request's deadline and was dropped,
@@ -94,80 +132,43 @@ type Called<E> = Option<std::thread::Result<Result<Response, E>>>;
 
 /// One request, from its arrival to its response: what the layer's steps share.
 struct Scope<C> {
-    conn: C,
-    options: Options,
-    timeout: Option<std::time::Duration>,
-    arrived: tokio::time::Instant,
+    shared: Arc<Shared<C>>,
     deadline: Option<tokio::time::Instant>,
-    /// The request's span, entered while the handler runs: the operations it calls are
-    /// its children. It becomes the request's operation's span if the transaction is
-    /// used, and records `outcome = "unused"` if not.
-    span: tracing::Span,
 }
 
 impl<C> Scope<C>
 where
     C: Begin + Clone + Send + Sync + 'static,
 {
-    fn new(conn: C, options: Options, timeout: Option<std::time::Duration>) -> Self {
+    /// The request, arrived now, and its slot, whose transaction begins on demand: when
+    /// the handler first uses it, as the same operation as any other (the server stops a
+    /// statement still running at the request's deadline).
+    fn new(shared: &Arc<Shared<C>>) -> (Self, Arc<Slot>, Handle) {
         let arrived = tokio::time::Instant::now();
-        Scope {
-            conn,
-            span: Operation::request_span(&options),
-            options,
-            timeout,
-            arrived,
-            deadline: timeout.and_then(|t| arrived.checked_add(t)),
-        }
-    }
-
-    /// The request's slot, whose transaction begins on demand: when the handler first
-    /// uses it, as the same operation as any other (the server stops a statement still
-    /// running at the request's deadline).
-    fn slot(&self) -> (Arc<Slot>, Handle) {
-        let (conn, options, arrived, deadline) =
-            (self.conn.clone(), self.options, self.arrived, self.deadline);
-        let request_span = self.span.clone();
-        let begin = move |first: bool| -> BeginFuture {
-            let conn = conn.clone();
-            let span = if first {
-                request_span.clone()
-            } else {
-                Operation::request_span(&options)
-            };
-            Box::pin(async move {
-                let mut operation = Operation::for_request(&options, arrived, deadline, span);
-                let begun = operation.begin_tx(&conn).await;
-                (operation, begun)
-            })
+        let deadline = shared.timeout.and_then(|t| arrived.checked_add(t));
+        let (slot, handle) = Slot::open(shared.clone(), arrived, deadline);
+        let scope = Scope {
+            shared: shared.clone(),
+            deadline,
         };
-        let own = self.conn.clone();
-        let begin_new =
-            move |options: Options, own_deadline: Option<tokio::time::Instant>| -> NewFuture {
-                let conn = own.clone();
-                let deadline = match (own_deadline, deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                Box::pin(async move { conn.__begin(&options, deadline).await })
-            };
-        Slot::open(Box::new(begin), Box::new(begin_new))
+        (scope, slot, handle)
     }
 
-    /// Runs the handler in the request's span, under the request's deadline, catching a
-    /// panic.
-    async fn run<F, E>(&self, handler: F, slot: &Arc<Slot>) -> Called<E>
+    /// Runs the handler under the request's deadline, catching a panic, and in the
+    /// request's span once its transaction was asked for.
+    async fn run<F, E>(&self, handler: F, slot: &Slot) -> Called<E>
     where
         F: Future<Output = Result<Response, E>>,
     {
         let mut handler = std::pin::pin!(AssertUnwindSafe(handler).catch_unwind());
-        let span = &self.span;
-        let begun = Arc::downgrade(slot);
         let handler = std::future::poll_fn(move |cx| {
-            let _entered = (!span.is_disabled()).then(|| span.enter());
+            let _entered = slot
+                .span()
+                .filter(|span| !span.is_disabled())
+                .map(|span| span.enter());
             // Once the request's transaction holds a connection, an operation in the
             // handler that cannot get one says it may be waiting for the request.
-            let holds = begun.upgrade().is_some_and(|slot| slot.began());
+            let holds = slot.began();
             crate::operation::holding_while(holds.then_some("request"), || {
                 handler.as_mut().poll(cx)
             })
@@ -188,16 +189,11 @@ where
     ) -> Result<Response, E> {
         match slot.close(handle).await {
             Closed::Began(tx, operation) => self.conclude(tx, operation, called).await,
-            Closed::Unused { tried } => {
-                if !tried && !self.span.is_disabled() {
-                    self.span.record("outcome", "unused");
-                }
-                match called {
-                    None => Ok(self.timed_out().into_response()),
-                    Some(Ok(result)) => result,
-                    Some(Err(payload)) => std::panic::resume_unwind(payload),
-                }
-            }
+            Closed::Unused => match called {
+                None => Ok(self.timed_out().into_response()),
+                Some(Ok(result)) => result,
+                Some(Err(payload)) => std::panic::resume_unwind(payload),
+            },
             Closed::StillHeld(operation) => {
                 let reason = "a RequestTx outlived its request (moved into a spawned task?): \
                               the request fails, and its transaction is rolled back when that \
@@ -253,7 +249,7 @@ where
     }
 
     fn timed_out(&self) -> Error {
-        let limit = self.timeout.unwrap_or_default();
+        let limit = self.shared.timeout.unwrap_or_default();
         Error::new(
             ErrorKind::Timeout,
             format!("the request did not complete within its timeout of {limit:?}"),
@@ -290,13 +286,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The clone that was polled ready serves this request.
-        let fresh = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let this = Scope::new(self.conn.clone(), self.options, self.timeout);
-        let (slot, handle) = this.slot();
+        let (this, slot, handle) = Scope::new(&self.shared);
         request.extensions_mut().insert(handle.clone());
-        let handler = inner.call(request);
+        // Called here, by the service that was polled ready: no copy of it is needed.
+        let handler = self.inner.call(request);
         Box::pin(async move {
             let called = this.run(handler, &slot).await;
             this.end(slot, handle, called).await

@@ -18,28 +18,46 @@ use sea_orm::DbErr;
 use crate::operation::Operation;
 use crate::{Begin, Error, ErrorKind, Options, Tx};
 
-/// Begins the request's operation: `true` on the first try.
-pub(super) type BeginFn = Box<dyn Fn(bool) -> BeginFuture + Send + Sync>;
-/// Begins a transaction of its own (`requires_new`), under an operation's own deadline.
-pub(super) type BeginNewFn =
-    Box<dyn Fn(Options, Option<tokio::time::Instant>) -> NewFuture + Send + Sync>;
+/// Begins a request's transaction: the layer's side of a slot, shared by its requests.
+pub(super) trait Starter: Send + Sync {
+    /// Begins the request's operation, arrived at `arrived`, in `span`.
+    fn begin(
+        self: Arc<Self>,
+        span: tracing::Span,
+        arrived: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
+    ) -> BeginFuture;
+    /// Begins a transaction of its own (`requires_new`), under `deadline`.
+    fn begin_new(
+        self: Arc<Self>,
+        options: Options,
+        deadline: Option<tokio::time::Instant>,
+    ) -> NewFuture;
+    /// The options of the request's transaction.
+    fn options(&self) -> Options;
+}
+
 pub(super) type BeginFuture = Pin<Box<dyn Future<Output = (Operation, Result<Tx, DbErr>)> + Send>>;
 pub(super) type NewFuture = Pin<Box<dyn Future<Output = Result<Tx, DbErr>> + Send>>;
 
 /// The request's transaction, owned by the layer (which ends it) and leased by each
 /// `RequestTx` (which begins it on first use), with the operation that drives it.
 pub(super) struct Slot {
-    /// Begins the request's operation; `true` on the first try, which takes the span
-    /// made when the request arrived (a later try, after one failed or was cut off, is an
-    /// operation with a span of its own).
-    begin: BeginFn,
-    /// Begins a transaction of its own on the layer's connection (`requires_new`).
-    begin_new: BeginNewFn,
+    /// Begins the request's operation, or a transaction of its own.
+    starter: Arc<dyn Starter>,
+    /// When the request arrived, and its deadline if the layer has a timeout.
+    arrived: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+    /// The request's span, made when its handler takes a `RequestTx` (a handler that
+    /// takes none makes no span): the layer runs the handler in it from then on, so the
+    /// operations it calls are its children. It is the span of the first try to begin the
+    /// request's transaction, and records `outcome = "unused"` if none was tried.
+    span: std::sync::OnceLock<tracing::Span>,
+    /// Whether a BEGIN was tried (the first try's span is the request's).
+    tried: AtomicBool,
     tx: std::sync::OnceLock<Tx>,
     /// The request's operation, from the moment its transaction began.
     operation: std::sync::Mutex<Option<Operation>>,
-    /// Whether a BEGIN was tried (the first try's operation gets the request's span).
-    tried: AtomicBool,
     /// Held while the transaction begins; `true` once the request is over, after which
     /// nothing begins (a `RequestTx` may outlive it).
     gate: tokio::sync::Mutex<bool>,
@@ -47,13 +65,19 @@ pub(super) struct Slot {
 
 impl Slot {
     /// The request's slot, owned by the layer, and the handle for its extensions.
-    pub(super) fn open(begin: BeginFn, begin_new: BeginNewFn) -> (Arc<Self>, Handle) {
+    pub(super) fn open(
+        starter: Arc<dyn Starter>,
+        arrived: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
+    ) -> (Arc<Self>, Handle) {
         let slot = Arc::new(Slot {
-            begin,
-            begin_new,
+            starter,
+            arrived,
+            deadline,
+            span: std::sync::OnceLock::new(),
+            tried: AtomicBool::new(false),
             tx: std::sync::OnceLock::new(),
             operation: std::sync::Mutex::new(None),
-            tried: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
         });
         let handle = Handle(Arc::new(std::sync::Mutex::new(Arc::downgrade(&slot))));
@@ -70,8 +94,16 @@ impl Slot {
         }
         if self.tx.get().is_none() {
             // A BEGIN that fails has recorded its end in the operation, dropped here.
-            let first = !self.tried.swap(true, Ordering::Relaxed);
-            let (operation, begun) = (self.begin)(first).await;
+            // A later try, after one failed or was cut off, is an operation with a span
+            // of its own.
+            let span = if self.tried.swap(true, Ordering::Relaxed) {
+                Operation::request_span(&self.starter.options())
+            } else {
+                self.request_span().clone()
+            };
+            let (operation, begun) = Arc::clone(&self.starter)
+                .begin(span, self.arrived, self.deadline)
+                .await;
             let tx = begun?;
             *self.operation() = Some(operation);
             let _ = self.tx.set(tx);
@@ -83,25 +115,40 @@ impl Slot {
         self.operation.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The request's span, once its handler has taken a `RequestTx`.
+    pub(super) fn span(&self) -> Option<&tracing::Span> {
+        self.span.get()
+    }
+
+    /// The request's span, made now if it has not been yet.
+    fn request_span(&self) -> &tracing::Span {
+        self.span
+            .get_or_init(|| Operation::request_span(&self.starter.options()))
+    }
+
     /// Whether the request's transaction has begun.
     pub(super) fn began(&self) -> bool {
         self.tx.get().is_some()
     }
 
     /// The request is over: no lease is handed out and nothing begins from now on.
-    /// Returns whether a BEGIN was tried, and the operation and transaction if one began
-    /// and no lease is still held.
+    /// Returns the operation and transaction if one began and no lease is still held.
     pub(super) async fn close(self: Arc<Self>, handle: Handle) -> Closed {
         // Revoked first: from here on only the leases already taken (live `RequestTx`s)
         // share the slot, whoever holds a copy of the request's extensions.
         handle.revoke();
         *self.gate.lock().await = true;
-        let tried = self.tried.load(Ordering::Relaxed);
+        if let Some(span) = self.span.get()
+            && !self.tried.load(Ordering::Relaxed)
+            && !span.is_disabled()
+        {
+            span.record("outcome", "unused");
+        }
         let operation = self.operation().take();
         match Arc::try_unwrap(self) {
             Ok(slot) => match (slot.tx.into_inner(), operation) {
                 (Some(tx), Some(operation)) => Closed::Began(tx, operation),
-                _ => Closed::Unused { tried },
+                _ => Closed::Unused,
             },
             Err(shared) if shared.began() => {
                 // Every statement through the RequestTx still held fails from now on, and
@@ -112,7 +159,7 @@ impl Slot {
                 Closed::StillHeld(operation)
             }
             // Held, but its transaction never began: nothing to end.
-            Err(_) => Closed::Unused { tried },
+            Err(_) => Closed::Unused,
         }
     }
 }
@@ -120,7 +167,7 @@ impl Slot {
 /// What the layer finds in the slot once the request is over.
 pub(super) enum Closed {
     /// No transaction: nothing to end (a BEGIN that failed recorded its own end).
-    Unused { tried: bool },
+    Unused,
     /// The request's transaction, for the layer to end.
     Began(Tx, Operation),
     /// A lease (a `RequestTx`) outlived the handler: the transaction cannot be committed
@@ -150,7 +197,9 @@ impl Handle {
     pub(super) fn lease(&self) -> Option<RequestTx> {
         let slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // Upgraded under the lock: no lease is taken once `revoke` has returned.
-        slot.upgrade().map(RequestTx)
+        let slot = slot.upgrade()?;
+        slot.request_span();
+        Some(RequestTx(slot))
     }
 
     /// No lease is handed out from now on.
@@ -209,7 +258,13 @@ impl Begin for RequestTx {
                 return Err(request_over());
             }
             if !self.0.began() {
-                return (self.0.begin_new)(*options, deadline).await;
+                let deadline = match (deadline, self.0.deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                return Arc::clone(&self.0.starter)
+                    .begin_new(*options, deadline)
+                    .await;
             }
         }
         self.0.get().await?.__begin(options, deadline).await
@@ -217,6 +272,12 @@ impl Begin for RequestTx {
 
     async fn __join(&self) -> Result<Option<&Tx>, DbErr> {
         self.0.get().await.map(Some)
+    }
+
+    /// The request's span: a handler's first poll takes its `RequestTx` and may call an
+    /// operation with it before the layer has entered that span.
+    fn __span_parent(&self) -> Option<tracing::Id> {
+        self.0.span().and_then(tracing::Span::id)
     }
 }
 impl crate::InTransaction for RequestTx {}

@@ -7,6 +7,7 @@ mod joined;
 mod name;
 mod retry;
 mod run;
+mod span;
 
 use std::any::Any;
 use std::future::Future;
@@ -118,7 +119,9 @@ pub struct Operation {
     /// The attempt under way, the retries left and the deadline.
     retry: Retry,
     started: Instant,
+    /// Made when the operation is first entered (see [`Operation::enter`]).
     span: tracing::Span,
+    span_made: bool,
     ended: bool,
     /// Whether this attempt's transaction is an outermost one, holding a pool connection.
     outermost: bool,
@@ -130,25 +133,14 @@ impl Operation {
         // A timeout too large to add is no deadline at all.
         let deadline = options.timeout.and_then(|t| started.checked_add(t));
         #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
-        let mut operation = Operation::starting(
-            options,
-            name.name,
-            started,
-            deadline,
-            Operation::span_for(options, name.name),
-        );
+        let mut operation =
+            Operation::starting(options, name.name, started, deadline, tracing::Span::none());
+        operation.span_made = false;
         #[cfg(feature = "testing")]
         {
             operation.path = name.path;
         }
         operation
-    }
-
-    /// The span of a web request's operation, made when the request arrives so that the
-    /// handler, and the operations it calls, run in it.
-    #[cfg(feature = "axum")]
-    pub(crate) fn request_span(options: &Options) -> tracing::Span {
-        Operation::span_for(options, "request")
     }
 
     /// The operation of a web request's transaction, begun when the handler first uses
@@ -162,20 +154,6 @@ impl Operation {
         span: tracing::Span,
     ) -> Self {
         Operation::starting(options, "request", arrived, deadline, span)
-    }
-
-    fn span_for(options: &Options, name: &'static str) -> tracing::Span {
-        tracing::info_span!(
-            "safe_db.operation",
-            operation = name,
-            isolation = options.isolation.map(|i| i.name()),
-            read_only = options.read_only,
-            depth = tracing::field::Empty,
-            attempt = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            reason = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
-        )
     }
 
     fn starting(
@@ -194,6 +172,7 @@ impl Operation {
             retry: Retry::new(options.retries, deadline),
             started,
             span,
+            span_made: true,
             ended: false,
             outermost: false,
         }
@@ -258,6 +237,11 @@ impl Operation {
         &mut self,
         conn: &'c C,
     ) -> Result<Entered<'c>, DbErr> {
+        if !self.span_made {
+            // Here rather than in `new`: the conn may name the parent.
+            self.span = Operation::span_under(conn.__span_parent(), &self.options, self.name);
+            self.span_made = true;
+        }
         if !self.options.savepoint
             && !self.options.requires_new
             // Boxed: this rare path would otherwise add to every operation's future.

@@ -67,7 +67,7 @@ pub(crate) struct Link {
     untrusted: bool,
     /// Statements are prepared under a name kept in the connection's statement cache;
     /// else as the unnamed statement (a PostgreSQL pool with the cache off: see
-    /// [`statement_cache_on`]).
+    /// [`statement_cache_on`](super::statements::statement_cache_on)).
     persistent: bool,
 }
 
@@ -108,24 +108,6 @@ where
         sea_query_sqlx::SqlxValues(values),
     )
     .persistent(persistent)
-}
-
-/// Whether the connections of a PostgreSQL pool keep prepared statements
-/// (`statement_cache_capacity`, 100 by default; `statement-cache-capacity=0` in the URL
-/// turns it off). Off, sqlx still prepares a persistent statement under a name of its own
-/// (`sqlx_s_1`, …), counted per client connection, and never closes it: behind PgBouncer
-/// in transaction pooling mode before 1.21, another client's statement of the same name
-/// is already there on the server connection ("prepared statement \"sqlx_s_1\" already
-/// exists"). So with the cache off, a `Tx` sends its statements as the unnamed statement,
-/// which lives inside the transaction that the server connection is held for.
-#[cfg(feature = "postgres")]
-fn statement_cache_on(pool: &sqlx::PgPool) -> bool {
-    use sqlx::ConnectOptions;
-    !pool
-        .connect_options()
-        .to_url_lossy()
-        .query_pairs()
-        .any(|(key, value)| key == "statement-cache-capacity" && value == "0")
 }
 
 /// What sqlx's `Executor::execute` does with a statement's answer (sqlx-core 0.9: its
@@ -197,7 +179,7 @@ impl Link {
         #[cfg(feature = "postgres")]
         let persistent = match &db.inner {
             Type::SqlxPostgresPoolConnection(_) => {
-                statement_cache_on(db.get_postgres_connection_pool())
+                super::statements::statement_cache_on(db.get_postgres_connection_pool())
             }
             _ => true,
         };

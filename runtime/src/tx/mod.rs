@@ -38,6 +38,8 @@ mod guard;
 mod hooks;
 mod link;
 mod seaorm;
+#[cfg(feature = "postgres")]
+mod statements;
 mod tree;
 mod verdict;
 

@@ -10,6 +10,8 @@ async fn a_request_is_one_operation_whose_span_holds_the_handler_and_its_nested_
     let (captured, guard) = safe_db_test_support::capture::start();
     call(&app, "POST", "/status/201", None).await;
     call(&app, "POST", "/status/409", None).await;
+    // A handler that takes no `RequestTx` (a read on the pool) makes no request span.
+    call(&app, "GET", "/agents/1", None).await;
     drop(guard);
     let spans: Vec<_> = captured
         .spans()
@@ -44,6 +46,9 @@ async fn a_request_is_one_operation_whose_span_holds_the_handler_and_its_nested_
             .all(|s| s.parent_operation.as_deref() == Some("request")),
         "{nested:?}"
     );
+    let reads = named("get_agent");
+    assert_eq!(reads.len(), 1, "{}", captured.all_text());
+    assert_eq!(reads[0].parent_operation, None, "{reads:?}");
     let kept: Vec<String> = names(&t).await.into_iter().map(|(_, n)| n).collect();
     assert_eq!(kept, ["status-201"]);
     t.cleanup().await;

@@ -1,0 +1,46 @@
+//! An operation's `tracing` span.
+
+use super::Operation;
+use crate::Options;
+
+impl Operation {
+    /// The span of a web request's operation, made when its handler takes a `RequestTx`
+    /// so that the handler, and the operations it calls, run in it.
+    #[cfg(feature = "axum")]
+    pub(crate) fn request_span(options: &Options) -> tracing::Span {
+        Operation::span_under(None, options, "request")
+    }
+
+    /// The operation's span: a child of `parent`, or of the current span.
+    pub(super) fn span_under(
+        parent: Option<tracing::Id>,
+        options: &Options,
+        name: &'static str,
+    ) -> tracing::Span {
+        if let Some(parent) = parent {
+            return tracing::info_span!(
+                parent: parent,
+                "safe_db.operation",
+                operation = name,
+                isolation = options.isolation.map(|i| i.name()),
+                read_only = options.read_only,
+                depth = tracing::field::Empty,
+                attempt = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                reason = tracing::field::Empty,
+                duration_ms = tracing::field::Empty,
+            );
+        }
+        tracing::info_span!(
+            "safe_db.operation",
+            operation = name,
+            isolation = options.isolation.map(|i| i.name()),
+            read_only = options.read_only,
+            depth = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        )
+    }
+}
