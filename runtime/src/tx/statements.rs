@@ -20,15 +20,37 @@ use sea_orm::sqlx;
 /// (`set_connect_options`) are new options, read anew.
 #[cfg(feature = "postgres")]
 pub(super) fn statement_cache_on(pool: &sqlx::PgPool) -> bool {
-    use sqlx::ConnectOptions;
     use sqlx::postgres::PgConnectOptions;
     use std::sync::{Mutex, Weak};
     static SEEN: Mutex<Vec<(Weak<PgConnectOptions>, bool)>> = Mutex::new(Vec::new());
+    thread_local! {
+        /// The last answer on this thread: no shared lock for the common case of one pool.
+        static LAST: std::cell::RefCell<Option<(Weak<PgConnectOptions>, bool)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let options = pool.connect_options();
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let same = |known: &Weak<PgConnectOptions>| std::ptr::eq(known.as_ptr(), Arc::as_ptr(&options));
+    if let Some(on) = LAST.with_borrow(|last| {
+        last.as_ref()
+            .and_then(|(known, on)| same(known).then_some(*on))
+    }) {
+        return on;
+    }
+    let on = read(&options, &SEEN);
+    LAST.set(Some((Arc::downgrade(&options), on)));
+    on
+}
+
+/// The answer for `options`, from those seen on any thread, or read now.
+fn read(
+    options: &Arc<sqlx::postgres::PgConnectOptions>,
+    seen: &std::sync::Mutex<Vec<(std::sync::Weak<sqlx::postgres::PgConnectOptions>, bool)>>,
+) -> bool {
+    use sqlx::ConnectOptions;
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, on)) = seen
         .iter()
-        .find(|(known, _)| std::ptr::eq(known.as_ptr(), Arc::as_ptr(&options)))
+        .find(|(known, _)| std::ptr::eq(known.as_ptr(), Arc::as_ptr(options)))
     {
         return *on;
     }
@@ -37,7 +59,7 @@ pub(super) fn statement_cache_on(pool: &sqlx::PgPool) -> bool {
         .query_pairs()
         .any(|(key, value)| key == "statement-cache-capacity" && value == "0");
     seen.retain(|(known, _)| known.strong_count() > 0);
-    seen.push((Arc::downgrade(&options), on));
+    seen.push((Arc::downgrade(options), on));
     on
 }
 
