@@ -20,6 +20,8 @@ pub struct SpanRecord {
     pub fields: BTreeMap<String, String>,
     /// The `operation` field of its parent span, if the parent is an operation.
     pub parent_operation: Option<String>,
+    /// The name of its parent span, if it has one.
+    pub parent: Option<String>,
 }
 
 /// An event: level, message and fields, as text.
@@ -83,6 +85,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
         let mut live = self.live.lock().unwrap();
         if let Some(parent) = parent.and_then(|p| live.get(&p.into_u64())) {
             record.parent_operation = spans[*parent].fields.get("operation").cloned();
+            record.parent = Some(spans[*parent].name.clone());
         }
         spans.push(record);
         live.insert(id.into_u64(), spans.len() - 1);

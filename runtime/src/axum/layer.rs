@@ -169,8 +169,12 @@ where
             // Once the request's transaction holds a connection, an operation in the
             // handler that cannot get one says it may be waiting for the request.
             let holds = slot.began();
-            crate::operation::holding_while(holds.then_some("request"), || {
-                handler.as_mut().poll(cx)
+            // A poll that makes the span (the handler takes its `RequestTx`) enters it
+            // there, for the rest of the poll.
+            slot.polling(|| {
+                crate::operation::holding_while(holds.then_some("request"), || {
+                    handler.as_mut().poll(cx)
+                })
             })
         });
         match self.deadline {

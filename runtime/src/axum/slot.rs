@@ -120,10 +120,36 @@ impl Slot {
         self.span.get()
     }
 
-    /// The request's span, made now if it has not been yet.
+    /// The request's span, made now if it has not been yet. Made while the layer polls
+    /// this request's handler (its extractor takes a `RequestTx`), it is entered until
+    /// that poll ends: the rest of the handler's poll (its events, its own spans, the
+    /// operations it calls) is in it, as the later polls are.
     fn request_span(&self) -> &tracing::Span {
-        self.span
-            .get_or_init(|| Operation::request_span(&self.starter.options()))
+        let mut made = false;
+        let span = self.span.get_or_init(|| {
+            made = true;
+            Operation::request_span(&self.starter.options())
+        });
+        if made && !span.is_disabled() && self.is_polled_here() {
+            LATE.set(Some(span.clone().entered()));
+        }
+        span
+    }
+
+    /// Runs `poll`, a poll of this request's handler by the layer, on this thread.
+    pub(super) fn polling<R>(&self, poll: impl FnOnce() -> R) -> R {
+        // Another layer's, if this one is nested in its handler: kept entered, put back.
+        let (outer, outer_late) = (POLLED.replace(self as *const Slot), LATE.take());
+        let out = poll();
+        // Exited, if the poll made it, after everything the poll entered was exited.
+        drop(LATE.replace(outer_late));
+        POLLED.set(outer);
+        out
+    }
+
+    /// Whether this thread is in the layer's poll of this request's handler.
+    fn is_polled_here(&self) -> bool {
+        std::ptr::eq(POLLED.get(), self)
     }
 
     /// Whether the request's transaction has begun.
@@ -162,6 +188,14 @@ impl Slot {
             Err(_) => Closed::Unused,
         }
     }
+}
+
+thread_local! {
+    /// The slot whose handler the layer is polling on this thread, if any.
+    static POLLED: std::cell::Cell<*const Slot> = const { std::cell::Cell::new(std::ptr::null()) };
+    /// The request span made and entered during that poll, exited when it ends.
+    static LATE: std::cell::RefCell<Option<tracing::span::EnteredSpan>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// What the layer finds in the slot once the request is over.
@@ -274,9 +308,15 @@ impl Begin for RequestTx {
         self.0.get().await.map(Some)
     }
 
-    /// The request's span: a handler's first poll takes its `RequestTx` and may call an
-    /// operation with it before the layer has entered that span.
+    /// The request's span, when it is not the current one's ancestry: an operation called
+    /// with the `RequestTx` outside the layer's poll of the handler (in a task the
+    /// handler spawned and awaits). In that poll the request span is entered, and the
+    /// operation is a child of the current span (a span of the handler's own, an
+    /// enclosing operation's).
     fn __span_parent(&self) -> Option<tracing::Id> {
+        if self.0.is_polled_here() {
+            return None;
+        }
         self.0.span().and_then(tracing::Span::id)
     }
 }

@@ -281,3 +281,44 @@ async fn a_middleware_that_copies_the_extensions_does_not_hold_the_transaction()
         t.cleanup().await;
     }
 }
+
+/// Takes its `RequestTx`, then does its work in a span of its own (as a
+/// `#[tracing::instrument]`ed helper would), calling an operation with the `RequestTx`.
+async fn write_in_a_step(tx: RequestTx) -> Result<StatusCode, Error> {
+    use tracing::Instrument;
+    let step = tracing::info_span!("handler_step");
+    async { create_agent(&tx, "stepped").await }
+        .instrument(step)
+        .await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[tokio::test]
+async fn the_handler_runs_in_the_request_span_and_its_own_spans_keep_their_children() {
+    let (t, db) = api_db("web_span_steps", &[Backend::Sqlite], 2)
+        .await
+        .remove(0);
+    let app = with_transactions(routes().route("/step", post(write_in_a_step)), db);
+    let (captured, guard) = safe_db_test_support::capture::start();
+    let (status, _, _) = call(&app, "POST", "/step", None).await;
+    drop(guard);
+    assert_eq!(status, StatusCode::CREATED);
+    let spans = captured.spans();
+    let named = |name: &str| spans.iter().find(|s| s.name == name).cloned();
+    // The handler's own span, made in the poll that took the `RequestTx`, is the
+    // request's child, as it was when the request span was made on arrival.
+    let step = named("handler_step").expect("the handler's span");
+    assert_eq!(
+        step.parent_operation.as_deref(),
+        Some("request"),
+        "{spans:?}"
+    );
+    // The operation called with the `RequestTx` inside that span is the span's child.
+    let op = spans
+        .iter()
+        .find(|s| s.fields.get("operation").map(String::as_str) == Some("create_agent"))
+        .expect("the operation's span");
+    assert_eq!(op.parent.as_deref(), Some("handler_step"), "{spans:?}");
+    assert_eq!(names(&t).await.len(), 1);
+    t.cleanup().await;
+}
