@@ -322,3 +322,109 @@ async fn the_handler_runs_in_the_request_span_and_its_own_spans_keep_their_child
     assert_eq!(names(&t).await.len(), 1);
     t.cleanup().await;
 }
+
+/// Takes a `RequestTx` and never uses it.
+async fn takes_and_leaves(_tx: RequestTx) -> StatusCode {
+    StatusCode::OK
+}
+
+/// Only an operation of its own (`requires_new`), the closure form, a joined operation and
+/// one cut off before it could finish, then one in a task it awaits.
+async fn every_kind(tx: RequestTx) -> Result<StatusCode, Error> {
+    audit(&tx, "own").await?;
+    safe_db::Options::new()
+        .run_as("closure", &tx, async |tx: &safe_db::Tx| {
+            create_agent(tx, "closure").await.map(drop)
+        })
+        .await?;
+    joined_write(&tx, "joined").await?;
+    let hang = safe_db::Options::new().run_as("hang", &tx, async |_: &safe_db::Tx| {
+        std::future::pending::<Result<(), Error>>().await
+    });
+    let _ = tokio::time::timeout(Duration::from_millis(10), hang).await;
+    let tx = Arc::new(tx);
+    let spawned = Arc::clone(&tx);
+    tokio::spawn(async move { create_agent(&*spawned, "spawned").await.map(drop) })
+        .await
+        .expect("the task ran")?;
+    drop(tx);
+    Ok(StatusCode::CREATED)
+}
+
+/// Joins the request's transaction without a savepoint.
+#[safe_db::safe_db_operation(savepoint = false)]
+async fn joined_write(tx: &safe_db::Tx, name: &str) -> Result<(), Error> {
+    create_agent(tx, name).await.map(drop)
+}
+
+#[tokio::test]
+async fn every_kind_of_operation_in_a_request_has_its_parent_and_its_end() {
+    let (t, db) = api_db("web_span_kinds", &[Backend::Sqlite], 3)
+        .await
+        .remove(0);
+    let app = with_transactions(
+        routes()
+            .route("/unused", post(takes_and_leaves))
+            .route("/kinds", post(every_kind)),
+        db,
+    );
+    let (captured, guard) = safe_db_test_support::capture::start();
+    assert_eq!(call(&app, "POST", "/unused", None).await.0, StatusCode::OK);
+    let (status, body, _) = call(&app, "POST", "/kinds", None).await;
+    drop(guard);
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let spans: Vec<_> = captured
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "safe_db.operation")
+        .collect();
+    let op = |name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.fields.get("operation").map(String::as_str) == Some(name))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let requests = op("request");
+    assert_eq!(requests.len(), 2, "{spans:#?}");
+    assert_eq!(requests[0].fields["outcome"], "unused", "{spans:#?}");
+    assert_eq!(requests[1].fields["outcome"], "committed", "{spans:#?}");
+    let audit = &op("audit")[0];
+    assert_eq!(audit.parent_operation.as_deref(), Some("request"));
+    assert_eq!(
+        (
+            audit.fields["outcome"].as_str(),
+            audit.fields["depth"].as_str()
+        ),
+        ("committed", "0")
+    );
+    let closure = &op("closure")[0];
+    assert_eq!(closure.parent_operation.as_deref(), Some("request"));
+    assert_eq!(
+        (
+            closure.fields["outcome"].as_str(),
+            closure.fields["depth"].as_str()
+        ),
+        ("committed", "1")
+    );
+    let joined = &op("joined_write")[0];
+    assert_eq!(joined.parent_operation.as_deref(), Some("request"));
+    assert_eq!(joined.fields["outcome"], "joined", "{joined:?}");
+    assert_eq!(joined.fields["attempt"], "1", "{joined:?}");
+    let creates = op("create_agent");
+    // In audit, in the closure, in the joined operation, in the spawned task.
+    assert_eq!(creates.len(), 4, "{spans:#?}");
+    let parents: Vec<_> = creates
+        .iter()
+        .map(|s| s.parent_operation.as_deref().unwrap_or("-"))
+        .collect();
+    assert_eq!(parents, ["audit", "closure", "joined_write", "request"]);
+    let hang = &op("hang")[0];
+    assert_eq!(hang.parent_operation.as_deref(), Some("request"));
+    assert_eq!(hang.fields["outcome"], "cancelled", "{hang:?}");
+    assert!(hang.fields.contains_key("duration_ms"), "{hang:?}");
+    for s in &spans {
+        assert!(s.fields.contains_key("outcome"), "{s:?}");
+    }
+    t.cleanup().await;
+}
