@@ -186,7 +186,11 @@ pub(crate) fn ended(name: &'static str, end: End, elapsed: Duration, span: &trac
         End::Joined => &JOINED,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if let Some(meta) = span.metadata() {
+    // Skipped when disabled, as every other field of the span (`operation::record`):
+    // recorded, a disabled span writes the record through `tracing`'s `log` fallback.
+    if !span.is_disabled()
+        && let Some(meta) = span.metadata()
+    {
         // Both fields in one record: a subscriber formats and stores each record it is
         // given (the `fmt` layer: a lookup, a lock and a format per record).
         let fields = meta.fields();
