@@ -428,3 +428,52 @@ async fn every_kind_of_operation_in_a_request_has_its_parent_and_its_end() {
     }
     t.cleanup().await;
 }
+
+/// The pool's only connection, held by the test until the handler's first BEGIN failed.
+static HELD: std::sync::Mutex<Option<sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Sqlite>>> =
+    std::sync::Mutex::new(None);
+
+/// Its first BEGIN fails (no connection); the second, once one is free, begins.
+async fn begin_twice(tx: RequestTx) -> Result<StatusCode, Error> {
+    assert!(tx.get().await.is_err(), "the pool had a connection");
+    HELD.lock().unwrap().take();
+    create_agent(&tx, "second-try").await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[tokio::test]
+async fn a_failed_begin_then_a_second_try_each_end_their_own_span() {
+    let (t, _) = api_db("web_span_retry", &[Backend::Sqlite], 1)
+        .await
+        .remove(0);
+    let mut options = t.options(1);
+    options.acquire_timeout(Duration::from_millis(100));
+    let pool = sea_orm::Database::connect(options).await.unwrap();
+    let held = pool.get_sqlite_connection_pool().acquire().await.unwrap();
+    *HELD.lock().unwrap() = Some(held);
+    let app = with_transactions(
+        routes().route("/twice", post(begin_twice)),
+        Db::new(pool, None),
+    );
+    let (captured, guard) = safe_db_test_support::capture::start();
+    let (status, body, _) = call(&app, "POST", "/twice", None).await;
+    drop(guard);
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let spans: Vec<_> = captured
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "safe_db.operation")
+        .collect();
+    let requests: Vec<_> = spans
+        .iter()
+        .filter(|s| s.fields.get("operation").map(String::as_str) == Some("request"))
+        .collect();
+    assert_eq!(requests.len(), 2, "{spans:#?}");
+    assert_eq!(requests[0].fields["outcome"], "not_begun", "{spans:#?}");
+    assert_eq!(requests[0].fields["attempt"], "1", "{spans:#?}");
+    assert!(requests[0].fields.contains_key("duration_ms"), "{spans:#?}");
+    assert_eq!(requests[1].fields["outcome"], "committed", "{spans:#?}");
+    assert_eq!(requests[1].fields["depth"], "0", "{spans:#?}");
+    assert_eq!(names(&t).await.len(), 1);
+    t.cleanup().await;
+}
