@@ -439,3 +439,28 @@ async fn misplaced_layers_other_callers_and_key_case() {
         t.cleanup().await;
     }
 }
+
+/// Only the configured methods are keyed, required or not: a POST, not among them, runs
+/// without a key, and its key is not looked at (another request under it is no 422).
+#[tokio::test]
+async fn only_the_configured_methods_are_keyed() {
+    for t in api_db("idem_methods").await {
+        let db = Db::new(t.db.clone(), None);
+        let keys = Idempotency::new(t.db.clone())
+            .methods([axum::http::Method::PUT])
+            .required();
+        let app = routes()
+            .layer(keys)
+            .layer(TxLayer::new(db.clone()))
+            .with_state(db);
+        assert_eq!(send(&app, None, "ida").await.0, StatusCode::CREATED);
+        assert_eq!(send(&app, Some("k"), "jo").await.0, StatusCode::CREATED);
+        let other = send(&app, Some("k"), "kim").await;
+        assert_eq!(other.0, StatusCode::CREATED, "{:?}", t.backend);
+        assert!(other.1.get(&IDEMPOTENT_REPLAYED).is_none());
+        for name in ["ida", "jo", "kim"] {
+            assert_eq!(agents_named(&t, name).await, 1, "{:?}", t.backend);
+        }
+        t.cleanup().await;
+    }
+}
