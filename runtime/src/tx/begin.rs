@@ -212,6 +212,9 @@ impl Tx {
         {
             let mut link = self.tree.link.lock().await;
             self.settle_dropped(&mut link).await?;
+            if link.owes_release() {
+                Box::pin(self.send_release(&mut link)).await?;
+            }
             let limit = bound::step(own);
             let Some(begun) = bound::within(backend, limit, link.step(&sql)).await else {
                 link.distrust();
