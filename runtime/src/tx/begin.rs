@@ -166,7 +166,7 @@ impl Tx {
         if let Some(own) = deadline
             && let Some(sql) = dialect::bound_sql(backend, left(Some(own)))
         {
-            tx.tree.link.lock().await.step(&sql).await?;
+            tx.tree.link().await.step(&sql).await?;
             tx.restore_bound = Some(None);
             tx.note_session_bound();
         }
@@ -189,7 +189,11 @@ impl Tx {
         if let Some(err) = self.tree.broken() {
             return Err(err);
         }
-        let turn = Arc::clone(&self.children).lock_owned().await;
+        // Taken at once when no sibling holds it (see `Tree::link`).
+        let turn = match Arc::clone(&self.children).try_lock_owned() {
+            Ok(turn) => turn,
+            Err(_) => Arc::clone(&self.children).lock_owned().await,
+        };
         // After the turn: a sibling that joined this level may have failed meanwhile.
         if let Some(err) = self.why_not_join() {
             return Err(err);
@@ -210,7 +214,7 @@ impl Tx {
         // nobody knows (PostgreSQL: aborted; the savepoint there or not): the tree breaks.
         let step = Critical::step(Some(&self.tree));
         {
-            let mut link = self.tree.link.lock().await;
+            let mut link = self.tree.link().await;
             self.settle_dropped(&mut link).await?;
             if link.owes_release() {
                 Box::pin(self.send_release(&mut link)).await?;

@@ -43,7 +43,7 @@ impl Tx {
             });
         }
         let tree = Arc::clone(&self.tree);
-        let mut link = tree.link.lock().await;
+        let mut link = tree.link().await;
         // A nested level dropped unended: its rollback comes first, and may break the tree.
         let settled = self.settle_dropped(&mut link).await.and_then(|()| {
             match self.parent {
@@ -194,7 +194,7 @@ impl Tx {
         let id = self.id;
         self.tree.callbacks().retain(|(owner, _)| *owner != id);
         let tree = Arc::clone(&self.tree);
-        let mut link = tree.link.lock().await;
+        let mut link = tree.link().await;
         let rolled_back = match self.parent {
             Some(_) => self.rollback_savepoint(&mut link).await,
             None => self.rollback_outermost(&mut link).await,
@@ -213,7 +213,7 @@ impl Tx {
         self.tree.callbacks().retain(|(owner, _)| *owner != id);
         if self.parent.is_none() {
             let tree = Arc::clone(&self.tree);
-            tree.link.lock().await.release();
+            tree.link().await.release();
             self.ended = true;
         } else if let Err(err) = Box::pin(self.rollback()).await {
             tracing::warn!(error = %crate::error::redact(&err.to_string()), "rollback failed");

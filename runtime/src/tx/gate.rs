@@ -16,7 +16,7 @@ impl Tx {
     /// a read-only savepoint on MySQL). Returns the link, held until the statement's
     /// outcome is noted. A nested level dropped unended is rolled back to first.
     pub(super) async fn admit(&self, sql: &str) -> Result<MutexGuard<'_, Link>, DbErr> {
-        let mut link = self.tree.link.lock().await;
+        let mut link = self.tree.link().await;
         self.settle_dropped(&mut link).await?;
         self.refuse(&mut link, sql).await?;
         if link.owes_release() {

@@ -100,7 +100,7 @@ impl Tx {
         let err = match injection {
             Injection::Fail(err) => err,
             Injection::Send(sql) => {
-                let mut link = self.tree.link.lock().await;
+                let mut link = self.tree.link().await;
                 // The rollback that follows makes a deeper savepoint's RELEASE owed moot.
                 if link.release_before(self.depth)
                     && let Err(err) = self.send_release(&mut link).await
