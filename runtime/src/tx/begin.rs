@@ -50,7 +50,7 @@ impl Tx {
             parent: None,
             statement_failed: AtomicBool::new(false),
             tree,
-            children: Arc::new(tokio::sync::Mutex::new(())),
+            children: std::sync::OnceLock::new(),
             turn: None,
             deadline: None,
             restore_bound: None,
@@ -190,9 +190,12 @@ impl Tx {
             return Err(err);
         }
         // Taken at once when no sibling holds it (see `Tree::link`).
-        let turn = match Arc::clone(&self.children).try_lock_owned() {
+        let children = self
+            .children
+            .get_or_init(|| Arc::new(tokio::sync::Mutex::new(())));
+        let turn = match Arc::clone(children).try_lock_owned() {
             Ok(turn) => turn,
-            Err(_) => Arc::clone(&self.children).lock_owned().await,
+            Err(_) => Arc::clone(children).lock_owned().await,
         };
         // After the turn: a sibling that joined this level may have failed meanwhile.
         if let Some(err) = self.why_not_join() {
@@ -234,7 +237,7 @@ impl Tx {
             parent: Some(self.id),
             statement_failed: AtomicBool::new(false),
             tree: Arc::clone(&self.tree),
-            children: Arc::new(tokio::sync::Mutex::new(())),
+            children: std::sync::OnceLock::new(),
             turn: Some(turn),
             deadline: own,
             restore_bound: sets_bound.then_some(self.deadline),

@@ -90,8 +90,9 @@ pub struct Tx {
     statement_failed: AtomicBool,
     tree: Arc<Tree>,
     /// Taken by each operation nested in this transaction for its whole life: sqlx keeps
-    /// savepoints as a stack, so siblings (`join!(a(tx), b(tx))`) must take turns.
-    children: Arc<tokio::sync::Mutex<()>>,
+    /// savepoints as a stack, so siblings (`join!(a(tx), b(tx))`) must take turns. Made
+    /// when the first one begins: a level without nested operations allocates none.
+    children: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>>,
     /// This transaction's turn among its siblings, if it is nested.
     turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// When the operation (or the innermost enclosing one with a timeout) must end. On
