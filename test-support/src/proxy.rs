@@ -5,7 +5,8 @@
 //! peer that hangs (a SIGSTOPped server, a partition), not one that is dead. It can also
 //! kill a connection at a chosen message: after forwarding it (the server carries it out,
 //! its answer is lost with the connection) or instead of forwarding it (the server never
-//! sees it, and rolls back what the connection had open).
+//! sees it, and rolls back what the connection had open). And it counts the client
+//! messages that hold a pattern (what a client sent, on every connection).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,6 +38,8 @@ struct Shared {
     accepted: AtomicUsize,
     /// How many connections the client side has closed.
     closed: AtomicUsize,
+    /// Patterns counted in client messages, with the count of messages holding each.
+    counted: Mutex<Vec<(Vec<u8>, usize)>>,
 }
 
 /// A running proxy; it stops when dropped.
@@ -116,6 +119,23 @@ impl FaultProxy {
     pub fn closed(&self) -> usize {
         self.shared.closed.load(Ordering::Relaxed)
     }
+
+    /// From now on, counts the client messages that hold `pattern` (from 0 again if it
+    /// was counted before).
+    pub fn count(&self, pattern: &str) {
+        let mut counted = self.shared.counted.lock().unwrap();
+        counted.retain(|(p, _)| p != pattern.as_bytes());
+        counted.push((pattern.as_bytes().to_vec(), 0));
+    }
+
+    /// How many client messages held `pattern` since [`FaultProxy::count`].
+    pub fn counted(&self, pattern: &str) -> usize {
+        let counted = self.shared.counted.lock().unwrap();
+        counted
+            .iter()
+            .find(|(p, _)| p == pattern.as_bytes())
+            .map_or(0, |(_, n)| *n)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -164,6 +184,14 @@ async fn pipe(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
         if frozen.load(Ordering::Relaxed) {
             // Nothing more reaches the server.
             continue;
+        }
+        for (pattern, seen) in shared.counted.lock().unwrap().iter_mut() {
+            if buf[..n]
+                .windows(pattern.len())
+                .any(|w| w == pattern.as_slice())
+            {
+                *seen += 1;
+            }
         }
         let fault = {
             let mut armed = shared.armed.lock().unwrap();

@@ -50,7 +50,7 @@ impl Tx {
             parent: None,
             statement_failed: AtomicBool::new(false),
             tree,
-            children: Arc::new(tokio::sync::Mutex::new(())),
+            children: std::sync::OnceLock::new(),
             turn: None,
             deadline: None,
             restore_bound: None,
@@ -166,7 +166,7 @@ impl Tx {
         if let Some(own) = deadline
             && let Some(sql) = dialect::bound_sql(backend, left(Some(own)))
         {
-            tx.tree.link.lock().await.step(&sql).await?;
+            tx.tree.link().await.step(&sql).await?;
             tx.restore_bound = Some(None);
             tx.note_session_bound();
         }
@@ -189,7 +189,14 @@ impl Tx {
         if let Some(err) = self.tree.broken() {
             return Err(err);
         }
-        let turn = Arc::clone(&self.children).lock_owned().await;
+        // Taken at once when no sibling holds it (see `Tree::link`).
+        let children = self
+            .children
+            .get_or_init(|| Arc::new(tokio::sync::Mutex::new(())));
+        let turn = match Arc::clone(children).try_lock_owned() {
+            Ok(turn) => turn,
+            Err(_) => Arc::clone(children).lock_owned().await,
+        };
         // After the turn: a sibling that joined this level may have failed meanwhile.
         if let Some(err) = self.why_not_join() {
             return Err(err);
@@ -210,8 +217,11 @@ impl Tx {
         // nobody knows (PostgreSQL: aborted; the savepoint there or not): the tree breaks.
         let step = Critical::step(Some(&self.tree));
         {
-            let mut link = self.tree.link.lock().await;
+            let mut link = self.tree.link().await;
             self.settle_dropped(&mut link).await?;
+            if link.owes_release() {
+                Box::pin(self.send_release(&mut link)).await?;
+            }
             let limit = bound::step(own);
             let Some(begun) = bound::within(backend, limit, link.step(&sql)).await else {
                 link.distrust();
@@ -227,7 +237,7 @@ impl Tx {
             parent: Some(self.id),
             statement_failed: AtomicBool::new(false),
             tree: Arc::clone(&self.tree),
-            children: Arc::new(tokio::sync::Mutex::new(())),
+            children: std::sync::OnceLock::new(),
             turn: Some(turn),
             deadline: own,
             restore_bound: sets_bound.then_some(self.deadline),

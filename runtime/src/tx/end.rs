@@ -43,9 +43,15 @@ impl Tx {
             });
         }
         let tree = Arc::clone(&self.tree);
-        let mut link = tree.link.lock().await;
+        let mut link = tree.link().await;
         // A nested level dropped unended: its rollback comes first, and may break the tree.
-        let settled = self.settle_dropped(&mut link).await;
+        let settled = self.settle_dropped(&mut link).await.and_then(|()| {
+            match self.parent {
+                // The RELEASE owed, if any, is dropped: the COMMIT ends every savepoint.
+                None => self.release_before_commit(&mut link),
+                Some(_) => Ok(()),
+            }
+        });
         if let Err(err) = settled.and_then(|()| tree.broken().map_or(Ok(()), Err)) {
             drop(link);
             // Boxed: this rare path would otherwise add a whole rollback to the size of
@@ -80,6 +86,15 @@ impl Tx {
     /// read-only savepoint: a `RELEASE` would leave the caller read-only, and it wrote
     /// nothing.
     async fn close_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
+        // A deeper savepoint's RELEASE owed is moot: this step ends it too.
+        if link.release_before(self.depth) {
+            Box::pin(self.send_release(link)).await?;
+        }
+        if self.may_defer_release(link) {
+            // Sent before the tree's next step, or made moot by a later one (`release.rs`).
+            self.defer_release(link);
+            return Ok(());
+        }
         let restore = self.restore_bound.map(left);
         let sql = if self.read_only_savepoint {
             dialect::rollback_to(self.backend, self.depth, restore)
@@ -179,7 +194,7 @@ impl Tx {
         let id = self.id;
         self.tree.callbacks().retain(|(owner, _)| *owner != id);
         let tree = Arc::clone(&self.tree);
-        let mut link = tree.link.lock().await;
+        let mut link = tree.link().await;
         let rolled_back = match self.parent {
             Some(_) => self.rollback_savepoint(&mut link).await,
             None => self.rollback_outermost(&mut link).await,
@@ -198,7 +213,7 @@ impl Tx {
         self.tree.callbacks().retain(|(owner, _)| *owner != id);
         if self.parent.is_none() {
             let tree = Arc::clone(&self.tree);
-            tree.link.lock().await.release();
+            tree.link().await.release();
             self.ended = true;
         } else if let Err(err) = Box::pin(self.rollback()).await {
             tracing::warn!(error = %crate::error::redact(&err.to_string()), "rollback failed");
@@ -206,6 +221,10 @@ impl Tx {
     }
 
     async fn rollback_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
+        // A deeper savepoint's RELEASE owed is moot: this step ends it too.
+        if link.release_before(self.depth) {
+            Box::pin(self.send_release(link)).await?;
+        }
         // A level below this one that was dropped is rolled back with it.
         {
             let mut dropped = self.tree.dropped.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,6 +257,9 @@ impl Tx {
             .await
             .unwrap_or_else(|_| Err(crate::error::rollback_unanswered(ROLLBACK_GRACE)));
         }
+        // The RELEASE owed, if any, is moot: the ROLLBACK ends every savepoint.
+        let owed = link.release_before(0);
+        debug_assert!(!owed, "savepoints are deeper than the outermost level");
         if link.owes() || link.untrusted() {
             link.release();
             return Ok(());
@@ -304,6 +326,10 @@ impl Tx {
         depth: u32,
         restore: Option<Option<tokio::time::Instant>>,
     ) -> Result<(), DbErr> {
+        // A deeper savepoint's RELEASE owed is moot: this step ends it too.
+        if link.release_before(depth) {
+            self.send_release(link).await?;
+        }
         let sql = dialect::rollback_to(self.backend, depth, restore.map(left));
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
         let rolled_back = self

@@ -16,9 +16,13 @@ impl Tx {
     /// a read-only savepoint on MySQL). Returns the link, held until the statement's
     /// outcome is noted. A nested level dropped unended is rolled back to first.
     pub(super) async fn admit(&self, sql: &str) -> Result<MutexGuard<'_, Link>, DbErr> {
-        let mut link = self.tree.link.lock().await;
+        let mut link = self.tree.link().await;
         self.settle_dropped(&mut link).await?;
         self.refuse(&mut link, sql).await?;
+        if link.owes_release() {
+            // Boxed: held inline, a savepoint step would add to every statement's future.
+            Box::pin(self.send_release(&mut link)).await?;
+        }
         Ok(link)
     }
 
@@ -156,6 +160,11 @@ impl Tx {
     /// with it if not (or if the answer cannot be had: MySQL, unlike MariaDB, has no
     /// `@@in_transaction`). One round trip, after those errors only.
     pub(super) async fn settle_suspicion(&self, link: &mut Link, err: DbErr) {
+        if link.owes_release() && self.send_release(link).await.is_err() {
+            // The tree is broken: nothing more is sent, there is nothing left to ask.
+            *self.tree.suspect() = None;
+            return;
+        }
         let asked = link
             .query_one(&Statement::from_string(
                 DbBackend::MySql,

@@ -100,7 +100,14 @@ impl Tx {
         let err = match injection {
             Injection::Fail(err) => err,
             Injection::Send(sql) => {
-                match self.tree.link.lock().await.execute_unprepared(&sql).await {
+                let mut link = self.tree.link().await;
+                // The rollback that follows makes a deeper savepoint's RELEASE owed moot.
+                if link.release_before(self.depth)
+                    && let Err(err) = self.send_release(&mut link).await
+                {
+                    return Some(err);
+                }
+                match link.execute_unprepared(&sql).await {
                     Err(err) => err,
                     Ok(_) => not_raised,
                 }

@@ -69,6 +69,8 @@ pub(crate) struct Link {
     /// else as the unnamed statement (a PostgreSQL pool with the cache off: see
     /// [`statement_cache_on`](super::statements::statement_cache_on)).
     persistent: bool,
+    /// A savepoint's RELEASE not yet sent, or sent and cut off (`tx/release.rs`).
+    pub(super) released: super::release::Released,
 }
 
 /// Applies `$body` to the sqlx connection of whichever driver `$conn` holds (the code is
@@ -155,6 +157,10 @@ fn acquire_err(err: sqlx::Error) -> DbErr {
 /// mark.
 macro_rules! send {
     ($link:expr, $conn:ident => $send:expr) => {{
+        debug_assert!(
+            !$link.released.owed(),
+            "sent before the RELEASE owed (tx/release.rs)"
+        );
         if $link.owed {
             // Boxed: rare, and held inline it would add to the size of every send's future.
             Box::pin($link.read_owed()).await?;
@@ -243,6 +249,7 @@ impl Link {
             owed: false,
             untrusted: false,
             persistent: true,
+            released: super::release::Released::None,
         }
     }
 
@@ -443,6 +450,7 @@ impl Link {
             let _ = rows.send(Err(err)).await;
             return;
         }
+        debug_assert!(!self.released.owed(), "streamed before the RELEASE owed");
         let persistent = self.persistent;
         let Some(conn) = self.conn.as_mut() else {
             let _ = rows.send(Err(crate::error::link_gone())).await;

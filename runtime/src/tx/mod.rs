@@ -2,9 +2,10 @@
 //! protocol that begins and ends it, one room per step: `begin.rs` (BEGIN with its
 //! settings, SAVEPOINT, a transaction of its own for `requires_new`), `gate.rs` (each
 //! statement admitted, checked and noted), `end.rs` (why a body's `Ok` must not commit,
-//! COMMIT, ROLLBACK), over `link.rs` (the owned connection and what is known of its
-//! state), `tree.rs` (what nested levels share) and `guard.rs` (the steps that must not
-//! be cut off). What to do with an attempt (deadline, retry, panic, observation) is
+//! COMMIT, ROLLBACK), `release.rs` (a savepoint's RELEASE, deferred to the tree's next
+//! step, or made moot by a later one), over `link.rs` (the owned connection and what is
+//! known of its state), `tree.rs` (what nested levels share) and `guard.rs` (the steps
+//! that must not be cut off). What to do with an attempt (deadline, retry, panic, observation) is
 //! `operation/`'s business, not this folder's.
 //!
 //! States of a tree of nested transactions (the outermost one and its savepoints):
@@ -26,6 +27,7 @@
 //! | SAVEPOINT, RELEASE, ROLLBACK TO | [`guard::Critical`] | the tree is broken: nothing more runs in it, the outermost level rolls back |
 //! | a statement | the link: an answer owed | read before the next step; the outermost rollback goes off the caller's path |
 //! | a nested level dropped unended | `Tx`'s `Drop` | its `ROLLBACK TO` is sent before the tree's next statement |
+//! | a savepoint's deferred RELEASE | the link: owed, then unconfirmed while on the wire | cut off before its answer: a rollback past it may follow; any other step, and the outermost COMMIT, break the tree |
 //! | outermost COMMIT | the link: an answer owed | the connection is closed; an unanswered COMMIT is `CommitUnknown` |
 //! | outermost ROLLBACK | the link | the connection is closed if it fails or does not answer in time |
 
@@ -37,6 +39,7 @@ mod guard;
 #[cfg(feature = "testing")]
 mod hooks;
 mod link;
+mod release;
 mod seaorm;
 #[cfg(feature = "postgres")]
 mod statements;
@@ -89,8 +92,9 @@ pub struct Tx {
     statement_failed: AtomicBool,
     tree: Arc<Tree>,
     /// Taken by each operation nested in this transaction for its whole life: sqlx keeps
-    /// savepoints as a stack, so siblings (`join!(a(tx), b(tx))`) must take turns.
-    children: Arc<tokio::sync::Mutex<()>>,
+    /// savepoints as a stack, so siblings (`join!(a(tx), b(tx))`) must take turns. Made
+    /// when the first one begins: a level without nested operations allocates none.
+    children: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>>,
     /// This transaction's turn among its siblings, if it is nested.
     turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// When the operation (or the innermost enclosing one with a timeout) must end. On

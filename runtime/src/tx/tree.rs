@@ -91,6 +91,16 @@ impl Tree {
         })
     }
 
+    /// The statement turn: the link, taken at once when nobody holds it (tokio's mutex
+    /// hands a released turn straight to the first waiter, so this never jumps the queue),
+    /// else waited for in turn.
+    pub(super) async fn link(&self) -> tokio::sync::MutexGuard<'_, Link> {
+        match self.link.try_lock() {
+            Ok(link) => link,
+            Err(_) => self.link.lock().await,
+        }
+    }
+
     pub(super) fn broken(&self) -> Option<DbErr> {
         self.broken.get().cloned()
     }

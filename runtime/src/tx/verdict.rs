@@ -47,7 +47,7 @@ impl Tx {
         if let Some(err) = suspect {
             // Boxed: rare, and held inline it would add to the size of every commit's future.
             Box::pin(async {
-                let mut link = self.tree.link.lock().await;
+                let mut link = self.tree.link().await;
                 self.settle_suspicion(&mut link, err).await;
             })
             .await;
