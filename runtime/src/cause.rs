@@ -36,6 +36,13 @@ pub enum Cause {
         /// The operation.
         operation: &'static str,
     },
+    /// The body returned `Ok` after a statement it had stopped waiting for (a `timeout`
+    /// or `select!` around it) failed on PostgreSQL, which aborts the transaction: a
+    /// COMMIT would silently roll back.
+    AbandonedStatementFailed {
+        /// The operation.
+        operation: &'static str,
+    },
     /// A statement was refused before it was sent.
     Refused {
         /// The statement's keyword (`COMMIT`, `CREATE TABLE`, …).
@@ -199,6 +206,7 @@ impl Cause {
             | Cause::Doomed { .. }
             | Cause::ConflictSwallowed { .. }
             | Cause::FailedStatementSwallowed { .. }
+            | Cause::AbandonedStatementFailed { .. }
             | Cause::Refused { .. }
             | Cause::PoolUnknown
             | Cause::TestHeld { .. }
@@ -222,7 +230,8 @@ impl Cause {
             Cause::TreeBroken
             | Cause::Doomed { .. }
             | Cause::ConflictSwallowed { .. }
-            | Cause::FailedStatementSwallowed { .. } => "25P02", // in_failed_sql_transaction
+            | Cause::FailedStatementSwallowed { .. }
+            | Cause::AbandonedStatementFailed { .. } => "25P02", // in_failed_sql_transaction
             Cause::Refused { .. } => "25001",  // active_sql_transaction
             Cause::PoolUnknown | Cause::RequestEnded | Cause::TestHeld { .. } => "25000", // invalid_transaction_state
             Cause::TestSelfDeadlock { .. } | Cause::NodeBusy { .. } => "53300", // too_many_connections
@@ -271,6 +280,13 @@ impl fmt::Display for Cause {
                 "operation `{operation}` returned Ok after a statement in its transaction \
                  failed, and PostgreSQL aborts a transaction on any error; nothing was \
                  committed (run the statement that may fail in a nested operation)"
+            ),
+            Cause::AbandonedStatementFailed { operation } => write!(
+                f,
+                "operation `{operation}` returned Ok after a statement it had stopped waiting \
+                 for failed on the server, and PostgreSQL aborts a transaction on any error; \
+                 nothing was committed (await the statement, or return the error of the \
+                 timeout around it)"
             ),
             Cause::Refused { keyword, reason } => write!(
                 f,

@@ -1,9 +1,10 @@
 //! What the server does to a transaction behind the client's back, and what safe-db makes
 //! of it: a deadlock that rolls the whole transaction back (MariaDB), statements that
 //! commit implicitly (MariaDB's DDL), one-shot session settings and a `BEGIN` cut off by
-//! the caller, and a statement still running when the timeout fires. Each is proven with
-//! the real server behaviour (two sessions that really deadlock, `SLEEP` really running),
-//! on every database where the promise is made.
+//! the caller, a statement still running when the timeout fires, and one the body stopped
+//! waiting for that fails afterwards. Each is proven with the real server behaviour (two
+//! sessions that really deadlock, `SLEEP` really running), on every database where the
+//! promise is made.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +36,7 @@ async fn plain_write(tx: &Tx, id: i32) -> Result<(), Error> {
     .await
 }
 
+mod abandoned;
 mod begin_cut;
 mod ddl;
 mod deadlock;

@@ -17,30 +17,27 @@ impl Operation {
         options: &Options,
         name: &'static str,
     ) -> tracing::Span {
-        if let Some(parent) = parent {
-            return tracing::info_span!(
-                parent: parent,
-                "safe_db.operation",
-                operation = name,
-                isolation = options.isolation.map(|i| i.name()),
-                read_only = options.read_only,
-                depth = tracing::field::Empty,
-                attempt = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-                reason = tracing::field::Empty,
-                duration_ms = tracing::field::Empty,
-            );
+        // One field list for both callsites (`parent: None` would make a root span, not a
+        // child of the current one).
+        macro_rules! operation_span {
+            ($($parent:tt)*) => {
+                tracing::info_span!(
+                    $($parent)*
+                    "safe_db.operation",
+                    operation = name,
+                    isolation = options.isolation.map(|i| i.name()),
+                    read_only = options.read_only,
+                    depth = tracing::field::Empty,
+                    attempt = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                    reason = tracing::field::Empty,
+                    duration_ms = tracing::field::Empty,
+                )
+            };
         }
-        tracing::info_span!(
-            "safe_db.operation",
-            operation = name,
-            isolation = options.isolation.map(|i| i.name()),
-            read_only = options.read_only,
-            depth = tracing::field::Empty,
-            attempt = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            reason = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
-        )
+        match parent {
+            Some(parent) => operation_span!(parent: parent,),
+            None => operation_span!(),
+        }
     }
 }

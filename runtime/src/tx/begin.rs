@@ -49,6 +49,7 @@ impl Tx {
             id: 0,
             parent: None,
             statement_failed: AtomicBool::new(false),
+            abandoned_failed: AtomicBool::new(false),
             tree,
             children: std::sync::OnceLock::new(),
             turn: None,
@@ -219,6 +220,11 @@ impl Tx {
         {
             let mut link = self.tree.link().await;
             self.settle_dropped(&mut link).await?;
+            self.settle_owed(&mut link).await?;
+            if let Some(err) = self.why_not_join() {
+                // What was owed ended the transaction (a MySQL/MariaDB deadlock).
+                return Err(err);
+            }
             if link.owes_release() {
                 Box::pin(self.send_release(&mut link)).await?;
             }
@@ -236,6 +242,7 @@ impl Tx {
             id: self.tree.next_id.fetch_add(1, Ordering::Relaxed),
             parent: Some(self.id),
             statement_failed: AtomicBool::new(false),
+            abandoned_failed: AtomicBool::new(false),
             tree: Arc::clone(&self.tree),
             children: std::sync::OnceLock::new(),
             turn: Some(turn),

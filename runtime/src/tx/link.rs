@@ -163,6 +163,8 @@ macro_rules! send {
         );
         if $link.owed {
             // Boxed: rare, and held inline it would add to the size of every send's future.
+            // Its failure, if any, is moot here: the caller noted it first (`owed.rs`), or
+            // rolls back past it.
             Box::pin($link.read_owed()).await?;
         }
         let $conn = $link.conn.as_mut().ok_or_else(crate::error::link_gone)?;
@@ -284,16 +286,21 @@ impl Link {
     }
 
     /// Reads what an abandoned statement still owes, so that its answer (an error, maybe)
-    /// is not taken for the next statement's.
-    async fn read_owed(&mut self) -> Result<(), DbErr> {
+    /// is not taken for the next statement's. Returns the first error the server
+    /// reported in it (the statement failed after its caller stopped waiting: what that
+    /// means for the transaction is `owed.rs`'s business); fails if the connection does.
+    pub(super) async fn read_owed(&mut self) -> Result<Option<DbErr>, DbErr> {
         if !self.owed {
-            return Ok(());
+            return Ok(None);
         }
+        let mut failed = None;
         if let Some(conn) = self.conn.as_mut() {
-            dispatch!(conn, c => drain(&mut **c).await.map_err(exec_err)?, _t => {});
+            dispatch!(conn,
+                c => failed = drain(&mut **c).await.map_err(exec_err)?.map(exec_err),
+                _t => {});
         }
         self.owed = false;
-        Ok(())
+        Ok(failed)
     }
 
     /// Sends a prepared statement.
@@ -502,13 +509,16 @@ fn is_sqlite(conn: &Conn) -> bool {
 }
 
 /// Reads what a connection still owes (the answers of statements whose callers stopped
-/// waiting), sending nothing: their errors are read past.
+/// waiting), sending nothing: their errors are read past, the first returned.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-async fn drain<C: sqlx::Connection>(conn: &mut C) -> Result<(), sqlx::Error> {
+async fn drain<C: sqlx::Connection>(conn: &mut C) -> Result<Option<sqlx::Error>, sqlx::Error> {
+    let mut first = None;
     loop {
         match conn.flush().await {
-            Ok(()) => return Ok(()),
-            Err(sqlx::Error::Database(_)) => continue,
+            Ok(()) => return Ok(first),
+            Err(err @ sqlx::Error::Database(_)) => {
+                first.get_or_insert(err);
+            }
             Err(other) => return Err(other),
         }
     }

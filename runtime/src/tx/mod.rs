@@ -3,7 +3,8 @@
 //! settings, SAVEPOINT, a transaction of its own for `requires_new`), `gate.rs` (each
 //! statement admitted, checked and noted), `end.rs` (why a body's `Ok` must not commit,
 //! COMMIT, ROLLBACK), `release.rs` (a savepoint's RELEASE, deferred to the tree's next
-//! step, or made moot by a later one), over `link.rs` (the owned connection and what is
+//! step, or made moot by a later one), `owed.rs` (the answer of a statement the body
+//! stopped waiting for, read before the next step), over `link.rs` (the owned connection and what is
 //! known of its state), `tree.rs` (what nested levels share) and `guard.rs` (the steps
 //! that must not be cut off). What to do with an attempt (deadline, retry, panic, observation) is
 //! `operation/`'s business, not this folder's.
@@ -25,7 +26,7 @@
 //! |---|---|---|
 //! | outermost BEGIN | the link: not yet open, an answer owed | the connection is rolled back off the caller's path, or closed |
 //! | SAVEPOINT, RELEASE, ROLLBACK TO | [`guard::Critical`] | the tree is broken: nothing more runs in it, the outermost level rolls back |
-//! | a statement | the link: an answer owed | read before the next step; the outermost rollback goes off the caller's path |
+//! | a statement | the link: an answer owed | read before the next step, its failure noted (`owed.rs`); the outermost rollback goes off the caller's path |
 //! | a nested level dropped unended | `Tx`'s `Drop` | its `ROLLBACK TO` is sent before the tree's next statement |
 //! | a savepoint's deferred RELEASE | the link: owed, then unconfirmed while on the wire | cut off before its answer: a rollback past it may follow; any other step, and the outermost COMMIT, break the tree |
 //! | outermost COMMIT | the link: an answer owed | the connection is closed; an unanswered COMMIT is `CommitUnknown` |
@@ -39,6 +40,7 @@ mod guard;
 #[cfg(feature = "testing")]
 mod hooks;
 mod link;
+mod owed;
 mod release;
 mod seaorm;
 #[cfg(feature = "postgres")]
@@ -90,6 +92,8 @@ pub struct Tx {
     /// Set when a statement at this level failed; on PostgreSQL that aborts the
     /// transaction, so a later `COMMIT` would silently roll back.
     statement_failed: AtomicBool,
+    /// Set when that statement was one the body had stopped waiting for (`owed.rs`).
+    abandoned_failed: AtomicBool,
     tree: Arc<Tree>,
     /// Taken by each operation nested in this transaction for its whole life: sqlx keeps
     /// savepoints as a stack, so siblings (`join!(a(tx), b(tx))`) must take turns. Made

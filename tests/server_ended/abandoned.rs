@@ -1,0 +1,175 @@
+//! A statement the body stopped waiting for (a `timeout` around it) that fails on the
+//! server afterwards: its failure counts as the body's own, read before the transaction's
+//! next step (`runtime/src/tx/owed.rs`). On PostgreSQL the transaction is aborted, and a
+//! COMMIT would answer `ROLLBACK` without an error; a MariaDB deadlock ends it, and every
+//! later statement would be committed on its own.
+
+use super::*;
+use safe_db::Cause;
+
+/// Inserts `id` again after sleeping 300 ms on the server: a duplicate key, once the
+/// caller has stopped waiting.
+fn late_duplicate(backend: Backend, id: i32) -> String {
+    match backend {
+        Backend::Postgres => {
+            format!("INSERT INTO agents (id, name) SELECT {id}, 'again' FROM pg_sleep(0.3)")
+        }
+        _ => format!(
+            "INSERT INTO agents (id, name) SELECT {id}, 'again' FROM (SELECT SLEEP(0.3)) AS s"
+        ),
+    }
+}
+
+/// Sends `sql` and stops waiting for it after 50 ms, as a caller-side `timeout` does.
+async fn abandon(tx: &Tx, sql: &str) {
+    let cut = tokio::time::timeout(Duration::from_millis(50), run(tx, sql)).await;
+    assert!(cut.is_err(), "the statement answered within 50 ms");
+}
+
+#[safe_db_operation]
+async fn abandons_then_returns_ok(tx: &Tx, backend: Backend) -> Result<(), Error> {
+    run(tx, "INSERT INTO agents (id, name) VALUES (1, 'kept?')").await?;
+    abandon(tx, &late_duplicate(backend, 1)).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ok_after_an_abandoned_statement_failed_commits_only_where_the_server_does() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "abandoned_flat", 2).await {
+        let result = abandons_then_returns_ok(&t.db, t.backend).await;
+        match t.backend {
+            // The duplicate aborted the transaction: its COMMIT would roll back.
+            Backend::Postgres => {
+                let err = result.expect_err("reported committed, and rolled back");
+                assert_eq!(
+                    err.cause(),
+                    Some(&Cause::AbandonedStatementFailed {
+                        operation: "abandons_then_returns_ok"
+                    }),
+                    "{err}"
+                );
+                assert_eq!(t.agent_ids().await, Vec::<i32>::new());
+            }
+            // A duplicate undoes its own statement only, as when a body catches it.
+            _ => {
+                result.expect("MariaDB keeps the transaction after a duplicate key");
+                assert_eq!(t.agent_ids().await, vec![1]);
+                assert_eq!(t.agent_name(1).await.as_deref(), Some("kept?"));
+            }
+        }
+        t.cleanup().await;
+    }
+}
+
+#[safe_db_operation]
+async fn inner_abandons(tx: &Tx, backend: Backend) -> Result<(), Error> {
+    abandon(tx, &late_duplicate(backend, 1)).await;
+    Ok(())
+}
+
+#[safe_db_operation]
+async fn outer_goes_on(tx: &Tx, backend: Backend) -> Result<Option<Error>, Error> {
+    run(tx, "INSERT INTO agents (id, name) VALUES (1, 'outer')").await?;
+    let inner = inner_abandons(tx, backend).await.err();
+    // The caller handles its nested operation's failure and goes on.
+    run(tx, "INSERT INTO agents (id, name) VALUES (2, 'after')").await?;
+    Ok(inner)
+}
+
+#[tokio::test]
+async fn a_nested_operation_whose_abandoned_statement_failed_rolls_back_its_savepoint_only() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "abandoned_nested", 2).await {
+        let inner = outer_goes_on(&t.db, t.backend)
+            .await
+            .expect("the caller commits its own work");
+        match t.backend {
+            Backend::Postgres => {
+                let err = inner.expect("the nested operation reported Ok");
+                assert_eq!(
+                    err.cause(),
+                    Some(&Cause::AbandonedStatementFailed {
+                        operation: "inner_abandons"
+                    }),
+                    "{err}"
+                );
+            }
+            _ => assert!(inner.is_none(), "{inner:?}"),
+        }
+        assert_eq!(t.agent_ids().await, vec![1, 2], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+/// Locks row 2, then waits for row 1 (which the other session holds) and stops waiting
+/// after 100 ms: the wait goes on in the server, and the other session then closes the
+/// cycle. This one wrote less: the server picks it as the deadlock's victim, in the
+/// statement nobody awaits any more. The body writes an audit row and returns `Ok`.
+#[safe_db_operation(timeout = "30s")]
+async fn victim_stops_waiting(
+    tx: &Tx,
+    locked: Arc<Barrier>,
+    cycle: Arc<Barrier>,
+) -> Result<(), Error> {
+    run(tx, "UPDATE counters SET n = n + 1 WHERE id = 2").await?;
+    locked.wait().await;
+    let wait = run(tx, "UPDATE counters SET n = n + 1 WHERE id = 1");
+    let cut = tokio::time::timeout(Duration::from_millis(100), wait).await;
+    assert!(cut.is_err(), "the lock was granted within 100 ms");
+    cycle.wait().await;
+    // Handled, as a body that goes on after its own errors does.
+    let _ = run(tx, "INSERT INTO audit (who) VALUES (8)").await;
+    Ok(())
+}
+
+#[safe_db_operation(timeout = "30s")]
+async fn closes_the_cycle(tx: &Tx, locked: Arc<Barrier>, cycle: Arc<Barrier>) -> Result<(), Error> {
+    run(tx, "UPDATE counters SET n = n + 1 WHERE id = 1").await?;
+    // InnoDB picks as the victim the transaction that wrote less: this one writes more.
+    for who in 100..110 {
+        run(tx, &format!("INSERT INTO audit (who) VALUES ({who})")).await?;
+    }
+    locked.wait().await;
+    cycle.wait().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    run(tx, "UPDATE counters SET n = n + 1 WHERE id = 2").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadlock_in_an_abandoned_statement_leaves_nothing_of_the_victim() {
+    for t in TestDb::on(
+        &[Backend::Postgres, Backend::MySql],
+        "abandoned_deadlock",
+        2,
+    )
+    .await
+    {
+        exec(&t.db, &audit_table(t.backend)).await;
+        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
+        let db = Arc::new(t.pool(4).await);
+        let (locked, cycle) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let victim = {
+            let (db, locked, cycle) = (Arc::clone(&db), Arc::clone(&locked), Arc::clone(&cycle));
+            tokio::spawn(async move { victim_stops_waiting(&*db, locked, cycle).await })
+        };
+        let winner = closes_the_cycle(&*db, locked, cycle).await;
+        let victim = victim.await.unwrap();
+        winner.expect("the heavier transaction wins");
+        let err = victim.expect_err("the victim reported committed");
+        assert_eq!(err.kind(), ErrorKind::SerializationFailure, "{err}");
+        // The winner's work only: no audit row 8 committed on its own, no increment of
+        // the victim's.
+        let audit = ids(&t.db, "SELECT who FROM audit ORDER BY who").await;
+        assert_eq!(audit, (100..110).collect::<Vec<_>>(), "{:?}", t.backend);
+        let counters = ids(&t.db, "SELECT n FROM counters ORDER BY id").await;
+        assert_eq!(counters, vec![1, 1], "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
+
+fn audit_table(backend: Backend) -> String {
+    let serial = match backend {
+        Backend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
+        _ => "SERIAL PRIMARY KEY",
+    };
+    format!("CREATE TABLE audit (id {serial}, who INTEGER NOT NULL)")
+}
