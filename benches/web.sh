@@ -9,7 +9,8 @@
 # (benches/web/mix.lua: creates with colliding names, reads, lists, renames) against one
 # and then the other, ROUNDS times in alternating order (A B, B A, ...), each round on
 # freshly reset tables (1,000 agents seeded) after a short warm-up. Prints requests per
-# second and p99 latency for each round, their medians, and the ratios safe-db / by hand.
+# second, p99 latency and the server's CPU time per request (user + system, from /proc) for
+# each round, their medians, and the ratios safe-db / by hand.
 # Run it holding the build lock: the machine is shared, and a compile during a round
 # would skew it. Settings: ROUNDS (6), SECONDS_PER_ROUND (10), CONNECTIONS (64),
 # THREADS (2), SAFE_DB_BENCH_POSTGRES (postgres://postgres@127.0.0.1:5432).
@@ -47,6 +48,7 @@ start() { # name binary port
   reset_db "safe_db_web_$1"
   DATABASE_URL="$PG/safe_db_web_$1" PORT=$3 "target/release/$2" >"$OUT/$1.log" 2>&1 &
   PIDS+=($!)
+  eval "PID_$1=$!"
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$3/agents/1" && return 0
     sleep 0.1
@@ -56,14 +58,21 @@ start() { # name binary port
 start a agents-api "$PORT_A"
 start b agents-api-by-hand "$PORT_B"
 
+ticks() { # a process's CPU time so far (user + system), in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
 round() { # name port round
   reseed "safe_db_web_$1"
   wrk -t"$THREADS" -c"$CONNS" -d2s -s benches/web/mix.lua "http://127.0.0.1:$2" >/dev/null
   reseed "safe_db_web_$1"
-  local line
+  local line pid t0 t1
+  eval "pid=\$PID_$1"
+  t0=$(ticks "$pid")
   line=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" -s benches/web/mix.lua "http://127.0.0.1:$2" \
     | grep '^RESULT')
-  echo "$3 $1 $line" | tee -a "$OUT/results.txt"
+  t1=$(ticks "$pid")
+  echo "$3 $1 $line cpu_ticks=$((t1 - t0))" | tee -a "$OUT/results.txt"
 }
 
 : >"$OUT/results.txt"
@@ -73,8 +82,9 @@ for r in $(seq "$ROUNDS"); do
   else round b "$PORT_B" "$r"; round a "$PORT_A" "$r"; fi
 done
 
-python3 - "$OUT/results.txt" <<'EOF'
+python3 - "$OUT/results.txt" "$(getconf CLK_TCK)" <<'EOF'
 import statistics, sys
+tck = float(sys.argv[2])
 rows = {}
 for line in open(sys.argv[1]):
     parts = line.split()
@@ -95,6 +105,11 @@ print(f"median safe-db {med('a','rps'):.0f} rps, p99 {med('a','p99_us')/1000:.2f
       f"non-2xx {med('a','non2xx')/med('a','requests'):.1%}")
 print(f"median by hand {med('b','rps'):.0f} rps, p99 {med('b','p99_us')/1000:.2f} ms, "
       f"non-2xx {med('b','non2xx')/med('b','requests'):.1%}")
+cpu = {v: [rows[r][v]["cpu_ticks"] / tck * 1e6 / rows[r][v]["requests"] for r in rounds] for v in "ab"}
+cpus = [a / b for a, b in zip(cpu["a"], cpu["b"])]
+print(f"server CPU time per request (user + system): safe-db {statistics.median(cpu['a']):.0f} us, "
+      f"by hand {statistics.median(cpu['b']):.0f} us, ratio median x{statistics.median(cpus):.3f} "
+      f"(range x{min(cpus):.3f}-x{max(cpus):.3f})")
 print(f"rps ratio (safe-db / by hand): median of rounds x{statistics.median(ratios):.3f} "
       f"(range x{min(ratios):.3f}-x{max(ratios):.3f}); p99 ratio x{statistics.median(p99s):.3f} "
       f"(range x{min(p99s):.3f}-x{max(p99s):.3f}); {len(rounds)} rounds of {sys.argv[1]}")
