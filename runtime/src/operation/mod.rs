@@ -493,7 +493,7 @@ impl Operation {
                     Box::pin(self.rollback(tx)).await;
                     return Ended::failed(conflicted, Failure::Db(err), into);
                 }
-                match tx.commit().await {
+                match tx.commit(self.name).await {
                     Ok(callbacks) => {
                         // Committed, whatever happens to the callbacks (or to this future
                         // while they run).

@@ -220,10 +220,12 @@ impl Tx {
         {
             let mut link = self.tree.link().await;
             self.settle_dropped(&mut link).await?;
-            self.settle_owed(&mut link).await?;
-            if let Some(err) = self.why_not_join() {
-                // What was owed ended the transaction (a MySQL/MariaDB deadlock).
-                return Err(err);
+            if link.owes() {
+                Box::pin(self.settle_owed(&mut link)).await?;
+                if let Some(err) = self.why_not_join() {
+                    // What was owed ended the transaction (a MySQL/MariaDB deadlock).
+                    return Err(err);
+                }
             }
             if link.owes_release() {
                 Box::pin(self.send_release(&mut link)).await?;

@@ -16,12 +16,14 @@ use crate::{ErrorKind, dialect};
 impl Tx {
     /// Commits (a savepoint: releases), and returns the callbacks to run now: those of
     /// the outermost transaction, once its COMMIT has succeeded; none for a savepoint,
-    /// whose callbacks pass to its parent. The caller has asked [`Tx::why_not_commit`].
+    /// whose callbacks pass to its parent. The caller has asked [`Tx::why_not_commit`]
+    /// (for `operation`); asked again here after the answer of a statement the body
+    /// stopped waiting for, read first (`owed.rs`).
     ///
     /// No deadline here: once COMMIT is sent the server carries it out, and cutting the
     /// wait would report as failed a transaction that committed. (The deadline's
     /// server-side statement bound still applies.)
-    pub(crate) async fn commit(mut self) -> Result<Vec<Callback>, DbErr> {
+    pub(crate) async fn commit(mut self, operation: &'static str) -> Result<Vec<Callback>, DbErr> {
         // An injected failure (`safe_db::testing`): rolled back, as by a failed COMMIT.
         #[cfg(feature = "testing")]
         if let Some(armed) = self.armed()
@@ -45,7 +47,16 @@ impl Tx {
         let tree = Arc::clone(&self.tree);
         let mut link = tree.link().await;
         // A nested level dropped unended: its rollback comes first, and may break the tree.
-        let settled = self.settle_dropped(&mut link).await.and_then(|()| {
+        let mut settled = self.settle_dropped(&mut link).await;
+        if settled.is_ok() && link.owes() {
+            // The answer of a statement the body stopped waiting for: its failure may forbid
+            // the commit (`owed.rs`). Boxed: rare, and held inline it would add to the size
+            // of every commit's future.
+            settled = Box::pin(self.settle_owed(&mut link))
+                .await
+                .and_then(|()| self.verdict(operation).map_or(Ok(()), Err));
+        }
+        let settled = settled.and_then(|()| {
             match self.parent {
                 // The RELEASE owed, if any, is dropped: the COMMIT ends every savepoint.
                 None => self.release_before_commit(&mut link),

@@ -18,7 +18,9 @@ impl Tx {
     pub(super) async fn admit(&self, sql: &str) -> Result<MutexGuard<'_, Link>, DbErr> {
         let mut link = self.tree.link().await;
         self.settle_dropped(&mut link).await?;
-        self.settle_owed(&mut link).await?;
+        if link.owes() {
+            Box::pin(self.settle_owed(&mut link)).await?;
+        }
         self.refuse(&mut link, sql).await?;
         if link.owes_release() {
             // Boxed: held inline, a savepoint step would add to every statement's future.

@@ -18,17 +18,18 @@ use sea_orm::DbErr;
 use super::{Link, Tx, bound};
 
 impl Tx {
-    /// Reads the answer an abandoned statement still owes, if one does, and notes its
-    /// failure (see the module's text). Unanswered within the step's bound, the
-    /// connection is closed and the tree breaks. Not in a broken tree (nothing more is
-    /// sent in it, and its connection is rolled back or closed), nor when what is owed is
-    /// a `RELEASE`'s answer (`release.rs` breaks the tree then).
+    /// Reads the answer an abandoned statement still owes (the caller has seen that the
+    /// link owes one: [`Link::owes`]), and notes its failure (see the module's text).
+    /// Unanswered within the step's bound, the connection is closed and the tree breaks.
+    /// Not in a broken tree (nothing more is sent in it, and its connection is rolled back
+    /// or closed), nor when what is owed is a `RELEASE`'s answer (`release.rs` breaks the
+    /// tree then). Boxed by its callers: rare, and held inline it would add to the size of
+    /// every step's future.
     pub(super) async fn settle_owed(&self, link: &mut Link) -> Result<(), DbErr> {
-        if !link.owes() || link.owes_release() || self.tree.broken().is_some() {
+        if link.owes_release() || self.tree.broken().is_some() {
             return Ok(());
         }
-        // Boxed: rare, and held inline it would add to the size of every step's future.
-        Box::pin(self.read_owed(link)).await
+        self.read_owed(link).await
     }
 
     async fn read_owed(&self, link: &mut Link) -> Result<(), DbErr> {

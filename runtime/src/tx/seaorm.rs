@@ -136,7 +136,7 @@ impl TransactionSession for Tx {
             }
             return Err(err);
         }
-        Tx::commit(self).await.map(drop)
+        Tx::commit(self, "tx.begin()").await.map(drop)
     }
 
     async fn rollback(self) -> Result<(), DbErr> {

@@ -39,24 +39,26 @@ impl Tx {
 
     /// Why a body's `Ok` must not be committed, if it must not: the tree is broken, a
     /// statement lost a conflict, or (PostgreSQL) a statement at this level failed, which
-    /// aborts the transaction so that a COMMIT would silently roll back. The answer of a
-    /// statement the body stopped waiting for is read first (`owed.rs`). A MySQL/MariaDB
+    /// aborts the transaction so that a COMMIT would silently roll back. A MySQL/MariaDB
     /// error that may have ended the transaction and has not been asked about yet (a
-    /// streamed row's) is asked about first: one round trip, after those errors only.
+    /// streamed row's) is asked about first: one round trip, after those errors only. (The
+    /// answer of a statement the body stopped waiting for is read by [`Tx::commit`], which
+    /// asks again: `owed.rs`.)
     pub(crate) async fn why_not_commit(&self, operation: &'static str) -> Option<DbErr> {
-        {
-            let mut link = self.tree.link().await;
-            // The answer of a statement the body stopped waiting for, read now (`owed.rs`).
-            if let Err(err) = self.settle_owed(&mut link).await {
-                return Some(err);
-            }
-            let suspect = self.tree.suspect().clone();
-            if let Some(err) = suspect {
-                // Boxed: rare, and held inline it would add to the size of every commit's
-                // future.
-                Box::pin(self.settle_suspicion(&mut link, err)).await;
-            }
+        let suspect = self.tree.suspect().clone();
+        if let Some(err) = suspect {
+            // Boxed: rare, and held inline it would add to the size of every commit's future.
+            Box::pin(async {
+                let mut link = self.tree.link().await;
+                self.settle_suspicion(&mut link, err).await;
+            })
+            .await;
         }
+        self.verdict(operation)
+    }
+
+    /// What of [`Tx::why_not_commit`] needs no round trip.
+    pub(super) fn verdict(&self, operation: &'static str) -> Option<DbErr> {
         if let Some(err) = self.tree.broken() {
             return Some(err);
         }
