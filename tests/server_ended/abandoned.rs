@@ -173,3 +173,123 @@ fn audit_table(backend: Backend) -> String {
     };
     format!("CREATE TABLE audit (id {serial}, who INTEGER NOT NULL)")
 }
+
+/// Stops waiting for a 0.4 s statement 700 ms into a 1 s operation, then returns `Ok`:
+/// the statement ends (well) at about 1.1 s, after the deadline.
+#[safe_db_operation(timeout = "1s")]
+async fn abandons_near_its_deadline(
+    tx: &Tx,
+    backend: Backend,
+    started: Instant,
+) -> Result<(), Error> {
+    run(tx, "INSERT INTO agents (id, name) VALUES (1, 'a')").await?;
+    tokio::time::sleep_until((started + Duration::from_millis(700)).into()).await;
+    let sleep = match backend {
+        Backend::Postgres => "SELECT pg_sleep(0.4)",
+        _ => "SELECT SLEEP(0.4)",
+    };
+    let cut = tokio::time::timeout(Duration::from_millis(20), run(tx, sleep)).await;
+    assert!(cut.is_err(), "the statement answered within 20 ms");
+    Ok(())
+}
+
+/// The answer owed and the COMMIT share one bound: with the COMMIT unanswered (a frozen
+/// proxy), the caller has its answer by the deadline plus the margin of 200 ms, not a
+/// margin for each.
+#[tokio::test]
+async fn an_answer_owed_and_the_commit_share_the_commits_bound() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "abandoned_bound", 2).await {
+        let proxy = safe_db_test_support::proxy::FaultProxy::start(&t.url).await;
+        let db = sea_orm::Database::connect(t.options_via(&proxy, 1))
+            .await
+            .unwrap();
+        proxy.freeze_after("COMMIT");
+        let started = Instant::now();
+        let result = abandons_near_its_deadline(&db, t.backend, started).await;
+        let took = started.elapsed();
+        let err = result.expect_err("committed through a frozen proxy");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::CommitUnknown,
+            "{:?}: {err}",
+            t.backend
+        );
+        assert!(
+            took < Duration::from_millis(1260),
+            "{:?}: answered after {took:?} (deadline 1 s, margin 200 ms)",
+            t.backend
+        );
+        drop(db);
+        t.cleanup().await;
+    }
+}
+
+static RETRIED_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+/// Stops waiting for a lock after 100 ms, while the other session closes a deadlock
+/// cycle on it: its statement becomes the victim. Returns `Err`.
+#[safe_db_operation]
+async fn nested_gives_up(tx: &Tx, locked: Arc<Barrier>, cycle: Arc<Barrier>) -> Result<(), Error> {
+    locked.wait().await;
+    let wait = run(tx, "UPDATE counters SET n = n + 1 WHERE id = 1");
+    let cut = tokio::time::timeout(Duration::from_millis(100), wait).await;
+    assert!(cut.is_err(), "the lock was granted within 100 ms");
+    cycle.wait().await;
+    Err(Error::validation("gave up waiting"))
+}
+
+/// Calls `nested_gives_up` on its first attempt, handles its failure and goes on.
+#[safe_db_operation(timeout = "30s", retries = 3)]
+async fn caller_goes_on(tx: &Tx, locked: Arc<Barrier>, cycle: Arc<Barrier>) -> Result<(), Error> {
+    let attempt = RETRIED_ATTEMPTS.fetch_add(1, Ordering::SeqCst);
+    run(tx, "UPDATE counters SET n = n + 1 WHERE id = 2").await?;
+    if attempt == 0 {
+        let _ = nested_gives_up(tx, locked, cycle).await;
+    }
+    run(tx, "INSERT INTO audit (who) VALUES (8)").await
+}
+
+/// A deadlock in a nested operation's abandoned statement, read before its `ROLLBACK TO`:
+/// on MariaDB it ended the whole transaction (the savepoint with it), on PostgreSQL it is a
+/// conflict; either way the caller, which handles the nested failure, is re-run and
+/// commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadlock_owed_at_a_savepoints_rollback_is_retried() {
+    for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "abandoned_retried", 2).await {
+        RETRIED_ATTEMPTS.store(0, Ordering::SeqCst);
+        exec(&t.db, &audit_table(t.backend)).await;
+        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
+        let db = Arc::new(t.pool(4).await);
+        let (locked, cycle) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let victim = {
+            let (db, locked, cycle) = (Arc::clone(&db), Arc::clone(&locked), Arc::clone(&cycle));
+            tokio::spawn(async move { caller_goes_on(&*db, locked, cycle).await })
+        };
+        closes_the_cycle(&*db, locked, cycle)
+            .await
+            .expect("the heavier transaction wins");
+        victim
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{:?}: not re-run: {e}", t.backend));
+        assert_eq!(
+            RETRIED_ATTEMPTS.load(Ordering::SeqCst),
+            2,
+            "{:?}",
+            t.backend
+        );
+        let mut audit: Vec<i32> = (100..110).collect();
+        audit.insert(0, 8);
+        assert_eq!(
+            ids(&t.db, "SELECT who FROM audit ORDER BY who").await,
+            audit
+        );
+        assert_eq!(
+            ids(&t.db, "SELECT n FROM counters ORDER BY id").await,
+            vec![1, 2],
+            "{:?}",
+            t.backend
+        );
+        t.cleanup().await;
+    }
+}

@@ -220,8 +220,10 @@ impl Tx {
         {
             let mut link = self.tree.link().await;
             self.settle_dropped(&mut link).await?;
+            // The SAVEPOINT's bound, which the answer owed, if any, shares.
+            let until = link.owes().then(|| Instant::now() + bound::step(own));
             if link.owes() {
-                Box::pin(self.settle_owed(&mut link)).await?;
+                Box::pin(self.settle_owed(&mut link, until)).await?;
                 if let Some(err) = self.why_not_join() {
                     // What was owed ended the transaction (a MySQL/MariaDB deadlock).
                     return Err(err);
@@ -230,7 +232,7 @@ impl Tx {
             if link.owes_release() {
                 Box::pin(self.send_release(&mut link)).await?;
             }
-            let limit = bound::step(own);
+            let limit = bound::step_until(own, until);
             let Some(begun) = bound::within(backend, limit, link.step(&sql)).await else {
                 link.distrust();
                 return Err(crate::error::step_unanswered("SAVEPOINT", limit));

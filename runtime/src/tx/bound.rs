@@ -51,6 +51,16 @@ pub(crate) fn step(deadline: Option<Instant>) -> Duration {
     }
 }
 
+/// The bound of a step that ends at `until`, if a part of it was spent before it (the
+/// answer of a statement the body stopped waiting for, read first: `owed.rs`); else as
+/// [`step`].
+pub(crate) fn step_until(deadline: Option<Instant>, until: Option<Instant>) -> Duration {
+    match until {
+        Some(until) => until.saturating_duration_since(Instant::now()),
+        None => step(deadline),
+    }
+}
+
 /// Runs one step within `limit`: `None` if it did not answer in time. On SQLite, which has
 /// no peer that can hang (a busy database is waited out by its own busy timeout), the step
 /// runs untimed, and costs no timer.

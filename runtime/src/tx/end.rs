@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sea_orm::{DbBackend, DbErr};
+use tokio::time::Instant;
 
 use super::guard::Critical;
 use super::tree::Tree;
@@ -48,11 +49,15 @@ impl Tx {
         let mut link = tree.link().await;
         // A nested level dropped unended: its rollback comes first, and may break the tree.
         let mut settled = self.settle_dropped(&mut link).await;
+        // The bound of the COMMIT (or RELEASE), computed once: the answer of a statement
+        // the body stopped waiting for, read first, shares it.
+        let mut until = None;
         if settled.is_ok() && link.owes() {
-            // The answer of a statement the body stopped waiting for: its failure may forbid
-            // the commit (`owed.rs`). Boxed: rare, and held inline it would add to the size
-            // of every commit's future.
-            settled = Box::pin(self.settle_owed(&mut link))
+            let end = Instant::now() + bound::step(self.deadline);
+            until = Some(end);
+            // Its failure may forbid the commit (`owed.rs`). Boxed: rare, and held inline
+            // it would add to the size of every commit's future.
+            settled = Box::pin(self.settle_owed(&mut link, Some(end)))
                 .await
                 .and_then(|()| self.verdict(operation).map_or(Ok(()), Err));
         }
@@ -73,8 +78,8 @@ impl Tx {
             return Err(err);
         }
         let ended = match self.parent {
-            Some(_) => self.close_savepoint(&mut link).await,
-            None => self.commit_outermost(&mut link).await,
+            Some(_) => self.close_savepoint(&mut link, until).await,
+            None => self.commit_outermost(&mut link, until).await,
         };
         drop(link);
         self.ended = true;
@@ -96,7 +101,7 @@ impl Tx {
     /// bound given back to the enclosing level first), or `ROLLBACK TO` for a PostgreSQL
     /// read-only savepoint: a `RELEASE` would leave the caller read-only, and it wrote
     /// nothing.
-    async fn close_savepoint(&self, link: &mut Link) -> Result<(), DbErr> {
+    async fn close_savepoint(&self, link: &mut Link, until: Option<Instant>) -> Result<(), DbErr> {
         // A deeper savepoint's RELEASE owed is moot: this step ends it too.
         if link.release_before(self.depth) {
             Box::pin(self.send_release(link)).await?;
@@ -112,7 +117,7 @@ impl Tx {
         } else {
             dialect::release(self.backend, self.depth, restore)
         };
-        let limit = bound::step(self.deadline);
+        let limit = bound::step_until(self.deadline, until);
         let ended = self
             .savepoint_step(link, &sql, limit, |limit| {
                 crate::error::step_unanswered("RELEASE", limit)
@@ -129,7 +134,7 @@ impl Tx {
     /// has answered, before any callback runs (a callback may begin an operation on a
     /// pool of one). A COMMIT whose answer was lost with the connection may have committed,
     /// or not: said as such (`CommitUnknown`), never re-run, and the connection closed.
-    async fn commit_outermost(&self, link: &mut Link) -> Result<(), DbErr> {
+    async fn commit_outermost(&self, link: &mut Link, until: Option<Instant>) -> Result<(), DbErr> {
         let ended = if link.is_sea_orm() {
             // A transaction begun by hand: this level is SeaORM's savepoint, which keeps
             // a `SET LOCAL` made in it when released. Give the statement bound back first.
@@ -148,7 +153,7 @@ impl Tx {
                 link.release();
                 return Err(crate::error::link_gone());
             }
-            let limit = bound::step(self.deadline);
+            let limit = bound::step_until(self.deadline, until);
             let ended = match bound::within(self.backend, limit, link.step(dialect::COMMIT)).await {
                 Some(ended) => ended.map(drop),
                 // Sent and unanswered: committed or not, nobody knows.
@@ -365,7 +370,13 @@ impl Tx {
         unanswered: impl FnOnce(Duration) -> DbErr,
     ) -> Result<(), DbErr> {
         let step = Critical::step(Some(&self.tree));
-        let Some(ended) = bound::within(self.backend, limit, link.step(sql)).await else {
+        let work = async {
+            // What a rollback does not undo of an answer owed (`owed.rs`); none is owed
+            // before a RELEASE, whose caller read it first.
+            self.read_owed_before_rollback(link).await?;
+            link.step(sql).await
+        };
+        let Some(ended) = bound::within(self.backend, limit, work).await else {
             // `step` dropped undone: the tree breaks.
             link.distrust();
             return Err(unanswered(limit));

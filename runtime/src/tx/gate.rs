@@ -19,7 +19,8 @@ impl Tx {
         let mut link = self.tree.link().await;
         self.settle_dropped(&mut link).await?;
         if link.owes() {
-            Box::pin(self.settle_owed(&mut link)).await?;
+            // The body's own wait: bounded by the operation's `timeout` only.
+            Box::pin(self.settle_owed(&mut link, None)).await?;
         }
         self.refuse(&mut link, sql).await?;
         if link.owes_release() {

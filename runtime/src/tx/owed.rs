@@ -6,42 +6,54 @@
 //! then aborts the transaction (its COMMIT answers `ROLLBACK`, without an error), a
 //! MySQL/MariaDB deadlock ends it (every later statement would run outside it, each
 //! committed alone). So before any step that carries the transaction on (a statement, a
-//! SAVEPOINT, a RELEASE, the COMMIT), the answer owed is read, within the step's bound,
-//! and a failure in it is noted like any statement's ([`Tx::note_failure`]): the COMMIT
-//! is refused on PostgreSQL, a MySQL/MariaDB tree the server ended breaks, a conflict may
-//! be retried. Before a rollback it is read past: the rollback undoes it.
+//! SAVEPOINT, the COMMIT), the answer owed is read, and a failure in it is noted like any
+//! statement's ([`Tx::note_failure`]): the COMMIT is refused on PostgreSQL, a MySQL/MariaDB
+//! tree the server ended breaks, a conflict may be retried. Before a savepoint's rollback
+//! only what the rollback does not undo is noted (a conflict, a MySQL/MariaDB deadlock);
+//! before the outermost rollback it is read past, off the caller's path (`link.rs`).
 
 use std::sync::atomic::Ordering;
 
-use sea_orm::DbErr;
+use sea_orm::{DbBackend, DbErr};
+use tokio::time::Instant;
 
 use super::{Link, Tx, bound};
 
 impl Tx {
     /// Reads the answer an abandoned statement still owes (the caller has seen that the
     /// link owes one: [`Link::owes`]), and notes its failure (see the module's text).
-    /// Unanswered within the step's bound, the connection is closed and the tree breaks.
-    /// Not in a broken tree (nothing more is sent in it, and its connection is rolled back
-    /// or closed), nor when what is owed is a `RELEASE`'s answer (`release.rs` breaks the
-    /// tree then). Boxed by its callers: rare, and held inline it would add to the size of
-    /// every step's future.
-    pub(super) async fn settle_owed(&self, link: &mut Link) -> Result<(), DbErr> {
+    /// Before one of the body's statements `until` is `None`: the wait is the body's,
+    /// bounded by the operation's `timeout` only. Before a step of the protocol it is the
+    /// end of that step's bound, which the step itself shares (one bound for both, as
+    /// when the answer was read as part of the step); not answered by then, the
+    /// connection is closed and the tree breaks. Not in a broken tree (nothing more is
+    /// sent in it, and its connection is rolled back or closed), nor when what is owed is
+    /// a `RELEASE`'s answer (`release.rs` breaks the tree then). Boxed by its callers:
+    /// rare, and held inline it would add to the size of every step's future.
+    pub(super) async fn settle_owed(
+        &self,
+        link: &mut Link,
+        until: Option<Instant>,
+    ) -> Result<(), DbErr> {
         if link.owes_release() || self.tree.broken().is_some() {
             return Ok(());
         }
-        self.read_owed(link).await
-    }
-
-    async fn read_owed(&self, link: &mut Link) -> Result<(), DbErr> {
-        let limit = bound::step(self.deadline);
-        let failed = match bound::within(self.backend, limit, link.read_owed()).await {
-            None => {
-                link.distrust();
-                let err = crate::error::step_unanswered("statement abandoned earlier", limit);
-                self.tree.break_with(err.clone());
-                return Err(err);
+        let read = match until {
+            None => Some(link.read_owed().await),
+            Some(until) => {
+                let limit = until.saturating_duration_since(Instant::now());
+                let read = bound::within(self.backend, limit, link.read_owed()).await;
+                if read.is_none() {
+                    link.distrust();
+                    let err = crate::error::step_unanswered("statement abandoned earlier", limit);
+                    self.tree.break_with(err.clone());
+                    return Err(err);
+                }
+                read
             }
-            Some(Ok(None)) => return Ok(()),
+        };
+        let failed = match read {
+            None | Some(Ok(None)) => return Ok(()),
             Some(Ok(Some(failed))) => failed,
             Some(Err(lost)) => {
                 self.note_failure(link, &lost).await;
@@ -54,6 +66,25 @@ impl Tx {
         );
         self.abandoned_failed.store(true, Ordering::Relaxed);
         self.note_failure(link, &failed).await;
+        Ok(())
+    }
+
+    /// Before a `ROLLBACK TO`: reads the answer owed as part of that step, and notes what
+    /// the rollback does not undo: a conflict (the operation may be re-run), and a
+    /// MySQL/MariaDB deadlock, which ended the whole transaction (the savepoint is gone
+    /// with it: the `ROLLBACK TO` fails, and the tree breaks with the deadlock). A failed
+    /// statement is not noted at this level: the rollback undoes it.
+    pub(super) async fn read_owed_before_rollback(&self, link: &mut Link) -> Result<(), DbErr> {
+        if !link.owes() || link.owes_release() {
+            return Ok(());
+        }
+        if let Some(failed) = link.read_owed().await? {
+            self.tree.note_conflict(&failed);
+            if self.backend == DbBackend::MySql && crate::error::mysql_number(&failed) == Some(1213)
+            {
+                self.tree.break_with(failed);
+            }
+        }
         Ok(())
     }
 }
