@@ -240,10 +240,15 @@ pub fn app(db: Db) -> Router {
 /// `routes` with request transactions on `db` and `db` as their state, every error
 /// answered as a problem response (axum's extractor rejections included). A create or a
 /// rename sent with an `Idempotency-Key` runs once; its retries get the first response.
+///
+/// The layers wrap the router once, as one service: `Router::layer` would wrap each route
+/// in a boxed service per layer, each cloned (allocated anew) on every request, ten
+/// allocations per request here (BENCHMARKS.md, section 6). Outermost first:
+/// `ProblemLayer`, `TxLayer`, `Idempotency` (inside `TxLayer`, which it needs).
 pub fn with_transactions(routes: Router<Db>, db: Db) -> Router {
-    routes
-        .layer(Idempotency::new(db.primary().clone()))
-        .layer(TxLayer::new(db.clone()))
-        .layer(ProblemLayer)
-        .with_state(db)
+    use tower_layer::Layer;
+    let app = routes.with_state(db.clone());
+    let app = Idempotency::new(db.primary().clone()).layer(app);
+    let app = TxLayer::new(db).layer(app);
+    Router::new().fallback_service(ProblemLayer.layer(app))
 }

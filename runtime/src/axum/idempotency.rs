@@ -178,7 +178,12 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    /// A keyless request's future is the inner service's own (no allocation); a keyed
+    /// one's is boxed.
+    type Future = futures_util::future::Either<
+        S::Future,
+        Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -190,12 +195,12 @@ where
         if !self.config.methods.contains(request.method())
             || (!self.config.required && !request.headers().contains_key(&IDEMPOTENCY_KEY))
         {
-            return Box::pin(self.inner.call(request));
+            return futures_util::future::Either::Left(self.inner.call(request));
         }
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
         let config = self.config.clone();
-        Box::pin(serve(config, inner, request))
+        futures_util::future::Either::Right(Box::pin(serve(config, inner, request)))
     }
 }
 

@@ -46,10 +46,13 @@ fn isolation_sql(isolation: Isolation) -> &'static str {
 /// The outermost BEGIN with its settings, as one message (without settings, a fixed
 /// statement rather than a string made for each transaction).
 pub(crate) fn begin(backend: DbBackend, begin: Begin) -> Cow<'static, str> {
-    let plain = begin.isolation.is_none() && !begin.read_only && begin.bound.is_none();
+    // Without an isolation level or a bound, one of a few fixed strings: no allocation.
+    let fixed = begin.isolation.is_none() && begin.bound.is_none();
     match backend {
-        DbBackend::Postgres if plain => Cow::Borrowed("BEGIN"),
-        DbBackend::MySql if plain => Cow::Borrowed("START TRANSACTION"),
+        DbBackend::Postgres if fixed && !begin.read_only => Cow::Borrowed("BEGIN"),
+        DbBackend::Postgres if fixed => Cow::Borrowed("BEGIN READ ONLY"),
+        DbBackend::MySql if fixed && !begin.read_only => Cow::Borrowed("START TRANSACTION"),
+        DbBackend::MySql if fixed => Cow::Borrowed("START TRANSACTION READ ONLY"),
         DbBackend::Postgres => {
             let mut sql = "BEGIN".to_owned();
             if let Some(isolation) = begin.isolation {
