@@ -20,6 +20,15 @@ fn late_duplicate(backend: Backend, id: i32) -> String {
     }
 }
 
+/// `err` is `operation`'s refusal to commit after its abandoned statement failed.
+fn assert_abandoned_failed(err: &Error, operation: &'static str) {
+    assert_eq!(
+        err.cause(),
+        Some(&Cause::AbandonedStatementFailed { operation }),
+        "{err}"
+    );
+}
+
 /// Sends `sql` and stops waiting for it after 50 ms, as a caller-side `timeout` does.
 async fn abandon(tx: &Tx, sql: &str) {
     let cut = tokio::time::timeout(Duration::from_millis(50), run(tx, sql)).await;
@@ -41,13 +50,7 @@ async fn an_ok_after_an_abandoned_statement_failed_commits_only_where_the_server
             // The duplicate aborted the transaction: its COMMIT would roll back.
             Backend::Postgres => {
                 let err = result.expect_err("reported committed, and rolled back");
-                assert_eq!(
-                    err.cause(),
-                    Some(&Cause::AbandonedStatementFailed {
-                        operation: "abandons_then_returns_ok"
-                    }),
-                    "{err}"
-                );
+                assert_abandoned_failed(&err, "abandons_then_returns_ok");
                 assert_eq!(t.agent_ids().await, Vec::<i32>::new());
             }
             // A duplicate undoes its own statement only, as when a body catches it.
@@ -85,13 +88,7 @@ async fn a_nested_operation_whose_abandoned_statement_failed_rolls_back_its_save
         match t.backend {
             Backend::Postgres => {
                 let err = inner.expect("the nested operation reported Ok");
-                assert_eq!(
-                    err.cause(),
-                    Some(&Cause::AbandonedStatementFailed {
-                        operation: "inner_abandons"
-                    }),
-                    "{err}"
-                );
+                assert_abandoned_failed(&err, "inner_abandons");
             }
             _ => assert!(inner.is_none(), "{inner:?}"),
         }
@@ -143,10 +140,7 @@ async fn a_deadlock_in_an_abandoned_statement_leaves_nothing_of_the_victim() {
     )
     .await
     {
-        exec(&t.db, &audit_table(t.backend)).await;
-        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
-        let db = Arc::new(t.pool(4).await);
-        let (locked, cycle) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (db, locked, cycle) = deadlock_setup(&t).await;
         let victim = {
             let (db, locked, cycle) = (Arc::clone(&db), Arc::clone(&locked), Arc::clone(&cycle));
             tokio::spawn(async move { victim_stops_waiting(&*db, locked, cycle).await })
@@ -166,12 +160,11 @@ async fn a_deadlock_in_an_abandoned_statement_leaves_nothing_of_the_victim() {
     }
 }
 
-fn audit_table(backend: Backend) -> String {
-    let serial = match backend {
-        Backend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
-        _ => "SERIAL PRIMARY KEY",
-    };
-    format!("CREATE TABLE audit (id {serial}, who INTEGER NOT NULL)")
+/// The deadlock tests' schema and pool (`deadlock.rs`), and the two barriers where the
+/// sessions meet (both locks taken; the cycle about to close).
+async fn deadlock_setup(t: &TestDb) -> (Arc<DatabaseConnection>, Arc<Barrier>, Arc<Barrier>) {
+    let db = super::deadlock::deadlock_schema(t).await;
+    (db, Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)))
 }
 
 /// Stops waiting for a 0.4 s statement 700 ms into a 1 s operation, then returns `Ok`:
@@ -257,10 +250,7 @@ async fn caller_goes_on(tx: &Tx, locked: Arc<Barrier>, cycle: Arc<Barrier>) -> R
 async fn a_deadlock_owed_at_a_savepoints_rollback_is_retried() {
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "abandoned_retried", 2).await {
         RETRIED_ATTEMPTS.store(0, Ordering::SeqCst);
-        exec(&t.db, &audit_table(t.backend)).await;
-        exec(&t.db, "INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)").await;
-        let db = Arc::new(t.pool(4).await);
-        let (locked, cycle) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (db, locked, cycle) = deadlock_setup(&t).await;
         let victim = {
             let (db, locked, cycle) = (Arc::clone(&db), Arc::clone(&locked), Arc::clone(&cycle));
             tokio::spawn(async move { caller_goes_on(&*db, locked, cycle).await })

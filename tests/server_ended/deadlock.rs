@@ -96,7 +96,7 @@ async fn deadlock(
 }
 
 /// Two counters and an audit table to deadlock over; a pool of four on them.
-async fn deadlock_schema(t: &TestDb) -> Arc<DatabaseConnection> {
+pub(super) async fn deadlock_schema(t: &TestDb) -> Arc<DatabaseConnection> {
     let serial = match t.backend {
         Backend::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
         _ => "SERIAL PRIMARY KEY",
