@@ -80,6 +80,27 @@ impl Place {
         drop(self.db);
         self.t.cleanup().await;
     }
+
+    /// [`Place::clean`], then [`Place::cleanup`].
+    async fn done(self, id: i32) {
+        self.clean(id).await;
+        self.cleanup().await;
+    }
+
+    /// On a server, `n` messages holding `pattern` crossed the wire since [`Place::count`].
+    fn on_wire(&self, pattern: &str, n: usize) {
+        if let Some(counted) = self.counted(pattern) {
+            assert_eq!(counted, n, "{:?}: {pattern}", self.t.backend);
+        }
+    }
+
+    /// On a server, `n` `SAVEPOINT` messages since [`Place::count`] (see
+    /// [`Place::savepoints`]).
+    fn savepoints_sent(&self, n: usize) {
+        if let Some(sent) = self.savepoints() {
+            assert_eq!(sent, n, "{:?}: SAVEPOINT messages", self.t.backend);
+        }
+    }
 }
 
 const RELEASE: &str = "RELEASE SAVEPOINT";
@@ -199,8 +220,7 @@ async fn an_inner_ok_then_its_caller_err_commits_nothing() {
         );
         // The ROLLBACK dropped the RELEASE owed.
         assert!(matches!(p.counted(RELEASE), None | Some(0)));
-        p.clean(100).await;
-        p.cleanup().await;
+        p.done(100).await;
     }
 }
 
@@ -210,13 +230,10 @@ async fn an_inner_ok_called_last_commits_both_without_a_release() {
         p.count(&[RELEASE, SAVEPOINT, ROLLBACK_TO, "COMMIT"]);
         inner_last(&p.db, 1).await.unwrap();
         assert_eq!(p.t.agent_ids().await, vec![1, 2], "{:?}", p.t.backend);
-        if p.proxy.is_some() {
-            assert_eq!(p.savepoints(), Some(1), "{:?}", p.t.backend);
-            assert_eq!(p.counted(RELEASE), Some(0), "{:?}", p.t.backend);
-            assert_eq!(p.counted("COMMIT"), Some(1), "{:?}", p.t.backend);
-        }
-        p.clean(100).await;
-        p.cleanup().await;
+        p.savepoints_sent(1);
+        p.on_wire(RELEASE, 0);
+        p.on_wire("COMMIT", 1);
+        p.done(100).await;
     }
 }
 
@@ -237,14 +254,11 @@ async fn two_hundred_siblings_in_one_caller_all_commit() {
         let rows = p.t.agent_ids().await;
         let want: Vec<i32> = std::iter::once(1).chain(1000..1200).collect();
         assert_eq!(rows, want, "{:?}", p.t.backend);
-        if p.proxy.is_some() {
-            // Each SAVEPOINT after the first sends the RELEASE owed before it: savepoints
-            // never pile up; the last one's goes with the COMMIT.
-            assert_eq!(p.savepoints(), Some(200), "{:?}", p.t.backend);
-            assert_eq!(p.counted(RELEASE), Some(199), "{:?}", p.t.backend);
-        }
-        p.clean(5000).await;
-        p.cleanup().await;
+        // Each SAVEPOINT after the first sends the RELEASE owed before it: savepoints
+        // never pile up; the last one's goes with the COMMIT.
+        p.savepoints_sent(200);
+        p.on_wire(RELEASE, 199);
+        p.done(5000).await;
     }
 }
 
@@ -290,10 +304,8 @@ async fn three_nested_tail_calls_send_no_release() {
         ]);
         chain(&p.db, false).await.unwrap();
         assert_eq!(p.t.agent_ids().await, vec![1, 2, 3, 4], "{b:?}");
-        if p.proxy.is_some() {
-            assert_eq!(p.savepoints(), Some(3), "{b:?}");
-            assert_eq!(p.counted(RELEASE), Some(0), "{b:?}");
-        }
+        p.savepoints_sent(3);
+        p.on_wire(RELEASE, 0);
         exec(&p.t.db, "DELETE FROM agents").await;
         // A statement after the chain: one RELEASE, of the first level's savepoint, which
         // ends the deeper ones too (each level's replaced the one below it).
@@ -307,15 +319,12 @@ async fn three_nested_tail_calls_send_no_release() {
         ]);
         chain(&p.db, true).await.unwrap();
         assert_eq!(p.t.agent_ids().await, vec![1, 2, 3, 4, 9], "{b:?}");
-        if p.proxy.is_some() {
-            assert_eq!(p.counted(RELEASE), Some(1), "{b:?}");
-            // SAVEPOINT and RELEASE of safe_db_1; SAVEPOINT only of the deeper ones.
-            assert_eq!(p.counted("safe_db_1"), Some(2), "{b:?}");
-            assert_eq!(p.counted("safe_db_2"), Some(1), "{b:?}");
-            assert_eq!(p.counted("safe_db_3"), Some(1), "{b:?}");
-        }
-        p.clean(100).await;
-        p.cleanup().await;
+        p.on_wire(RELEASE, 1);
+        // SAVEPOINT and RELEASE of safe_db_1; SAVEPOINT only of the deeper ones.
+        p.on_wire("safe_db_1", 2);
+        p.on_wire("safe_db_2", 1);
+        p.on_wire("safe_db_3", 1);
+        p.done(100).await;
     }
 }
 
@@ -355,11 +364,8 @@ async fn an_inner_ok_then_a_failure_rolls_back_only_what_failed() {
         p.count(&[RELEASE]);
         then_the_middle_fails(&p.db).await.unwrap();
         assert_eq!(p.t.agent_ids().await, vec![1, 20], "{b:?}");
-        if p.proxy.is_some() {
-            assert_eq!(p.counted(RELEASE), Some(0), "{b:?}");
-        }
-        p.clean(100).await;
-        p.cleanup().await;
+        p.on_wire(RELEASE, 0);
+        p.done(100).await;
     }
 }
 
@@ -391,12 +397,9 @@ async fn a_stream_after_an_inner_ok_sees_its_rows() {
         let seen = inner_then_stream(&p.db).await.unwrap();
         assert_eq!(seen, vec![1, 2], "{b:?}");
         assert_eq!(p.t.agent_ids().await, vec![1, 2, 3], "{b:?}");
-        if p.proxy.is_some() {
-            // The first inner's, before the stream; not the last one's.
-            assert_eq!(p.counted(RELEASE), Some(1), "{b:?}");
-        }
-        p.clean(100).await;
-        p.cleanup().await;
+        // The first inner's, before the stream; not the last one's.
+        p.on_wire(RELEASE, 1);
+        p.done(100).await;
     }
 }
 
@@ -433,8 +436,7 @@ async fn a_caller_dropped_after_an_inner_ok_commits_nothing() {
         // Nested: the dropped level is rolled back to (its inner's RELEASE owed is moot).
         drops_a_middle(&p.db).await.unwrap();
         assert_eq!(p.t.agent_ids().await, vec![1, 2], "{b:?}");
-        p.clean(200).await;
-        p.cleanup().await;
+        p.done(200).await;
     }
 }
 
@@ -470,8 +472,7 @@ async fn a_nested_commit_fault_still_fails_its_operation() {
         let failed = faults.run(shop(&p.db)).await.unwrap();
         assert!(failed, "{b:?}");
         assert_eq!(p.t.agent_ids().await, vec![1], "{b:?}");
-        p.clean(100).await;
-        p.cleanup().await;
+        p.done(100).await;
     }
 }
 
@@ -499,8 +500,7 @@ async fn nothing_is_left_owed_across_operations_on_one_connection() {
                 p.t.backend
             );
         }
-        p.clean(5000).await;
-        p.cleanup().await;
+        p.done(5000).await;
     }
 }
 
@@ -525,8 +525,7 @@ async fn a_release_that_fails_when_sent_fails_the_next_step_and_commits_nothing(
         let err = result.expect_err("the caller's write after the lost RELEASE");
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{b:?}: {err}");
         assert_eq!(p.t.agent_ids().await, Vec::<i32>::new(), "{b:?}");
-        p.clean(100).await;
-        p.cleanup().await;
+        p.done(100).await;
     }
 }
 
@@ -560,8 +559,7 @@ async fn a_release_after_an_abandoned_statement_is_not_deferred() {
         let result = calls_an_abandoner_last(&p.db).await;
         assert!(result.is_err(), "reported committed: {result:?}");
         assert_eq!(p.t.agent_ids().await, Vec::<i32>::new());
-        p.clean(100).await;
-        p.cleanup().await;
+        p.done(100).await;
     }
 }
 
@@ -591,7 +589,6 @@ async fn a_release_cut_off_on_the_wire_leaves_nothing_to_commit() {
         let err = result.expect_err("committed after a RELEASE whose outcome is unknown");
         assert_eq!(err.cause(), Some(&Cause::TreeBroken), "{b:?}: {err}");
         assert_eq!(p.t.agent_ids().await, Vec::<i32>::new(), "{b:?}");
-        p.clean(100).await;
-        p.cleanup().await;
+        p.done(100).await;
     }
 }
