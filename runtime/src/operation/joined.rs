@@ -55,8 +55,7 @@ impl Operation {
             return Ok(None);
         }
         let attempt = self.retry.next_attempt();
-        record(&self.span, "attempt", attempt);
-        record(&self.span, "depth", tx.depth());
+        self.record_attempt(attempt, Some(tx.depth()));
         if let Some(err) = tx.why_not_join() {
             self.record_end(End::NotBegun);
             return Err(err);

@@ -262,7 +262,6 @@ impl Operation {
     async fn begin_attempt<C: Begin + ?Sized>(&mut self, conn: &C) -> Result<Tx, DbErr> {
         loop {
             let attempt = self.retry.next_attempt();
-            record(&self.span, "attempt", attempt);
             // Read only for the connection-wait histogram (feature `metrics`).
             #[cfg(feature = "metrics")]
             let asked = Instant::now();
@@ -319,7 +318,7 @@ impl Operation {
                         crate::testing::armed(self.path)
                             .map(|armed| armed as Box<dyn crate::tx::Injector>),
                     );
-                    record(&self.span, "depth", tx.depth());
+                    self.record_attempt(attempt, Some(tx.depth()));
                     self.outermost = tx.depth() == 0;
                     if self.outermost {
                         #[cfg(feature = "metrics")]
@@ -334,6 +333,7 @@ impl Operation {
                         self.pause_before_retry(pause).await;
                         continue;
                     }
+                    self.record_attempt(attempt, None);
                     self.record_end(match ErrorKind::of(&err) {
                         ErrorKind::Timeout => End::TimedOut,
                         _ => End::NotBegun,

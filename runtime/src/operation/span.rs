@@ -40,4 +40,31 @@ impl Operation {
             None => operation_span!(),
         }
     }
+
+    /// Records the attempt under way and, once begun, its transaction's depth: one record,
+    /// since a subscriber formats and stores each record it is given (the `fmt` layer: a
+    /// lookup, a lock and a format per record). Skipped on a disabled span, as every field
+    /// (`run::record`).
+    pub(super) fn record_attempt(&self, attempt: u32, depth: Option<u32>) {
+        let span = &self.span;
+        if span.is_disabled() {
+            return;
+        }
+        let Some(meta) = span.metadata() else {
+            return;
+        };
+        let fields = meta.fields();
+        let (Some(a), Some(d)) = (fields.field("attempt"), fields.field("depth")) else {
+            return;
+        };
+        match depth {
+            Some(depth) => span.record_all(&fields.value_set(&[
+                (&a, Some(&attempt as &dyn tracing::Value)),
+                (&d, Some(&depth as &dyn tracing::Value)),
+            ])),
+            None => {
+                span.record_all(&fields.value_set(&[(&a, Some(&attempt as &dyn tracing::Value))]))
+            }
+        };
+    }
 }
