@@ -530,9 +530,10 @@ async fn a_release_that_fails_when_sent_fails_the_next_step_and_commits_nothing(
 }
 
 /// A nested operation abandons a statement that fails after it has stopped waiting, and
-/// returns `Ok`: PostgreSQL has aborted the transaction. Its RELEASE is not deferred (the
-/// connection owes an answer), so the failure is seen at its end, as before; deferred, the
-/// caller's COMMIT would have rolled back without an error.
+/// returns `Ok`: PostgreSQL has aborted the transaction. Its end reads the answer owed
+/// before it decides on a RELEASE, deferred or not (`owed.rs`): the failure is seen there,
+/// where a deferred RELEASE dropped by the caller's COMMIT would have let that COMMIT roll
+/// back without an error.
 #[safe_db_operation]
 async fn abandons_a_failing_statement(tx: &Tx) -> Result<(), Error> {
     let sql = "INSERT INTO agents (id, name) SELECT 1, 'again' FROM pg_sleep(0.3)";
@@ -551,7 +552,7 @@ async fn calls_an_abandoner_last(tx: &Tx) -> Result<(), Error> {
 }
 
 #[tokio::test]
-async fn a_release_after_an_abandoned_statement_is_not_deferred() {
+async fn a_nested_abandoned_failure_is_seen_before_its_release() {
     for p in Place::all("release_abandoned").await {
         if p.t.backend != Backend::Postgres {
             continue;

@@ -18,10 +18,9 @@
 //!
 //! Only a plain `RELEASE` is deferred: not a PostgreSQL read-only savepoint's end (a
 //! `ROLLBACK TO`), nor one that gives the enclosing level its statement bound back, nor
-//! one on a connection that owes the answer of an abandoned statement (the `RELEASE`
-//! then says at once whether the transaction survived it: on PostgreSQL a failed
-//! statement aborts it, and a `COMMIT` would then roll back without an error), nor in a
-//! transaction SeaORM runs.
+//! one on a connection that still owes an answer, nor in a transaction SeaORM runs. (The
+//! answer of a statement the body abandoned is read before the savepoint's end decides
+//! anything, and its failure noted: `owed.rs`.)
 //!
 //! A `RELEASE` sent before a step and cut off there (the step's future dropped) leaves
 //! its outcome unknown: only a rollback past it may follow; any other step, and the
