@@ -38,18 +38,7 @@ async fn each_operation_has_a_span_and_nested_ones_are_children() {
     drop(_guard);
     assert_eq!(t.agent_ids().await, vec![1]);
 
-    let spans: Vec<_> = captured
-        .spans()
-        .into_iter()
-        .filter(|s| s.name == "safe_db.operation")
-        .collect();
-    let find = |name: &str| {
-        spans
-            .iter()
-            .filter(|s| s.fields.get("operation").map(String::as_str) == Some(name))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let find = |name: &str| captured.operations(name);
     let outer = &find("outer_op")
         .first()
         .cloned()

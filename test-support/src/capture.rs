@@ -48,6 +48,19 @@ impl Captured {
     pub fn spans(&self) -> Vec<SpanRecord> {
         self.spans.lock().unwrap().clone()
     }
+    /// The spans of safe-db's operations (`safe_db.operation`), in creation order.
+    pub fn operation_spans(&self) -> Vec<SpanRecord> {
+        let mut spans = self.spans();
+        spans.retain(|s| s.name == "safe_db.operation");
+        spans
+    }
+    /// The spans of the operations named `operation` (a web request's: `"request"`), in
+    /// creation order.
+    pub fn operations(&self, operation: &str) -> Vec<SpanRecord> {
+        let mut spans = self.operation_spans();
+        spans.retain(|s| s.fields.get("operation").map(String::as_str) == Some(operation));
+        spans
+    }
     /// The events, in order.
     pub fn events(&self) -> Vec<EventRecord> {
         self.events.lock().unwrap().clone()

@@ -13,18 +13,7 @@ async fn a_request_is_one_operation_whose_span_holds_the_handler_and_its_nested_
     // A handler that takes no `RequestTx` (a read on the pool) makes no request span.
     call(&app, "GET", "/agents/1", None).await;
     drop(guard);
-    let spans: Vec<_> = captured
-        .spans()
-        .into_iter()
-        .filter(|s| s.name == "safe_db.operation")
-        .collect();
-    let named = |name: &str| {
-        spans
-            .iter()
-            .filter(|s| s.fields.get("operation").map(String::as_str) == Some(name))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let named = |name: &str| captured.operations(name);
     let requests = named("request");
     assert_eq!(requests.len(), 2, "{}", captured.all_text());
     // Begun like any operation (its attempt and depth recorded), ended through the same
@@ -373,18 +362,8 @@ async fn every_kind_of_operation_in_a_request_has_its_parent_and_its_end() {
     let (status, body, _) = call(&app, "POST", "/kinds", None).await;
     drop(guard);
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let spans: Vec<_> = captured
-        .spans()
-        .into_iter()
-        .filter(|s| s.name == "safe_db.operation")
-        .collect();
-    let op = |name: &str| {
-        spans
-            .iter()
-            .filter(|s| s.fields.get("operation").map(String::as_str) == Some(name))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let spans = captured.operation_spans();
+    let op = |name: &str| captured.operations(name);
     let requests = op("request");
     assert_eq!(requests.len(), 2, "{spans:#?}");
     assert_eq!(requests[0].fields["outcome"], "unused", "{spans:#?}");
@@ -459,15 +438,8 @@ async fn a_failed_begin_then_a_second_try_each_end_their_own_span() {
     let (status, body, _) = call(&app, "POST", "/twice", None).await;
     drop(guard);
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let spans: Vec<_> = captured
-        .spans()
-        .into_iter()
-        .filter(|s| s.name == "safe_db.operation")
-        .collect();
-    let requests: Vec<_> = spans
-        .iter()
-        .filter(|s| s.fields.get("operation").map(String::as_str) == Some("request"))
-        .collect();
+    let spans = captured.operation_spans();
+    let requests = captured.operations("request");
     assert_eq!(requests.len(), 2, "{spans:#?}");
     assert_eq!(requests[0].fields["outcome"], "not_begun", "{spans:#?}");
     assert_eq!(requests[0].fields["attempt"], "1", "{spans:#?}");
