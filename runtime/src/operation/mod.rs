@@ -122,6 +122,8 @@ pub struct Operation {
     /// Made when the operation is first entered (see [`Operation::enter`]).
     span: tracing::Span,
     span_made: bool,
+    /// The depth the span was made with, if known then (see [`Operation::span_under`]).
+    span_depth: Option<u32>,
     ended: bool,
     /// Whether this attempt's transaction is an outermost one, holding a pool connection.
     outermost: bool,
@@ -173,6 +175,7 @@ impl Operation {
             started,
             span,
             span_made: true,
+            span_depth: Some(0),
             ended: false,
             outermost: false,
         }
@@ -239,7 +242,13 @@ impl Operation {
     ) -> Result<Entered<'c>, DbErr> {
         if !self.span_made {
             // Here rather than in `new`: the conn may name the parent.
-            self.span = Operation::span_under(conn.__span_parent(), &self.options, self.name);
+            self.span_depth = (self.options.requires_new || conn.__from_pool()).then_some(0);
+            self.span = Operation::span_under(
+                conn.__span_parent(),
+                &self.options,
+                self.name,
+                self.span_depth,
+            );
             self.span_made = true;
         }
         if !self.options.savepoint

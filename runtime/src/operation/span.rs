@@ -8,14 +8,18 @@ impl Operation {
     /// so that the handler, and the operations it calls, run in it.
     #[cfg(feature = "axum")]
     pub(crate) fn request_span(options: &Options) -> tracing::Span {
-        Operation::span_under(None, options, "request")
+        Operation::span_under(None, options, "request", Some(0))
     }
 
-    /// The operation's span: a child of `parent`, or of the current span.
+    /// The operation's span: a child of `parent`, or of the current span. Made with the
+    /// first attempt's number and, when it is known before the transaction begins (one
+    /// taken from a pool: 0), its depth, so that the first attempt that begins has nothing
+    /// to record ([`Operation::record_attempt`]).
     pub(super) fn span_under(
         parent: Option<tracing::Id>,
         options: &Options,
         name: &'static str,
+        depth: Option<u32>,
     ) -> tracing::Span {
         // One field list for both callsites (`parent: None` would make a root span, not a
         // child of the current one).
@@ -27,8 +31,8 @@ impl Operation {
                     operation = name,
                     isolation = options.isolation.map(|i| i.name()),
                     read_only = options.read_only,
-                    depth = tracing::field::Empty,
-                    attempt = tracing::field::Empty,
+                    depth,
+                    attempt = 1u32,
                     outcome = tracing::field::Empty,
                     reason = tracing::field::Empty,
                     duration_ms = tracing::field::Empty,
@@ -41,13 +45,14 @@ impl Operation {
         }
     }
 
-    /// Records the attempt under way and, once begun, its transaction's depth: one record,
-    /// since a subscriber formats and stores each record it is given (the `fmt` layer: a
-    /// lookup, a lock and a format per record). Skipped on a disabled span, as every field
-    /// (`run::record`).
+    /// Records the attempt under way and, once begun, its transaction's depth, those the
+    /// span does not show yet: one record at most, since a subscriber formats and stores
+    /// each record it is given (the `fmt` layer: a lookup, a lock and a format per record).
+    /// Skipped on a disabled span, as every field (`run::record`).
     pub(super) fn record_attempt(&self, attempt: u32, depth: Option<u32>) {
         let span = &self.span;
-        if span.is_disabled() {
+        let depth = depth.filter(|d| Some(*d) != self.span_depth);
+        if span.is_disabled() || (attempt == 1 && depth.is_none()) {
             return;
         }
         let Some(meta) = span.metadata() else {
