@@ -46,7 +46,7 @@ impl<'a> TxStream<'a> {
     pub(crate) fn new(tx: &'a Tx, mut link: MutexGuard<'a, Link>, stmt: Statement) -> Self {
         let (sender, rows) = mpsc::channel(1);
         let reader = async move {
-            link.stream_into(&stmt, sender).await;
+            link.stream_into(stmt, sender).await;
         };
         TxStream {
             reader: Some(Box::pin(reader)),

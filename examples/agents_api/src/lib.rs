@@ -7,7 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use safe_db::axum::{Idempotency, ProblemLayer, RequestTx, TxLayer};
+use safe_db::axum::{
+    Idempotency, IdempotencyService, ProblemLayer, ProblemService, RequestTx, TxLayer, TxService,
+};
 use safe_db::{Db, Error, Tx, safe_db_operation};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryOrder, Set,
@@ -237,6 +239,16 @@ pub fn app(db: Db) -> Router {
     with_transactions(routes(), db)
 }
 
+/// The service `src/main.rs` serves: `routes()` under the layers of [`with_transactions`],
+/// without the router around them, whose boxed route is copied (allocated) on every
+/// request (BENCHMARKS.md, section 6).
+pub fn service(db: Db) -> Layered {
+    layered(routes(), db)
+}
+
+/// `routes` under the layers of [`with_transactions`].
+pub type Layered = ProblemService<TxService<IdempotencyService<Router>, Db>>;
+
 /// `routes` with request transactions on `db` and `db` as their state, every error
 /// answered as a problem response (axum's extractor rejections included). A create or a
 /// rename sent with an `Idempotency-Key` runs once; its retries get the first response.
@@ -246,9 +258,13 @@ pub fn app(db: Db) -> Router {
 /// allocations per request here (BENCHMARKS.md, section 6). Outermost first:
 /// `ProblemLayer`, `TxLayer`, `Idempotency` (inside `TxLayer`, which it needs).
 pub fn with_transactions(routes: Router<Db>, db: Db) -> Router {
+    Router::new().fallback_service(layered(routes, db))
+}
+
+fn layered(routes: Router<Db>, db: Db) -> Layered {
     use tower_layer::Layer;
     let app = routes.with_state(db.clone());
     let app = Idempotency::new(db.primary().clone()).layer(app);
     let app = TxLayer::new(db).layer(app);
-    Router::new().fallback_service(ProblemLayer.layer(app))
+    ProblemLayer.layer(app)
 }

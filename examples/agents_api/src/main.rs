@@ -26,6 +26,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(3000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!("agents API listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, agents_api::app(db)).await?;
+    // The layered routes as they are (`agents_api::app` puts a router around them, for
+    // tests that add routes of their own).
+    let service =
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(agents_api::service(db));
+    axum::serve(listener, service).await?;
     Ok(())
 }

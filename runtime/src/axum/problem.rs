@@ -238,28 +238,45 @@ async fn as_problem(response: Response) -> Response {
     Response::from_parts(parts, body)
 }
 
+/// What a response becomes once the service has answered: a plain-text error is
+/// rewritten (boxed: rare), anything else passes through as it is.
+type Rewrite<E> = futures_util::future::Either<
+    Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
+    std::future::Ready<Result<Response, E>>,
+>;
+
+fn rewrite<E: 'static>(called: Result<Response, E>) -> Rewrite<E> {
+    use futures_util::future::Either;
+    match called {
+        Ok(response) if is_plain_error(&response) => {
+            Either::Left(Box::pin(async move { Ok(as_problem(response).await) }))
+        }
+        other => Either::Right(std::future::ready(other)),
+    }
+}
+
 impl<S, B> tower_service::Service<Request<B>> for ProblemService<S>
 where
     S: tower_service::Service<Request<B>, Response = Response>,
-    S::Future: Send + 'static,
+    S::Error: 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    /// The service's future, then its rewrite: not boxed, since most responses pass
+    /// through (one allocation fewer per request).
+    type Future = futures_util::future::Then<
+        S::Future,
+        Rewrite<S::Error>,
+        fn(Result<Response, S::Error>) -> Rewrite<S::Error>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let called = self.inner.call(request);
-        Box::pin(async move {
-            let response = called.await?;
-            if !is_plain_error(&response) {
-                return Ok(response);
-            }
-            Ok(as_problem(response).await)
-        })
+        use futures_util::FutureExt;
+        self.inner.call(request).then(rewrite::<S::Error>)
     }
 }
 

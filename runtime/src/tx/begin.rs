@@ -95,7 +95,7 @@ impl Tx {
             },
         );
         let limit = bound::step(deadline);
-        let begun = bound::within(backend, limit, link.step(&sql))
+        let begun = bound::within(backend, limit, link.step(sql))
             .await
             .unwrap_or_else(|| {
                 // Unanswered: the connection is closed (the link owes an answer and is
@@ -167,7 +167,7 @@ impl Tx {
         if let Some(own) = deadline
             && let Some(sql) = dialect::bound_sql(backend, left(Some(own)))
         {
-            tx.tree.link().await.step(&sql).await?;
+            tx.tree.link().await.step(sql.into()).await?;
             tx.restore_bound = Some(None);
             tx.note_session_bound();
         }
@@ -233,7 +233,7 @@ impl Tx {
                 Box::pin(self.send_release(&mut link)).await?;
             }
             let limit = bound::step_until(own, until);
-            let Some(begun) = bound::within(backend, limit, link.step(&sql)).await else {
+            let Some(begun) = bound::within(backend, limit, link.step(sql)).await else {
                 link.distrust();
                 return Err(crate::error::step_unanswered("SAVEPOINT", limit));
             };

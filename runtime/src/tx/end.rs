@@ -2,6 +2,7 @@
 //! savepoint's and the outermost level's apart, and what a level dropped before it ended
 //! leaves to do.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -119,7 +120,7 @@ impl Tx {
         };
         let limit = bound::step_until(self.deadline, until);
         let ended = self
-            .savepoint_step(link, &sql, limit, |limit| {
+            .savepoint_step(link, sql, limit, |limit| {
                 crate::error::step_unanswered("RELEASE", limit)
             })
             .await;
@@ -143,7 +144,7 @@ impl Tx {
                 if let Some(restore) = self.restore_bound
                     && let Some(sql) = dialect::bound_sql(self.backend, left(restore))
                 {
-                    link.step(&sql).await?;
+                    link.step(sql.into()).await?;
                 }
                 link.end_sea_orm(true).await
             })
@@ -154,11 +155,12 @@ impl Tx {
                 return Err(crate::error::link_gone());
             }
             let limit = bound::step_until(self.deadline, until);
-            let ended = match bound::within(self.backend, limit, link.step(dialect::COMMIT)).await {
-                Some(ended) => ended.map(drop),
-                // Sent and unanswered: committed or not, nobody knows.
-                None => Err(crate::error::commit_unanswered(limit)),
-            };
+            let ended =
+                match bound::within(self.backend, limit, link.step(dialect::COMMIT.into())).await {
+                    Some(ended) => ended.map(drop),
+                    // Sent and unanswered: committed or not, nobody knows.
+                    None => Err(crate::error::commit_unanswered(limit)),
+                };
             if ended.is_ok() {
                 link.set_open(false);
                 // Committed, whatever happens to the session's bound.
@@ -254,7 +256,7 @@ impl Tx {
         // connection closed.
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
         let rolled_back = self
-            .savepoint_step(link, &sql, limit, crate::error::rollback_unanswered)
+            .savepoint_step(link, sql, limit, crate::error::rollback_unanswered)
             .await;
         if let Err(err) = &rolled_back {
             self.tree.note_conflict(err);
@@ -281,7 +283,7 @@ impl Tx {
             return Ok(());
         }
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
-        let rolled_back = bound::within(self.backend, limit, link.step(dialect::ROLLBACK))
+        let rolled_back = bound::within(self.backend, limit, link.step(dialect::ROLLBACK.into()))
             .await
             .unwrap_or_else(|| Err(crate::error::rollback_unanswered(limit)));
         match &rolled_back {
@@ -312,7 +314,8 @@ impl Tx {
 
     async fn reset_session_bound(&self, link: &mut Link) {
         let limit = bound::step(self.deadline).max(bound::MARGIN);
-        let reset = bound::within(self.backend, limit, link.step(dialect::RESET_BOUND)).await;
+        let reset =
+            bound::within(self.backend, limit, link.step(dialect::RESET_BOUND.into())).await;
         if !matches!(reset, Some(Ok(()))) {
             link.distrust();
         }
@@ -349,7 +352,7 @@ impl Tx {
         let sql = dialect::rollback_to(self.backend, depth, restore.map(left));
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
         let rolled_back = self
-            .savepoint_step(link, &sql, limit, crate::error::rollback_unanswered)
+            .savepoint_step(link, sql, limit, crate::error::rollback_unanswered)
             .await;
         if let Err(err) = rolled_back {
             self.tree.break_with(err.clone());
@@ -365,7 +368,7 @@ impl Tx {
     async fn savepoint_step(
         &self,
         link: &mut Link,
-        sql: &str,
+        sql: Cow<'static, str>,
         limit: Duration,
         unanswered: impl FnOnce(Duration) -> DbErr,
     ) -> Result<(), DbErr> {

@@ -170,7 +170,7 @@ impl Tx {
             return;
         }
         let asked = link
-            .query_one(&Statement::from_string(
+            .query_one(Statement::from_string(
                 DbBackend::MySql,
                 crate::dialect::IN_TRANSACTION,
             ))

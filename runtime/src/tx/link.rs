@@ -18,6 +18,7 @@
 //! SeaORM connection that is not an sqlx pool (mock, proxy) is run through SeaORM's own
 //! `DatabaseTransaction` instead ([`Conn::SeaOrm`]): its connection is SeaORM's to manage.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,19 +95,20 @@ macro_rules! dispatch {
 /// statement (see [`Link::persistent`]).
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 fn query<DB>(
-    stmt: &Statement,
+    stmt: Statement,
     persistent: bool,
-) -> sqlx::query::Query<'_, DB, sea_query_sqlx::SqlxValues>
+) -> sqlx::query::Query<'static, DB, sea_query_sqlx::SqlxValues>
 where
     DB: sqlx::Database + sqlx::database::HasStatementCache,
     sea_query_sqlx::SqlxValues: sqlx::IntoArguments<DB>,
 {
+    // Moved, not copied: the SQL and its values are the caller's own (SeaORM hands each
+    // statement over by value).
     let values = stmt
         .values
-        .clone()
         .unwrap_or_else(|| sea_orm::sea_query::Values(Vec::new()));
     sqlx::query_with(
-        sqlx::AssertSqlSafe(stmt.sql.as_str()),
+        sqlx::AssertSqlSafe(stmt.sql),
         sea_query_sqlx::SqlxValues(values),
     )
     .persistent(persistent)
@@ -304,7 +306,7 @@ impl Link {
     }
 
     /// Sends a prepared statement.
-    pub(crate) async fn execute(&mut self, stmt: &Statement) -> Result<ExecResult, DbErr> {
+    pub(crate) async fn execute(&mut self, stmt: Statement) -> Result<ExecResult, DbErr> {
         let persistent = self.persistent;
         send!(self, conn => {
             dispatch!(conn,
@@ -312,7 +314,7 @@ impl Link {
                     .await
                     .map(Into::into)
                     .map_err(exec_err),
-                t => sea_orm::ConnectionTrait::execute_raw(t, stmt.clone()).await)
+                t => sea_orm::ConnectionTrait::execute_raw(t, stmt).await)
         })
     }
 
@@ -335,8 +337,9 @@ impl Link {
     /// simple message, its settings riding along; on SQLite as a statement prepared once
     /// and kept in the connection's cache. (BEGIN, COMMIT and the savepoints are a few
     /// fixed strings there: parsing each anew was a fifth of a one-statement transaction's
-    /// instructions.)
-    pub(crate) async fn step(&mut self, sql: &str) -> Result<(), DbErr> {
+    /// instructions.) Taken by value: sqlx keeps a fixed string as it is and an owned one
+    /// without a copy, where a borrowed one is copied into an allocation of its own.
+    pub(crate) async fn step(&mut self, sql: Cow<'static, str>) -> Result<(), DbErr> {
         send!(self, conn => {
             match conn {
                 #[cfg(feature = "sqlite")]
@@ -363,7 +366,7 @@ impl Link {
                 .await
                 .map(drop)
                 .map_err(exec_err),
-                Conn::SeaOrm(t) => sea_orm::ConnectionTrait::execute_unprepared(t, sql)
+                Conn::SeaOrm(t) => sea_orm::ConnectionTrait::execute_unprepared(t, &sql)
                     .await
                     .map(drop),
             }
@@ -373,7 +376,7 @@ impl Link {
     /// Sends a query and reads its first row.
     pub(crate) async fn query_one(
         &mut self,
-        stmt: &Statement,
+        stmt: Statement,
     ) -> Result<Option<QueryResult>, DbErr> {
         let persistent = self.persistent;
         send!(self, conn => {
@@ -382,12 +385,12 @@ impl Link {
                     Ok(row) => Ok(row.map(Into::into)),
                     Err(err) => Err(query_err(err)),
                 },
-                t => sea_orm::ConnectionTrait::query_one_raw(t, stmt.clone()).await)
+                t => sea_orm::ConnectionTrait::query_one_raw(t, stmt).await)
         })
     }
 
     /// Sends a query and reads all its rows.
-    pub(crate) async fn query_all(&mut self, stmt: &Statement) -> Result<Vec<QueryResult>, DbErr> {
+    pub(crate) async fn query_all(&mut self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let persistent = self.persistent;
         send!(self, conn => {
             dispatch!(conn,
@@ -395,7 +398,7 @@ impl Link {
                     Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
                     Err(err) => Err(query_err(err)),
                 },
-                t => sea_orm::ConnectionTrait::query_all_raw(t, stmt.clone()).await)
+                t => sea_orm::ConnectionTrait::query_all_raw(t, stmt).await)
         })
     }
 
@@ -449,7 +452,7 @@ impl Link {
     #[cfg(feature = "stream")]
     pub(crate) async fn stream_into(
         &mut self,
-        stmt: &Statement,
+        stmt: Statement,
         rows: tokio::sync::mpsc::Sender<Result<QueryResult, DbErr>>,
     ) {
         use futures_util::StreamExt;
@@ -476,7 +479,7 @@ impl Link {
             }
         },
         t => {
-            match sea_orm::StreamTrait::stream_raw(t, stmt.clone()).await {
+            match sea_orm::StreamTrait::stream_raw(t, stmt).await {
                 Ok(mut stream) => {
                     while let Some(row) = stream.next().await {
                         if rows.send(row).await.is_err() {
@@ -556,14 +559,14 @@ async fn settle(mut conn: Conn, owed: bool) {
     let rolled_back = tokio::time::timeout(SETTLE_GRACE, async {
         dispatch!(&mut conn,
             c => {
-                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(crate::dialect::ROLLBACK))
+                let done = sqlx::raw_sql(crate::dialect::ROLLBACK)
                     .execute(&mut **c)
                     .await;
                 // SQLite's state is local: an error means no transaction was left. A MariaDB
                 // session may still carry the transaction's statement bound.
                 (done.is_ok() || sqlite)
                     && (!mysql
-                        || sqlx::raw_sql(sqlx::AssertSqlSafe(crate::dialect::RESET_BOUND))
+                        || sqlx::raw_sql(crate::dialect::RESET_BOUND)
                             .execute(&mut **c)
                             .await
                             .is_ok())

@@ -109,7 +109,7 @@ impl Tx {
         link.released = Released::Unconfirmed(depth);
         let sql = dialect::release(self.backend, depth, None);
         let limit = bound::step(self.deadline);
-        let sent = bound::within(self.backend, limit, link.step(&sql)).await;
+        let sent = bound::within(self.backend, limit, link.step(sql)).await;
         link.released = Released::None;
         let err = match sent {
             Some(Ok(())) => return Ok(()),

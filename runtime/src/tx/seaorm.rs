@@ -20,7 +20,7 @@ impl ConnectionTrait for Tx {
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         let (mut link, stmt) = self.prepared(stmt).await?;
-        let result = link.execute(&stmt).await;
+        let result = link.execute(stmt).await;
         self.noted(&mut link, result).await
     }
 
@@ -40,13 +40,13 @@ impl ConnectionTrait for Tx {
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         let (mut link, stmt) = self.prepared(stmt).await?;
-        let result = link.query_one(&stmt).await;
+        let result = link.query_one(stmt).await;
         self.noted(&mut link, result).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let (mut link, stmt) = self.prepared(stmt).await?;
-        let result = link.query_all(&stmt).await;
+        let result = link.query_all(stmt).await;
         self.noted(&mut link, result).await
     }
 }
