@@ -10,7 +10,7 @@ use safe_db::testing::{Failure, Faults};
 use safe_db::{Cause, Error, ErrorKind, Tx, safe_db_operation};
 use safe_db_test_support::proxy::FaultProxy;
 use safe_db_test_support::{Backend, TestDb, exec, ids};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 async fn insert(tx: &Tx, id: i32) -> Result<(), Error> {
     tx.execute_unprepared(&format!(
@@ -36,7 +36,7 @@ impl Place {
                 Backend::Sqlite => (t.pool(1).await, None),
                 _ => {
                     let proxy = FaultProxy::start(&t.url).await;
-                    let db = Database::connect(t.options_via(&proxy, 1)).await.unwrap();
+                    let db = t.pool_via(&proxy, 1).await;
                     (db, Some(proxy))
                 }
             };

@@ -77,32 +77,36 @@ async fn retried_op(tx: &Tx) -> Result<(), Error> {
 #[tokio::test]
 async fn a_retried_operation_records_its_attempt() {
     use safe_db::testing::{Failure, Faults};
-    let t = TestDb::sqlite("attempts", 2).await;
-    let (captured, _guard) = capture::start();
-    // The first attempt's commit fails as a serialization failure: the second commits.
-    let faults = Faults::new()
-        .fail_commit("retried_op", Failure::SerializationFailure)
-        .times(1);
-    faults.run(retried_op(&t.db)).await.unwrap();
-    drop(_guard);
-    assert_eq!(faults.fired(), 1);
-    assert_eq!(t.agent_ids().await, vec![3]);
-    let spans = captured.operations("retried_op");
-    let [op] = &spans[..] else {
-        panic!("{}", captured.all_text())
-    };
-    assert_eq!(op.fields["attempt"], "2", "{op:?}");
-    assert_eq!(op.fields["depth"], "0", "{op:?}");
-    assert_eq!(op.fields["outcome"], "committed", "{op:?}");
-    // Its nested operations, one per attempt, each at depth 1 on its first attempt.
-    let inners = captured.operations("inner_op");
-    assert_eq!(inners.len(), 2, "{inners:?}");
-    assert!(
-        inners
-            .iter()
-            .all(|s| s.fields["depth"] == "1" && s.fields["attempt"] == "1")
-    );
-    t.cleanup().await;
+    for t in TestDb::all("attempts", 2).await {
+        let (captured, guard) = capture::start();
+        // The first attempt's commit fails as a serialization failure (its transaction
+        // rolled back on the server): the second commits.
+        let faults = Faults::new()
+            .fail_commit("retried_op", Failure::SerializationFailure)
+            .times(1);
+        faults.run(retried_op(&t.db)).await.unwrap();
+        drop(guard);
+        assert_eq!(faults.fired(), 1, "{:?}", t.backend);
+        assert_eq!(t.agent_ids().await, vec![3], "{:?}", t.backend);
+        let spans = captured.operations("retried_op");
+        let [op] = &spans[..] else {
+            panic!("{:?}: {}", t.backend, captured.all_text())
+        };
+        assert_eq!(op.fields["attempt"], "2", "{:?}: {op:?}", t.backend);
+        assert_eq!(op.fields["depth"], "0", "{:?}: {op:?}", t.backend);
+        assert_eq!(op.fields["outcome"], "committed", "{:?}: {op:?}", t.backend);
+        // Its nested operations, one per attempt, each at depth 1 on its first attempt.
+        let inners = captured.operations("inner_op");
+        assert_eq!(inners.len(), 2, "{:?}: {inners:?}", t.backend);
+        assert!(
+            inners
+                .iter()
+                .all(|s| s.fields["depth"] == "1" && s.fields["attempt"] == "1"),
+            "{:?}: {inners:?}",
+            t.backend
+        );
+        t.cleanup().await;
+    }
 }
 
 #[safe_db_operation]

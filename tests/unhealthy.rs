@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
 use safe_db_test_support::proxy::FaultProxy;
 use safe_db_test_support::{Backend, TestDb};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 /// What the issue allows past the deadline (the runtime's own margin is 200 ms).
 const MARGIN: Duration = Duration::from_millis(250);
@@ -41,10 +41,6 @@ async fn insert_then_fail(tx: &Tx, id: i32) -> Result<(), Error> {
     Err(Error::new(ErrorKind::Validation, "the body gives up"))
 }
 
-async fn through(t: &TestDb, proxy: &FaultProxy) -> DatabaseConnection {
-    Database::connect(t.options_via(proxy, 1)).await.unwrap()
-}
-
 /// The pool serves again after the frozen connection: a new operation commits for real.
 async fn serves_again(t: &TestDb, db: &DatabaseConnection, id: i32) {
     let started = Instant::now();
@@ -69,7 +65,7 @@ async fn serves_again(t: &TestDb, db: &DatabaseConnection, id: i32) {
 async fn a_commit_on_a_frozen_connection_is_commit_unknown_by_the_deadline() {
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "frozen_commit", 1).await {
         let proxy = FaultProxy::start(&t.url).await;
-        let db = through(&t, &proxy).await;
+        let db = t.pool_via(&proxy, 1).await;
         proxy.freeze_after("COMMIT");
         let started = Instant::now();
         let result = insert_in_time(&db, 1).await;
@@ -98,7 +94,7 @@ async fn a_commit_on_a_frozen_connection_is_commit_unknown_by_the_deadline() {
 async fn a_statement_on_a_frozen_connection_times_out_by_the_deadline() {
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "frozen_statement", 1).await {
         let proxy = FaultProxy::start(&t.url).await;
-        let db = through(&t, &proxy).await;
+        let db = t.pool_via(&proxy, 1).await;
         proxy.freeze_after("INSERT INTO agents");
         let started = Instant::now();
         let result = insert_in_time(&db, 1).await;
@@ -132,7 +128,7 @@ async fn a_statement_on_a_frozen_connection_times_out_by_the_deadline() {
 async fn a_rollback_on_a_frozen_connection_is_bounded_and_the_connection_closed() {
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "frozen_rollback", 1).await {
         let proxy = FaultProxy::start(&t.url).await;
-        let db = through(&t, &proxy).await;
+        let db = t.pool_via(&proxy, 1).await;
         proxy.freeze_after("ROLLBACK");
         let started = Instant::now();
         let result = insert_then_fail(&db, 1).await;
@@ -158,7 +154,7 @@ async fn without_a_timeout_a_frozen_commit_is_bounded_by_the_step_timeout() {
     safe_db::set_step_timeout(Duration::from_millis(1500));
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "frozen_step", 1).await {
         let proxy = FaultProxy::start(&t.url).await;
-        let db = through(&t, &proxy).await;
+        let db = t.pool_via(&proxy, 1).await;
         proxy.freeze_after("COMMIT");
         let started = Instant::now();
         let err = insert(&db, 1)

@@ -315,6 +315,17 @@ impl TestDb {
         options
     }
 
+    /// A pool on the same namespace through `proxy` (see [`TestDb::options_via`]).
+    pub async fn pool_via(
+        &self,
+        proxy: &proxy::FaultProxy,
+        max_connections: u32,
+    ) -> DatabaseConnection {
+        Database::connect(self.options_via(proxy, max_connections))
+            .await
+            .expect("a pool through the proxy")
+    }
+
     /// Like [`TestDb::options`], through `proxy` to the test's server, in plain text (the
     /// proxy reads the messages it is told to freeze after; with TLS compiled in, sqlx
     /// would otherwise encrypt them).

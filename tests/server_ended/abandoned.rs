@@ -199,9 +199,7 @@ async fn abandons_near_its_deadline(
 async fn an_answer_owed_and_the_commit_share_the_commits_bound() {
     for t in TestDb::on(&[Backend::Postgres, Backend::MySql], "abandoned_bound", 2).await {
         let proxy = safe_db_test_support::proxy::FaultProxy::start(&t.url).await;
-        let db = sea_orm::Database::connect(t.options_via(&proxy, 1))
-            .await
-            .unwrap();
+        let db = t.pool_via(&proxy, 1).await;
         proxy.freeze_after("COMMIT");
         let started = Instant::now();
         let result = abandons_near_its_deadline(&db, t.backend, started).await;

@@ -17,7 +17,7 @@ use safe_db::axum::{Idempotency, ProblemLayer, TxLayer};
 use safe_db::{Db, Error, Tx};
 use safe_db_test_support::proxy::FaultProxy;
 use safe_db_test_support::{Backend, TestDb};
-use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use socket::Answer;
 
 const ALL: &[Backend] = &[Backend::Sqlite, Backend::Postgres, Backend::MySql];
@@ -42,7 +42,7 @@ async fn serve_api(test: &str, ttl: Duration) -> Vec<Api> {
             (Db::new(t.db.clone(), None), None)
         } else {
             let proxy = FaultProxy::start(&t.url).await;
-            let through = Database::connect(t.options_via(&proxy, 4)).await.unwrap();
+            let through = t.pool_via(&proxy, 4).await;
             (Db::new(through, None), Some(proxy))
         };
         // The claims go to the database directly: the proxy sees only the requests'

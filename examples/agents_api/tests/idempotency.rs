@@ -240,7 +240,7 @@ async fn a_commit_whose_answer_was_lost_is_resolved_by_the_retry() {
             continue; // no peer that can hang
         }
         let proxy = FaultProxy::start(&t.url).await;
-        let through = Database::connect(t.options_via(&proxy, 2)).await.unwrap();
+        let through = t.pool_via(&proxy, 2).await;
         let db = Db::new(through, None);
         let app = routes()
             .layer(Idempotency::new(t.db.clone()))
