@@ -1,16 +1,13 @@
 //! [`TxLayer`]: each request's transaction, begun on demand, ended after the handler.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum_core::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use http::Request;
 use sea_orm::DbErr;
 
+use super::future::TxFuture;
 use super::slot::{BeginFuture, Closed, Handle, NewFuture, Slot, Starter};
 use crate::operation::{Entered, Operation, Outcome};
 use crate::{Begin, Error, ErrorKind, Options, Tx};
@@ -128,12 +125,13 @@ where
 
 /// How the handler ended: `None` when it overran the request's deadline and was dropped,
 /// `Some(Err(payload))` when it panicked.
-type Called<E> = Option<std::thread::Result<Result<Response, E>>>;
+/// How the handler ended: `None` at the request's deadline, else its result or panic.
+pub(super) type Called<E> = Option<std::thread::Result<Result<Response, E>>>;
 
 /// One request, from its arrival to its response: what the layer's steps share.
-struct Scope<C> {
+pub(super) struct Scope<C> {
     shared: Arc<Shared<C>>,
-    deadline: Option<tokio::time::Instant>,
+    pub(super) deadline: Option<tokio::time::Instant>,
 }
 
 impl<C> Scope<C>
@@ -154,45 +152,19 @@ where
         (scope, slot, handle)
     }
 
-    /// Runs the handler under the request's deadline, catching a panic, and in the
-    /// request's span once its transaction was asked for.
-    async fn run<F, E>(&self, handler: F, slot: &Slot) -> Called<E>
-    where
-        F: Future<Output = Result<Response, E>>,
-    {
-        let mut handler = std::pin::pin!(AssertUnwindSafe(handler).catch_unwind());
-        let handler = std::future::poll_fn(move |cx| {
-            let _entered = slot
-                .span()
-                .filter(|span| !span.is_disabled())
-                .map(|span| span.enter());
-            // Once the request's transaction holds a connection, an operation in the
-            // handler that cannot get one says it may be waiting for the request.
-            let holds = slot.began();
-            // A poll that makes the span (the handler takes its `RequestTx`) enters it
-            // there, for the rest of the poll.
-            slot.polling(|| {
-                crate::operation::holding_while(holds.then_some("request"), || {
-                    handler.as_mut().poll(cx)
-                })
-            })
-        });
-        match self.deadline {
-            None => Some(handler.await),
-            Some(deadline) => tokio::time::timeout_at(deadline, handler).await.ok(),
-        }
-    }
-
-    /// Ends the request once its handler has returned (or panicked), before the response
-    /// body is sent: no transaction is held open while a body streams.
-    async fn end<E>(
+    /// Ends the request once its handler has returned (or panicked, or its deadline
+    /// passed), before the response body is sent: no transaction is held open while a body
+    /// streams. `Err` if the request's transaction began: its `conclude` is then to be
+    /// awaited.
+    // The `Err` (a transaction to conclude) is moved once, into its boxed conclusion.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn end_unbegun<E>(
         &self,
-        slot: Arc<Slot>,
-        handle: Handle,
+        closed: Closed,
         called: Called<E>,
-    ) -> Result<Response, E> {
-        match slot.close(handle).await {
-            Closed::Began(tx, operation) => self.conclude(tx, operation, called).await,
+    ) -> Result<Result<Response, E>, (Tx, Operation, Called<E>)> {
+        Ok(match closed {
+            Closed::Began(tx, operation) => return Err((tx, operation, called)),
             Closed::Unused => match called {
                 None => Ok(self.timed_out().into_response()),
                 Some(Ok(result)) => result,
@@ -211,14 +183,28 @@ where
                         .into_response(),
                 )
             }
+        })
+    }
+
+    /// [`end_unbegun`](Self::end_unbegun), then the conclusion of a transaction that
+    /// began, once the slot's gate is free (a `RequestTx` still beginning elsewhere).
+    pub(super) async fn end<E>(
+        self,
+        slot: Arc<Slot>,
+        handle: Handle,
+        called: Called<E>,
+    ) -> Result<Response, E> {
+        match self.end_unbegun(slot.close(handle).await, called) {
+            Ok(response) => response,
+            Err((tx, operation, called)) => self.conclude(tx, operation, called).await,
         }
     }
 
     /// Commits or rolls back the request's transaction from how the handler ended: commit
     /// on a 2xx or 3xx response, rollback on any other, on an error, a panic (resumed) or
     /// the deadline.
-    async fn conclude<E>(
-        &self,
+    pub(super) async fn conclude<E>(
+        self,
         tx: Tx,
         mut operation: Operation,
         called: Called<E>,
@@ -283,20 +269,19 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    /// The handler's future in place (no allocation); the commit's is boxed, made only
+    /// for a request whose transaction began.
+    type Future = TxFuture<S::Future, C, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let (this, slot, handle) = Scope::new(&self.shared);
+        let (scope, slot, handle) = Scope::new(&self.shared);
         request.extensions_mut().insert(handle.clone());
         // Called here, by the service that was polled ready: no copy of it is needed.
         let handler = self.inner.call(request);
-        Box::pin(async move {
-            let called = this.run(handler, &slot).await;
-            this.end(slot, handle, called).await
-        })
+        TxFuture::new(scope, slot, handle, handler)
     }
 }

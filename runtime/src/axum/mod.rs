@@ -35,11 +35,13 @@
 
 // The layout follows axum-sqlx-tx: the problem responses, the request's slot and the
 // extractor that leases it, and the layer that ends the transaction.
+mod future;
 mod idempotency;
 mod layer;
 mod problem;
 mod slot;
 
+pub use future::TxFuture;
 pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyService};
 pub use layer::{TxLayer, TxService};
 pub use problem::{ProblemLayer, ProblemService};

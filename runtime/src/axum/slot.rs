@@ -164,6 +164,30 @@ impl Slot {
         // share the slot, whoever holds a copy of the request's extensions.
         handle.revoke();
         *self.gate.lock().await = true;
+        self.closed()
+    }
+
+    /// [`close`](Self::close) without waiting: `Err` if the gate is held (a `RequestTx`
+    /// still beginning elsewhere).
+    pub(super) fn try_close(
+        self: Arc<Self>,
+        handle: Handle,
+    ) -> Result<Closed, (Arc<Self>, Handle)> {
+        handle.revoke();
+        let shut = match self.gate.try_lock() {
+            Ok(mut over) => {
+                *over = true;
+                true
+            }
+            Err(_) => false,
+        };
+        if !shut {
+            return Err((self, handle));
+        }
+        Ok(self.closed())
+    }
+
+    fn closed(self: Arc<Self>) -> Closed {
         if let Some(span) = self.span.get()
             && !self.tried.load(Ordering::Relaxed)
             && !span.is_disabled()

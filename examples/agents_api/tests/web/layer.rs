@@ -449,3 +449,58 @@ async fn a_failed_begin_then_a_second_try_each_end_their_own_span() {
     assert_eq!(names(&t).await.len(), 1);
     t.cleanup().await;
 }
+
+/// What the task of `begin_elsewhere` got from its operation.
+static ELSEWHERE: std::sync::Mutex<Option<Result<(), String>>> = std::sync::Mutex::new(None);
+
+/// Hands its `RequestTx` to a task whose operation waits for the pool's only connection,
+/// and answers while that task is still beginning the request's transaction.
+async fn begin_elsewhere(tx: RequestTx) -> StatusCode {
+    tokio::spawn(async move {
+        let got = create_agent(&tx, "begun-elsewhere").await;
+        *ELSEWHERE.lock().unwrap() = Some(got.map(drop).map_err(|e| e.to_string()));
+    });
+    // Long enough for the task to be waiting for a connection inside the BEGIN.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    StatusCode::ACCEPTED
+}
+
+#[tokio::test]
+async fn a_request_that_ends_while_its_transaction_is_beginning_elsewhere_waits_then_fails() {
+    for (t, db) in api_db("web_begin_elsewhere", ALL, 1).await {
+        // The pool's only connection, given back 300 ms into the request.
+        let held = sea_orm::TransactionTrait::begin(db.primary())
+            .await
+            .unwrap();
+        let give_back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            held.rollback().await.unwrap();
+        });
+        let app = with_transactions(
+            routes().route("/elsewhere", post(begin_elsewhere)),
+            db.clone(),
+        );
+        let started = std::time::Instant::now();
+        let (status, body, _) = call(&app, "POST", "/elsewhere", None).await;
+        // The request's end waited for the BEGIN it could not interrupt, then found the
+        // transaction still held by the task: the request fails.
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.backend
+        );
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        give_back.await.unwrap();
+        for _ in 0..100 {
+            if ELSEWHERE.lock().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = ELSEWHERE.lock().unwrap().take();
+        assert!(matches!(got, Some(Err(_))), "{got:?} on {:?}", t.backend);
+        // Nothing of the request, or of the task, is committed.
+        assert!(names(&t).await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
