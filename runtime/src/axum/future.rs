@@ -27,8 +27,9 @@ pin_project_lite::pin_project! {
         // be gone before the request's transaction ends.
         #[pin]
         handler: Option<CatchUnwind<AssertUnwindSafe<F>>>,
+        // Made at the first poll the handler does not answer, if the layer has a timeout.
         #[pin]
-        deadline: Option<tokio::time::Sleep>,
+        sleep: Option<tokio::time::Sleep>,
         open: Option<(Scope<C>, Arc<Slot>, Handle)>,
         ending: Option<Ending<E>>,
     }
@@ -38,7 +39,7 @@ impl<F: Future, C, E> TxFuture<F, C, E> {
     pub(super) fn new(scope: Scope<C>, slot: Arc<Slot>, handle: Handle, handler: F) -> Self {
         TxFuture {
             handler: Some(AssertUnwindSafe(handler).catch_unwind()),
-            deadline: scope.deadline.map(tokio::time::sleep_until),
+            sleep: None,
             open: Some((scope, slot, handle)),
             ending: None,
         }
@@ -58,7 +59,7 @@ where
         if let Some(ending) = this.ending.as_mut() {
             return ending.as_mut().poll(cx);
         }
-        let (_, slot, _) = this
+        let (scope, slot, _) = this
             .open
             .as_ref()
             .expect("TxFuture polled after it completed");
@@ -83,10 +84,18 @@ where
         };
         let called: Called<E> = match polled {
             Poll::Ready(answered) => Some(answered),
-            Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
-                Some(Poll::Ready(())) => None,
-                _ => return Poll::Pending,
-            },
+            Poll::Pending => {
+                let Some(deadline) = scope.deadline else {
+                    return Poll::Pending;
+                };
+                if this.sleep.is_none() {
+                    this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+                }
+                match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                    Some(Poll::Ready(())) => None,
+                    _ => return Poll::Pending,
+                }
+            }
         };
         this.handler.set(None);
         let (scope, slot, handle) = this.open.take().expect("taken once");
