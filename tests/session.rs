@@ -1,13 +1,16 @@
 //! What a safe-db operation leaves on a pooled connection for the code after it, safe-db's
 //! or not: nothing. MariaDB's statement bound, set with a `timeout` for the transaction, is
 //! given back to the session's own value, after an operation that commits, one whose body
-//! fails, one that times out, and a nested one with a timeout of its own.
+//! fails, one that times out, and a nested one with a timeout of its own. A transaction
+//! written by hand with SeaORM on the same connection begins and commits for real after
+//! every way an operation can end (sqlx, which counts the transactions safe-db begins on
+//! PostgreSQL, counts none by then).
 
 use std::time::Duration;
 
 use safe_db::{Error, Tx, safe_db_operation};
 use safe_db_test_support::{Backend, TestDb};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 
 #[safe_db_operation(timeout = "2s")]
 async fn bounded(tx: &Tx, fail: bool) -> Result<(), Error> {
@@ -78,6 +81,103 @@ async fn the_sessions_own_statement_bound_is_given_back() {
         );
         assert_eq!(own_bound(&t.db).await, 7.0, "after all");
         assert_eq!(t.agent_ids().await, Vec::<i32>::new());
+        t.cleanup().await;
+    }
+}
+
+#[safe_db_operation]
+async fn write_then(tx: &Tx, id: i32, fail: bool) -> Result<(), Error> {
+    tx.execute_unprepared(&format!(
+        "INSERT INTO agents (id, name) VALUES ({id}, 'op{id}')"
+    ))
+    .await?;
+    if fail {
+        return Err(Error::validation("the body fails"));
+    }
+    Ok(())
+}
+
+/// Refused at COMMIT on PostgreSQL: its foreign key is checked then.
+#[safe_db_operation]
+async fn orphan(tx: &Tx) -> Result<(), Error> {
+    tx.execute_unprepared("INSERT INTO children (id, parent) VALUES (1, 999)")
+        .await?;
+    Ok(())
+}
+
+/// Still waiting for the server when its caller gives up.
+#[safe_db_operation]
+async fn waits(tx: &Tx) -> Result<(), Error> {
+    let sql = match tx.get_database_backend() {
+        DbBackend::Postgres => "SELECT pg_sleep(1)",
+        _ => "SELECT SLEEP(1)",
+    };
+    tx.execute_unprepared(sql).await?;
+    Ok(())
+}
+
+/// A transaction by hand on the pool (of one connection): it must begin, not find itself
+/// inside one, and commit.
+async fn hand_written_commits(t: &TestDb, id: i32, after: &str) {
+    let txn =
+        t.db.begin()
+            .await
+            .unwrap_or_else(|e| panic!("BEGIN {after}: {e}"));
+    txn.execute_unprepared(&format!(
+        "INSERT INTO agents (id, name) VALUES ({id}, 'hand{id}')"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("INSERT {after}: {e}"));
+    txn.commit()
+        .await
+        .unwrap_or_else(|e| panic!("COMMIT {after}: {e}"));
+    assert!(
+        t.agent_ids().await.contains(&id),
+        "{:?}: {after}",
+        t.backend
+    );
+    if t.backend == Backend::Postgres {
+        let conn = t.db.get_postgres_connection_pool().acquire().await.unwrap();
+        assert!(
+            !sea_orm::sqlx::Connection::is_in_transaction(&*conn),
+            "sqlx counts a transaction {after}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_by_hand_on_the_same_connection_begins_after_every_end() {
+    for t in TestDb::on(
+        &[Backend::Sqlite, Backend::Postgres, Backend::MySql],
+        "session_hand",
+        1,
+    )
+    .await
+    {
+        write_then(&t.db, 1, false).await.unwrap();
+        hand_written_commits(&t, 101, "after a commit").await;
+        write_then(&t.db, 2, true).await.unwrap_err();
+        hand_written_commits(&t, 102, "after a failed body").await;
+        if t.backend == Backend::Postgres {
+            t.db.execute_unprepared(
+                "CREATE TABLE parents (id INT PRIMARY KEY); \
+                 CREATE TABLE children (id INT, parent INT REFERENCES parents (id) \
+                 DEFERRABLE INITIALLY DEFERRED)",
+            )
+            .await
+            .unwrap();
+            let refused = orphan(&t.db).await.unwrap_err();
+            assert!(refused.to_string().contains("foreign key"), "{refused}");
+            hand_written_commits(&t, 103, "after a refused COMMIT").await;
+        }
+        if t.backend != Backend::Sqlite {
+            let cut = tokio::time::timeout(Duration::from_millis(100), waits(&t.db)).await;
+            assert!(cut.is_err(), "the caller gave up");
+            // Rolled back off the caller's path: the pool's one connection comes back.
+            hand_written_commits(&t, 104, "after a cancelled operation").await;
+        }
+        // Nothing of an operation that did not commit.
+        assert!(!t.agent_ids().await.contains(&2), "{:?}", t.backend);
         t.cleanup().await;
     }
 }

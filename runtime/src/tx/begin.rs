@@ -95,7 +95,7 @@ impl Tx {
             },
         );
         let limit = bound::step(deadline);
-        let begun = bound::within(backend, limit, link.step(sql))
+        let begun = bound::within(backend, limit, link.begin_step(sql))
             .await
             .unwrap_or_else(|| {
                 // Unanswered: the connection is closed (the link owes an answer and is

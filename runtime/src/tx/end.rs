@@ -155,12 +155,11 @@ impl Tx {
                 return Err(crate::error::link_gone());
             }
             let limit = bound::step_until(self.deadline, until);
-            let ended =
-                match bound::within(self.backend, limit, link.step(dialect::COMMIT.into())).await {
-                    Some(ended) => ended.map(drop),
-                    // Sent and unanswered: committed or not, nobody knows.
-                    None => Err(crate::error::commit_unanswered(limit)),
-                };
+            let ended = match bound::within(self.backend, limit, link.end_step(true)).await {
+                Some(ended) => ended.map(drop),
+                // Sent and unanswered: committed or not, nobody knows.
+                None => Err(crate::error::commit_unanswered(limit)),
+            };
             if ended.is_ok() {
                 link.set_open(false);
                 // Committed, whatever happens to the session's bound.
@@ -283,7 +282,7 @@ impl Tx {
             return Ok(());
         }
         let limit = bound::step(self.deadline).min(ROLLBACK_GRACE);
-        let rolled_back = bound::within(self.backend, limit, link.step(dialect::ROLLBACK.into()))
+        let rolled_back = bound::within(self.backend, limit, link.end_step(false))
             .await
             .unwrap_or_else(|| Err(crate::error::rollback_unanswered(limit)));
         match &rolled_back {

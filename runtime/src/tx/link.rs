@@ -22,6 +22,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
+use sqlx_core::transaction::TransactionManager as Manager;
+
+use crate::dialect;
 use sea_orm::{
     ConnAcquireErr, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
     QueryResult, RuntimeErr, Statement,
@@ -176,6 +180,46 @@ macro_rules! send {
         $link.owed = false;
         out
     }};
+}
+
+/// One of safe-db's protocol statements on `conn` (see [`Link::step`]).
+async fn step_on(conn: &mut Conn, sql: Cow<'static, str>) -> Result<(), DbErr> {
+    match conn {
+        #[cfg(feature = "sqlite")]
+        Conn::Sqlite(c) => executed(sqlx::Executor::fetch_many(
+            &mut **c,
+            sqlx::query(sqlx::AssertSqlSafe(sql)),
+        ))
+        .await
+        .map(drop)
+        .map_err(exec_err),
+        #[cfg(feature = "postgres")]
+        Conn::Postgres(c) => executed(sqlx::Executor::fetch_many(
+            &mut **c,
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)),
+        ))
+        .await
+        .map(drop)
+        .map_err(exec_err),
+        #[cfg(feature = "mysql")]
+        Conn::MySql(c) => executed(sqlx::Executor::fetch_many(
+            &mut **c,
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)),
+        ))
+        .await
+        .map(drop)
+        .map_err(exec_err),
+        Conn::SeaOrm(t) => sea_orm::ConnectionTrait::execute_unprepared(t, &sql)
+            .await
+            .map(drop),
+    }
+}
+
+/// Whether sqlx counts a transaction on this PostgreSQL connection (a BEGIN sent through
+/// its transaction manager, not yet ended there).
+#[cfg(feature = "postgres")]
+fn pg_counted(conn: &sqlx::postgres::PgConnection) -> bool {
+    <sqlx::postgres::PgTransactionManager as Manager>::get_transaction_depth(conn) > 0
 }
 
 impl Link {
@@ -340,35 +384,48 @@ impl Link {
     /// instructions.) Taken by value: sqlx keeps a fixed string as it is and an owned one
     /// without a copy, where a borrowed one is copied into an allocation of its own.
     pub(crate) async fn step(&mut self, sql: Cow<'static, str>) -> Result<(), DbErr> {
-        send!(self, conn => {
-            match conn {
-                #[cfg(feature = "sqlite")]
-                Conn::Sqlite(c) => executed(sqlx::Executor::fetch_many(
-                    &mut **c,
-                    sqlx::query(sqlx::AssertSqlSafe(sql)),
-                ))
-                .await
-                .map(drop)
-                .map_err(exec_err),
-                #[cfg(feature = "postgres")]
-                Conn::Postgres(c) => executed(sqlx::Executor::fetch_many(
-                    &mut **c,
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)),
-                ))
-                .await
-                .map(drop)
-                .map_err(exec_err),
-                #[cfg(feature = "mysql")]
-                Conn::MySql(c) => executed(sqlx::Executor::fetch_many(
-                    &mut **c,
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)),
-                ))
-                .await
-                .map(drop)
-                .map_err(exec_err),
-                Conn::SeaOrm(t) => sea_orm::ConnectionTrait::execute_unprepared(t, &sql)
-                    .await
-                    .map(drop),
+        send!(self, conn => step_on(conn, sql).await)
+    }
+
+    /// Sends the outermost BEGIN (`sql`, with its settings). On PostgreSQL through sqlx's
+    /// transaction manager, as sqlx's own `begin` does: the message is queued and its
+    /// answer read without the row stream a statement takes, and sqlx counts the
+    /// transaction until [`end_step`](Self::end_step) ends it.
+    pub(crate) async fn begin_step(&mut self, sql: Cow<'static, str>) -> Result<(), DbErr> {
+        send!(self, conn => match conn {
+            // Boxed, as a statement's row stream is: held inline, it would take the
+            // operation's boxed begin past the allocator's small-size caches.
+            #[cfg(feature = "postgres")]
+            Conn::Postgres(c) => Box::pin(<sqlx::postgres::PgTransactionManager as Manager>::begin(
+                &mut **c,
+                Some(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql))),
+            ))
+            .await
+            .map_err(exec_err),
+            other => step_on(other, sql).await,
+        })
+    }
+
+    /// Sends the outermost COMMIT (`commit`) or ROLLBACK. A PostgreSQL transaction that
+    /// sqlx counts (begun by [`begin_step`](Self::begin_step)) ends through sqlx's
+    /// transaction manager, which stops counting it once the server has answered: the pool
+    /// never gets back a connection sqlx takes to be inside a transaction (its next
+    /// `begin` would send a SAVEPOINT).
+    pub(crate) async fn end_step(&mut self, commit: bool) -> Result<(), DbErr> {
+        send!(self, conn => match conn {
+            #[cfg(feature = "postgres")]
+            Conn::Postgres(c) if pg_counted(c) => {
+                type Pg = sqlx::postgres::PgTransactionManager;
+                let ended = if commit {
+                    <Pg as Manager>::commit(&mut **c).await
+                } else {
+                    <Pg as Manager>::rollback(&mut **c).await
+                };
+                ended.map_err(exec_err)
+            }
+            other => {
+                let sql = if commit { dialect::COMMIT } else { dialect::ROLLBACK };
+                step_on(other, sql.into()).await
             }
         })
     }
@@ -432,7 +489,9 @@ impl Link {
             drop(txn);
             return;
         }
-        if !self.open && !self.owed && !self.untrusted {
+        // (A transaction sqlx still counts is settled like an open one: the pool must not
+        // get it back counted.)
+        if !self.open && !self.owed && !self.untrusted && !counted(&conn) {
             drop(conn);
             return;
         }
@@ -502,6 +561,16 @@ impl Drop for Link {
     }
 }
 
+/// Whether sqlx counts a transaction on `conn` (PostgreSQL: see [`Link::end_step`]).
+fn counted(conn: &Conn) -> bool {
+    #[cfg(feature = "postgres")]
+    if let Conn::Postgres(c) = conn {
+        return pg_counted(c);
+    }
+    let _ = conn;
+    false
+}
+
 fn is_sqlite(conn: &Conn) -> bool {
     #[cfg(feature = "sqlite")]
     if let Conn::Sqlite(_) = conn {
@@ -533,6 +602,24 @@ fn close(conn: Conn) {
     dispatch!(conn, c => drop(c.detach()), t => drop(t));
 }
 
+/// A dropped transaction's ROLLBACK: through sqlx's transaction manager if sqlx counts
+/// the transaction (PostgreSQL: see [`Link::end_step`]), else as a plain statement.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+async fn rollback_on<C>(conn: &mut C) -> Result<(), sqlx::Error>
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    type Manager<C> = <<C as sqlx::Connection>::Database as sqlx::Database>::TransactionManager;
+    if <Manager<C> as sqlx_core::transaction::TransactionManager>::get_transaction_depth(conn) > 0 {
+        return <Manager<C> as sqlx_core::transaction::TransactionManager>::rollback(conn).await;
+    }
+    sqlx::raw_sql(dialect::ROLLBACK)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Rolls back a transaction its owner dropped, reading first what it still owes, and
 /// gives the connection back; closes it if that fails or takes longer than
 /// [`SETTLE_GRACE`].
@@ -559,9 +646,7 @@ async fn settle(mut conn: Conn, owed: bool) {
     let rolled_back = tokio::time::timeout(SETTLE_GRACE, async {
         dispatch!(&mut conn,
             c => {
-                let done = sqlx::raw_sql(crate::dialect::ROLLBACK)
-                    .execute(&mut **c)
-                    .await;
+                let done = rollback_on(&mut **c).await;
                 // SQLite's state is local: an error means no transaction was left. A MariaDB
                 // session may still carry the transaction's statement bound.
                 (done.is_ok() || sqlite)
