@@ -223,7 +223,7 @@ impl Tx {
     }
 
     /// Rolls the outermost transaction back, off the caller's path: the connection goes
-    /// to a task that rolls it back within [`SETTLE_GRACE`](super::link::SETTLE_GRACE)
+    /// to a task that rolls it back within [`SETTLE_GRACE`](super::settle::SETTLE_GRACE)
     /// and gives it back to the pool, or closes it.
     pub(crate) async fn rollback_later(mut self) {
         let id = self.id;

@@ -43,6 +43,7 @@ mod link;
 mod owed;
 mod release;
 mod seaorm;
+mod settle;
 #[cfg(feature = "postgres")]
 mod statements;
 mod tree;
