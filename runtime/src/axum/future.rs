@@ -28,8 +28,11 @@ pin_project_lite::pin_project! {
         #[pin]
         handler: Option<CatchUnwind<AssertUnwindSafe<F>>>,
         // Made at the first poll the handler does not answer, if the layer has a timeout.
+        // Outside tokio's budget (as `tokio::time::timeout` polls its timer): a handler
+        // that spends the task's whole budget on every poll would otherwise find the
+        // timer refused each time, and run past its deadline for ever.
         #[pin]
-        sleep: Option<tokio::time::Sleep>,
+        sleep: Option<tokio::task::Unconstrained<tokio::time::Sleep>>,
         open: Option<(Scope<C>, Arc<Slot>, Handle)>,
         ending: Option<Ending<E>>,
     }
@@ -89,7 +92,10 @@ where
                     return Poll::Pending;
                 };
                 if this.sleep.is_none() {
-                    this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+                    this.sleep
+                        .set(Some(tokio::task::unconstrained(tokio::time::sleep_until(
+                            deadline,
+                        ))));
                 }
                 match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
                     Some(Poll::Ready(())) => None,

@@ -137,3 +137,48 @@ async fn a_tower_timeout_outside_tx_layer_can_answer_timeout_for_a_commit() {
         t.cleanup().await;
     }
 }
+
+/// Writes, then consumes an in-memory channel that is always ready: every poll spends the
+/// task's whole tokio budget and never waits.
+async fn write_then_spin(tx: RequestTx) -> StatusCode {
+    create_agent(&tx, "spinner").await.unwrap();
+    spin().await
+}
+
+async fn spin() -> StatusCode {
+    let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<u8>();
+    loop {
+        let _ = send.send(1);
+        receive.recv().await;
+    }
+}
+
+#[tokio::test]
+async fn the_layer_deadline_cuts_off_a_handler_that_spends_its_whole_budget() {
+    for (t, db) in api_db("web_spin", &[Backend::Sqlite, Backend::Postgres], 2).await {
+        let app = Router::new()
+            .route("/spin", post(write_then_spin))
+            .route("/spin_unused", post(spin))
+            .layer(TxLayer::new(db).timeout(Duration::from_millis(200)));
+        for path in ["/spin_unused", "/spin"] {
+            let started = std::time::Instant::now();
+            let answered =
+                tokio::time::timeout(Duration::from_secs(3), call(&app, "POST", path, None)).await;
+            let (status, body, _) = answered.unwrap_or_else(|_| {
+                panic!(
+                    "{:?} {path}: still running 3 s after its 200 ms deadline",
+                    t.backend
+                )
+            });
+            assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                t.backend
+            );
+        }
+        // The spinning handler's write is rolled back.
+        assert!(names(&t).await.is_empty(), "{:?}", t.backend);
+        t.cleanup().await;
+    }
+}
