@@ -21,7 +21,8 @@ pin_project_lite::pin_project! {
     /// The future of a request under [`TxService`](super::TxService): its handler, run
     /// under the request's deadline with a panic caught, then the end of its transaction.
     /// A request that never took its transaction ends without an allocation; the commit or
-    /// rollback of one that did is boxed.
+    /// rollback of one that did is boxed. Not `Unpin`: pin it (`Box::pin`, `std::pin::pin!`)
+    /// to poll it by hand.
     pub struct TxFuture<F, C, E> {
         // Dropped as soon as it answers or the deadline passes: a `RequestTx` it holds must
         // be gone before the request's transaction ends.
