@@ -125,7 +125,6 @@ where
 
 /// How the handler ended: `None` when it overran the request's deadline and was dropped,
 /// `Some(Err(payload))` when it panicked.
-/// How the handler ended: `None` at the request's deadline, else its result or panic.
 pub(super) type Called<E> = Option<std::thread::Result<Result<Response, E>>>;
 
 /// One request, from its arrival to its response: what the layer's steps share.
