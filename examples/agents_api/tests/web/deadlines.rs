@@ -155,7 +155,7 @@ async fn spin() -> StatusCode {
 
 #[tokio::test]
 async fn the_layer_deadline_cuts_off_a_handler_that_spends_its_whole_budget() {
-    for (t, db) in api_db("web_spin", &[Backend::Sqlite, Backend::Postgres], 2).await {
+    for (t, db) in api_db("web_spin", ALL, 2).await {
         let app = Router::new()
             .route("/spin", post(write_then_spin))
             .route("/spin_unused", post(spin))
