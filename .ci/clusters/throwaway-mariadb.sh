@@ -2,15 +2,22 @@
 # A throwaway MariaDB server of its own, for tests that restart a server mid-run without
 # disturbing the shared one: data in DIR, listening on 127.0.0.1:PORT, root with no
 # password, database `test`.
-#   throwaway-mariadb.sh start DIR PORT    install (if DIR is empty) and start; prints the pid
+#   throwaway-mariadb.sh start DIR PORT [OPTION...]
+#                                          install (if DIR is empty) and start with the
+#                                          server options given (kept for a restart);
+#                                          prints the pid
 #   throwaway-mariadb.sh restart DIR PORT  stop (in-flight transactions roll back) and start
 #   throwaway-mariadb.sh stop DIR PORT     stop the server started here, by its pid
 set -euo pipefail
 cmd=$1 dir=$2 port=$3
+shift 3
 start() {
+  local options=()
+  if [ -f "$dir/options" ]; then read -r -a options <"$dir/options"; fi
   mariadbd --no-defaults --user=mysql --datadir="$dir/data" --port="$port" \
     --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
-    --innodb-buffer-pool-size=32M --log-error="$dir/error.log" >/dev/null 2>&1 &
+    --innodb-buffer-pool-size=32M --log-error="$dir/error.log" ${options[@]+"${options[@]}"} \
+    >/dev/null 2>&1 &
   for _ in $(seq 1 100); do
     if mariadb-admin --no-defaults -h 127.0.0.1 -P "$port" -u root ping >/dev/null 2>&1; then
       cat "$dir/mysqld.pid"
@@ -32,6 +39,7 @@ stop() {
 case $cmd in
   start)
     mkdir -p "$dir"
+    echo "$*" >"$dir/options"
     if [ ! -d "$dir/data/mysql" ]; then
       mariadb-install-db --no-defaults --user=mysql --datadir="$dir/data" \
         --auth-root-authentication-method=normal --skip-test-db >/dev/null

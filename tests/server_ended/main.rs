@@ -40,4 +40,5 @@ mod abandoned;
 mod begin_cut;
 mod ddl;
 mod deadlock;
+mod rollback_on_timeout;
 mod timeouts;

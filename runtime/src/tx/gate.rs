@@ -124,25 +124,13 @@ impl Tx {
         }
         self.tree.note_conflict(err);
         if self.backend == DbBackend::MySql {
-            match crate::error::mysql_number(err) {
-                // A deadlock always ends the transaction.
-                Some(1213) => self.tree.break_with(err.clone()),
-                // These end it only under some settings: ask.
-                Some(1205 | 1206 | 1020) => {
+            match mysql_ended(err) {
+                Ended::Yes => self.tree.break_with(err.clone()),
+                Ended::Maybe => {
                     *self.tree.suspect() = Some(err.clone());
                     return true;
                 }
-                // A session the server ended (a `KILL`) ends the transaction with it.
-                Some(_) if ErrorKind::of(err) == ErrorKind::Unavailable => {
-                    self.tree.break_with(err.clone())
-                }
-                // Every other server error undoes its own statement only.
-                Some(_) => {}
-                // A lost connection ends it.
-                None if ErrorKind::of(err) == ErrorKind::Unavailable => {
-                    self.tree.break_with(err.clone())
-                }
-                None => {}
+                Ended::No => {}
             }
         }
         false
@@ -183,5 +171,30 @@ impl Tx {
             self.tree.break_with(err);
         }
         *self.tree.suspect() = None;
+    }
+}
+
+/// Whether a MySQL/MariaDB error ended the whole transaction on the server.
+pub(super) enum Ended {
+    Yes,
+    /// Under some settings only: the server must be asked ([`Tx::settle_suspicion`]).
+    Maybe,
+    /// It undid its own statement only.
+    No,
+}
+
+/// What a failed statement did to a MySQL/MariaDB transaction: the one decision, for a
+/// statement's own error and for the answer of one the body stopped waiting for (`owed.rs`).
+pub(super) fn mysql_ended(err: &DbErr) -> Ended {
+    match crate::error::mysql_number(err) {
+        // A deadlock always ends the transaction.
+        Some(1213) => Ended::Yes,
+        // These end it only under some settings (a lock wait timeout under
+        // `innodb_rollback_on_timeout`; a full lock table; a record changed since read): ask.
+        Some(1205 | 1206 | 1020) => Ended::Maybe,
+        // A session the server ended (a `KILL`), or a lost connection, ends it with it.
+        _ if ErrorKind::of(err) == ErrorKind::Unavailable => Ended::Yes,
+        // Every other server error undoes its own statement only.
+        _ => Ended::No,
     }
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use sea_orm::{DbBackend, DbErr};
 use tokio::time::Instant;
 
+use super::gate::{Ended, mysql_ended};
 use super::{Link, Tx, bound};
 
 impl Tx {
@@ -71,18 +72,23 @@ impl Tx {
 
     /// Before a `ROLLBACK TO`: reads the answer owed as part of that step, and notes what
     /// the rollback does not undo: a conflict (the operation may be re-run), and a
-    /// MySQL/MariaDB deadlock, which ended the whole transaction (the savepoint is gone
-    /// with it: the `ROLLBACK TO` fails, and the tree breaks with the deadlock). A failed
-    /// statement is not noted at this level: the rollback undoes it.
+    /// MySQL/MariaDB error that ended the whole transaction (a deadlock; a lock wait
+    /// timeout under `innodb_rollback_on_timeout`, which the server is asked about, as
+    /// after a statement's own error: [`mysql_ended`]): the savepoint is gone with it,
+    /// the `ROLLBACK TO` fails, and the tree breaks with that error. A failed statement is
+    /// not noted at this level: the rollback undoes it.
     pub(super) async fn read_owed_before_rollback(&self, link: &mut Link) -> Result<(), DbErr> {
         if !link.owes() || link.owes_release() {
             return Ok(());
         }
         if let Some(failed) = link.read_owed().await? {
             self.tree.note_conflict(&failed);
-            if self.backend == DbBackend::MySql && crate::error::mysql_number(&failed) == Some(1213)
-            {
-                self.tree.break_with(failed);
+            if self.backend == DbBackend::MySql {
+                match mysql_ended(&failed) {
+                    Ended::Yes => self.tree.break_with(failed),
+                    Ended::Maybe => Box::pin(self.settle_suspicion(link, failed)).await,
+                    Ended::No => {}
+                }
             }
         }
         Ok(())
