@@ -354,7 +354,13 @@ async fn callbacks_all_run_once_even_when_the_caller_goes_away_after_the_commit(
             () = started.notified() => {}
         }
         assert_eq!(t.agent_ids().await, vec![1], "{:?}", t.backend);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Run off the caller's path: waited for (up to 5 s), then a moment more, so that
+        // a callback run twice would show.
+        let by = tokio::time::Instant::now() + Duration::from_secs(5);
+        while log.entries().len() < 3 && tokio::time::Instant::now() < by {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             log.entries(),
             ["callback 0 of 1", "callback 1 of 1", "callback 2 of 1"],

@@ -112,7 +112,7 @@ async fn a_retried_operation_records_its_attempt() {
 #[safe_db_operation]
 async fn slow_op(tx: &Tx) -> Result<(), Error> {
     inner_op(tx, 5).await?;
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
 }
 
@@ -148,7 +148,9 @@ fn operations_report_through_the_metrics_facade() {
             let t = TestDb::sqlite("metrics", 3).await;
             inner_op(&t.db, 1).await.unwrap();
             assert!(failing_op(&t.db).await.is_err());
-            let cancelled = tokio::time::timeout(Duration::from_millis(20), slow_op(&t.db)).await;
+            // Cut off in its sleep, after its nested `inner_op` (which has 250 ms to commit:
+            // 20 ms was not always enough on a loaded machine).
+            let cancelled = tokio::time::timeout(Duration::from_millis(250), slow_op(&t.db)).await;
             assert!(cancelled.is_err());
             PoolStats::of(&t.db).unwrap().record("primary");
             // An exhausted pool: a pool of one held by a slow operation, and another

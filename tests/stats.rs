@@ -7,7 +7,8 @@ use safe_db::{Error, Stats, Tx, safe_db_operation};
 use safe_db_test_support::TestDb;
 use sea_orm::ConnectionTrait;
 
-#[safe_db_operation(timeout = "50ms")]
+// 500 ms: room for every case on a loaded machine (50 ms was tight); "slow" sleeps 1 s.
+#[safe_db_operation(timeout = "500ms")]
 async fn op(tx: &Tx, id: i32, how: &'static str) -> Result<(), Error> {
     tx.execute_unprepared(&format!(
         "INSERT INTO agents (id, name) VALUES ({id}, '{how}{id}')"

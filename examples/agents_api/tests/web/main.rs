@@ -325,16 +325,22 @@ async fn over_a_real_socket_with_a_client_that_goes_away_and_a_streaming_body() 
             // Rolled back, not merely invisible: no session is left inside a transaction
             // that wrote to this test's table (other tests' sessions share the database,
             // so count the locks on this schema's `agents`, not every idle session).
-            let in_tx = safe_db_test_support::ids(
-                &t.db,
-                "SELECT count(*)::int FROM pg_locks l \
-                 JOIN pg_class c ON c.oid = l.relation \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = current_schema() AND c.relname = 'agents' \
-                 AND l.pid <> pg_backend_pid()",
-            )
-            .await;
-            assert_eq!(in_tx, vec![0]);
+            // The rollback runs off the request's path: waited for, up to 5 s.
+            let in_tx = || {
+                safe_db_test_support::ids(
+                    &t.db,
+                    "SELECT count(*)::int FROM pg_locks l \
+                     JOIN pg_class c ON c.oid = l.relation \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = current_schema() AND c.relname = 'agents' \
+                     AND l.pid <> pg_backend_pid()",
+                )
+            };
+            let by = tokio::time::Instant::now() + Duration::from_secs(5);
+            while in_tx().await != vec![0] && tokio::time::Instant::now() < by {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(in_tx().await, vec![0]);
         }
 
         // A streaming body: the transaction is committed before the body is sent, so
