@@ -356,10 +356,10 @@ async fn callbacks_all_run_once_even_when_the_caller_goes_away_after_the_commit(
         assert_eq!(t.agent_ids().await, vec![1], "{:?}", t.backend);
         // Run off the caller's path: waited for (up to 5 s), then a moment more, so that
         // a callback run twice would show.
-        let by = tokio::time::Instant::now() + Duration::from_secs(5);
-        while log.entries().len() < 3 && tokio::time::Instant::now() < by {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        safe_db_test_support::eventually(Duration::from_secs(5), || async {
+            log.entries().len() >= 3
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             log.entries(),

@@ -169,22 +169,18 @@ fn a_fresh_database_is_dropped_after_the_test_on_every_database() {
     // `seen` may also hold the databases of the harness's own run of `a_fresh_database`,
     // beside this one, still in its body: each is waited for (up to 10 s), not read once.
     runtime().block_on(async {
-        let by = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for (backend, name) in &seen {
-            loop {
-                let gone = match server(*backend) {
+            let gone = || async {
+                match server(*backend) {
                     Some(url) => !database_exists(*backend, &url, name).await,
                     None => !std::path::Path::new(name).exists(),
-                };
-                if gone {
-                    break;
                 }
-                assert!(
-                    std::time::Instant::now() < by,
-                    "{backend:?}: {name} is not dropped (a SQLite file: not removed)"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            };
+            safe_db_test_support::eventually(std::time::Duration::from_secs(10), gone).await;
+            assert!(
+                gone().await,
+                "{backend:?}: {name} is not dropped (a SQLite file: not removed)"
+            );
         }
     });
 }

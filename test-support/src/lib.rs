@@ -450,6 +450,20 @@ pub async fn poll_then_drop<F: std::future::Future>(fut: F, polls: u32) -> Optio
     None
 }
 
+/// Asks `done` every 20 ms until it answers `true` or `within` has passed, for state that
+/// settles off the caller's path (a rollback on a task, a session the server or PgBouncer
+/// ends a moment later): the test then asserts on that state, which shows what was left.
+pub async fn eventually<F, Fut>(within: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let by = tokio::time::Instant::now() + within;
+    while !done().await && tokio::time::Instant::now() < by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The first column of every row, as integers.
 pub async fn ids(db: &impl ConnectionTrait, sql: &str) -> Vec<i32> {
     let stmt = sea_orm::Statement::from_string(db.get_database_backend(), sql.to_owned());

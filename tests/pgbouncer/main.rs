@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use safe_db::{Error, ErrorKind, Tx, safe_db_operation};
-use safe_db_test_support::{TestDb, agent, exec, ids, poll_then_drop, pool_options};
+use safe_db_test_support::{TestDb, agent, eventually, exec, ids, poll_then_drop, pool_options};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DbErr, Set, Statement};
 
 mod bank;
@@ -149,10 +149,10 @@ async fn cancellation_commits_nothing_partial_and_the_pool_serves_again() {
     assert!(committed > 0, "no round got far enough to commit");
     // No server connection was left inside a transaction by a dropped one (one closed
     // rather than rolled back is ended by PgBouncer a moment later: waited for, up to 2 s).
-    let by = Instant::now() + Duration::from_secs(2);
-    while !busy_sessions(&t).await.is_empty() && Instant::now() < by {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(2), || async {
+        busy_sessions(&t).await.is_empty()
+    })
+    .await;
     assert_eq!(busy_sessions(&t).await, Vec::<i32>::new());
     drop(db);
     t.cleanup().await;
@@ -187,10 +187,10 @@ async fn timeout_stops_pg_sleep_on_the_server() {
              AND state = 'active'",
         )
     };
-    let stopped_by = Instant::now() + Duration::from_secs(1);
-    while running().await != vec![0] && Instant::now() < stopped_by {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(1), || async {
+        running().await == vec![0]
+    })
+    .await;
     assert_eq!(running().await, vec![0]);
     println!(
         "pg_sleep stopped on the server after {:?}",

@@ -64,10 +64,10 @@ async fn a_timeout_stops_the_running_statement_on_the_server() {
             // The server stops the statement at its own bound (the time left at BEGIN,
             // rounded up to 100 ms on MariaDB), a moment after the caller has its answer:
             // the rollback goes on off the caller's path.
-            let stopped_by = Instant::now() + Duration::from_secs(1);
-            while sleepers(&t).await > 0 && Instant::now() < stopped_by {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            safe_db_test_support::eventually(Duration::from_secs(1), || async {
+                sleepers(&t).await == 0
+            })
+            .await;
             assert_eq!(sleepers(&t).await, 0, "{:?}", t.backend);
             // The pool of one serves the next operation at once.
             let next = Instant::now();

@@ -336,10 +336,10 @@ async fn over_a_real_socket_with_a_client_that_goes_away_and_a_streaming_body() 
                      AND l.pid <> pg_backend_pid()",
                 )
             };
-            let by = tokio::time::Instant::now() + Duration::from_secs(5);
-            while in_tx().await != vec![0] && tokio::time::Instant::now() < by {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            safe_db_test_support::eventually(Duration::from_secs(5), || async {
+                in_tx().await == vec![0]
+            })
+            .await;
             assert_eq!(in_tx().await, vec![0]);
         }
 
