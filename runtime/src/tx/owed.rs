@@ -9,8 +9,9 @@
 //! SAVEPOINT, the COMMIT), the answer owed is read, and a failure in it is noted like any
 //! statement's ([`Tx::note_failure`]): the COMMIT is refused on PostgreSQL, a MySQL/MariaDB
 //! tree the server ended breaks, a conflict may be retried. Before a savepoint's rollback
-//! only what the rollback does not undo is noted (a conflict, a MySQL/MariaDB deadlock);
-//! before the outermost rollback it is read past, off the caller's path (`link.rs`).
+//! only what the rollback does not undo is noted (a conflict, a MySQL/MariaDB error that
+//! ended the whole transaction); before the outermost rollback it is read past, off the
+//! caller's path (`tx/settle.rs`).
 
 use std::sync::atomic::Ordering;
 
