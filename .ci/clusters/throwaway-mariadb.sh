@@ -13,7 +13,7 @@ cmd=$1 dir=$2 port=$3
 shift 3
 start() {
   local options=()
-  if [ -f "$dir/options" ]; then read -r -a options <"$dir/options"; fi
+  if [ -f "$dir/options" ]; then mapfile -t options <"$dir/options"; fi
   mariadbd --no-defaults --user=mysql --datadir="$dir/data" --port="$port" \
     --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
     --innodb-buffer-pool-size=32M --log-error="$dir/error.log" ${options[@]+"${options[@]}"} \
@@ -39,7 +39,7 @@ stop() {
 case $cmd in
   start)
     mkdir -p "$dir"
-    echo "$*" >"$dir/options"
+    if [ $# -gt 0 ]; then printf '%s\n' "$@" >"$dir/options"; else : >"$dir/options"; fi
     if [ ! -d "$dir/data/mysql" ]; then
       mariadb-install-db --no-defaults --user=mysql --datadir="$dir/data" \
         --auth-root-authentication-method=normal --skip-test-db >/dev/null

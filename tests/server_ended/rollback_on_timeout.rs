@@ -8,6 +8,7 @@
 
 use super::*;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
+use std::sync::Mutex;
 
 /// Waits for the row the other session holds, at most 1 s: fails with 1205.
 const WAIT: &str =
@@ -24,6 +25,21 @@ async fn hold(db: &DatabaseConnection) -> DatabaseTransaction {
     let holder = db.begin().await.expect("holder begins");
     exec(&holder, "UPDATE rot_lock SET n = n + 1 WHERE id = 1").await;
     holder
+}
+
+async fn tables(db: &DatabaseConnection) {
+    exec(db, "DROP TABLE IF EXISTS rot_rows, rot_lock").await;
+    exec(
+        db,
+        "CREATE TABLE rot_rows (id INT PRIMARY KEY) ENGINE=InnoDB",
+    )
+    .await;
+    exec(
+        db,
+        "CREATE TABLE rot_lock (id INT PRIMARY KEY, n INT) ENGINE=InnoDB",
+    )
+    .await;
+    exec(db, "INSERT INTO rot_lock VALUES (1, 0)").await;
 }
 
 async fn rows(db: &DatabaseConnection) -> Vec<i32> {
@@ -81,6 +97,55 @@ async fn catches_a_nested_abandoned_wait(tx: &Tx) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes, then drops a nested operation while it waits for the lock (a `timeout`
+/// around the call), then writes again: the dropped level's rollback reads the wait's
+/// answer first.
+#[safe_db_operation]
+async fn drops_a_nested_wait(tx: &Tx, after: Arc<Mutex<Option<ErrorKind>>>) -> Result<(), Error> {
+    insert(tx, 1).await?;
+    let cut = tokio::time::timeout(Duration::from_millis(200), nested_wait(tx)).await;
+    assert!(cut.is_err(), "the nested operation was cut off: {cut:?}");
+    *after.lock().unwrap() = insert(tx, 2).await.err().map(|e| e.kind());
+    Ok(())
+}
+
+/// On a server with the default settings a lock wait timeout undoes its own statement
+/// only: the savepoint's rollback, after asking, goes on, and the caller commits.
+#[tokio::test]
+async fn a_lock_wait_timeout_that_left_the_transaction_open_lets_the_caller_commit() {
+    for t in TestDb::on(&[Backend::MySql], "rot_default", 4).await {
+        let on = ids(&t.db, "SELECT @@innodb_rollback_on_timeout").await;
+        if on != vec![0] {
+            println!("skipped: the MariaDB server has innodb_rollback_on_timeout on");
+            continue;
+        }
+        tables(&t.db).await;
+        let holder = hold(&t.db).await;
+        catches_a_nested_abandoned_wait(&t.db).await.unwrap();
+        holder.rollback().await.unwrap();
+        assert_eq!(
+            rows(&t.db).await,
+            vec![1, 2],
+            "3 rolled back with its savepoint"
+        );
+        exec(&t.db, "DELETE FROM rot_rows").await;
+
+        let holder = hold(&t.db).await;
+        let after = Arc::default();
+        drops_a_nested_wait(&t.db, Arc::clone(&after))
+            .await
+            .unwrap();
+        holder.rollback().await.unwrap();
+        assert_eq!(
+            *after.lock().unwrap(),
+            None,
+            "the write after the dropped level"
+        );
+        assert_eq!(rows(&t.db).await, vec![1, 2]);
+        t.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn a_lock_wait_timeout_that_ended_the_transaction_commits_nothing() {
     let var = "SAFE_DB_TEST_ROLLBACK_ON_TIMEOUT_URL";
@@ -98,18 +163,7 @@ async fn a_lock_wait_timeout_that_ended_the_transaction_commits_nothing() {
         vec![1],
         "{var}: a server with innodb_rollback_on_timeout"
     );
-    exec(&db, "DROP TABLE IF EXISTS rot_rows, rot_lock").await;
-    exec(
-        &db,
-        "CREATE TABLE rot_rows (id INT PRIMARY KEY) ENGINE=InnoDB",
-    )
-    .await;
-    exec(
-        &db,
-        "CREATE TABLE rot_lock (id INT PRIMARY KEY, n INT) ENGINE=InnoDB",
-    )
-    .await;
-    exec(&db, "INSERT INTO rot_lock VALUES (1, 0)").await;
+    tables(&db).await;
 
     // The hazard, by hand: the row before the wait is rolled back by the server, the one
     // after it commits on its own.
@@ -149,6 +203,19 @@ async fn a_lock_wait_timeout_that_ended_the_transaction_commits_nothing() {
     let err = catches_a_nested_abandoned_wait(&db).await.unwrap_err();
     holder.rollback().await.unwrap();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(rows(&db).await, Vec::<i32>::new());
+
+    // A nested operation dropped while it waits: its rollback reads the 1205 and asks.
+    let holder = hold(&db).await;
+    let after = Arc::default();
+    let err = drops_a_nested_wait(&db, Arc::clone(&after))
+        .await
+        .unwrap_err();
+    holder.rollback().await.unwrap();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // The write after it is refused with the 1205, not the `ROLLBACK TO`'s "SAVEPOINT
+    // does not exist", which is no longer sent in the broken tree.
+    assert_eq!(*after.lock().unwrap(), Some(ErrorKind::Timeout));
     assert_eq!(rows(&db).await, Vec::<i32>::new());
 
     // The pool serves plain code afterwards: a write commits.

@@ -376,6 +376,11 @@ impl Tx {
             // What a rollback does not undo of an answer owed (`owed.rs`); none is owed
             // before a RELEASE, whose caller read it first.
             self.read_owed_before_rollback(link).await?;
+            // Nothing is sent in a broken tree (the server may have ended the transaction,
+            // and the savepoint with it: its error, not the step's, is the cause).
+            if let Some(err) = self.tree.broken() {
+                return Err(err);
+            }
             link.step(sql).await
         };
         let Some(ended) = bound::within(self.backend, limit, work).await else {
