@@ -75,9 +75,9 @@ impl Tx {
     /// the rollback does not undo: a conflict (the operation may be re-run), and a
     /// MySQL/MariaDB error that ended the whole transaction (a deadlock; a lock wait
     /// timeout under `innodb_rollback_on_timeout`, which the server is asked about, as
-    /// after a statement's own error: [`mysql_ended`]): the savepoint is gone with it,
-    /// the `ROLLBACK TO` fails, and the tree breaks with that error. A failed statement is
-    /// not noted at this level: the rollback undoes it.
+    /// after a statement's own error: [`mysql_ended`]): the savepoint is gone with it, so
+    /// the tree breaks with that error and the `ROLLBACK TO` is not sent. A failed
+    /// statement is not noted at this level: the rollback undoes it.
     pub(super) async fn read_owed_before_rollback(&self, link: &mut Link) -> Result<(), DbErr> {
         if !link.owes() || link.owes_release() {
             return Ok(());
