@@ -181,7 +181,7 @@ fn default_per_page() -> u64 {
 // The create and the rename run their statements in the request's transaction itself:
 // called as operations (`create_agent(&tx, …)`), each would run in a savepoint of it, two
 // round trips more (SAVEPOINT, RELEASE) for nothing here, since an error response rolls
-// the whole request back (BENCHMARKS.md, section 6).
+// the whole request back (docs/web-benchmark.md).
 async fn create(
     tx: RequestTx,
     Json(body): Json<NameBody>,
@@ -241,7 +241,7 @@ pub fn app(db: Db) -> Router {
 
 /// The service `src/main.rs` serves: `routes()` under the layers of [`with_transactions`],
 /// without the router around them, whose boxed route is copied (allocated) on every
-/// request (BENCHMARKS.md, section 6).
+/// request (docs/web-benchmark.md).
 pub fn service(db: Db) -> Layered {
     layered(routes(), db)
 }
@@ -255,7 +255,7 @@ pub type Layered = ProblemService<TxService<IdempotencyService<Router>, Db>>;
 ///
 /// The layers wrap the router once, as one service: `Router::layer` would wrap each route
 /// in a boxed service per layer, each cloned (allocated anew) on every request, ten
-/// allocations per request here (BENCHMARKS.md, section 6). Outermost first:
+/// allocations per request here (docs/web-benchmark.md). Outermost first:
 /// `ProblemLayer`, `TxLayer`, `Idempotency` (inside `TxLayer`, which it needs).
 pub fn with_transactions(routes: Router<Db>, db: Db) -> Router {
     Router::new().fallback_service(layered(routes, db))
