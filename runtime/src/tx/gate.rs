@@ -123,15 +123,24 @@ impl Tx {
             self.lost_connection(err);
         }
         self.tree.note_conflict(err);
-        if self.backend == DbBackend::MySql {
-            match mysql_ended(err) {
-                Ended::Yes => self.tree.break_with(err.clone()),
-                Ended::Maybe => {
-                    *self.tree.suspect() = Some(err.clone());
-                    return true;
-                }
-                Ended::No => {}
+        self.note_ended(err)
+    }
+
+    /// On MySQL/MariaDB, what `err` did to the whole transaction ([`mysql_ended`]): breaks
+    /// the tree if it ended it; returns whether the server must be asked (the question is
+    /// left in `suspect`, for [`Tx::settle_suspicion`]). For a statement's own error and for
+    /// the answer owed before a savepoint's rollback (`owed.rs`) alike.
+    pub(super) fn note_ended(&self, err: &DbErr) -> bool {
+        if self.backend != DbBackend::MySql {
+            return false;
+        }
+        match mysql_ended(err) {
+            Ended::Yes => self.tree.break_with(err.clone()),
+            Ended::Maybe => {
+                *self.tree.suspect() = Some(err.clone());
+                return true;
             }
+            Ended::No => {}
         }
         false
     }
@@ -175,7 +184,7 @@ impl Tx {
 }
 
 /// Whether a MySQL/MariaDB error ended the whole transaction on the server.
-pub(super) enum Ended {
+enum Ended {
     Yes,
     /// Under some settings only: the server must be asked ([`Tx::settle_suspicion`]).
     Maybe,
@@ -185,7 +194,7 @@ pub(super) enum Ended {
 
 /// What a failed statement did to a MySQL/MariaDB transaction: the one decision, for a
 /// statement's own error and for the answer of one the body stopped waiting for (`owed.rs`).
-pub(super) fn mysql_ended(err: &DbErr) -> Ended {
+fn mysql_ended(err: &DbErr) -> Ended {
     match crate::error::mysql_number(err) {
         // A deadlock always ends the transaction.
         Some(1213) => Ended::Yes,

@@ -15,10 +15,9 @@
 
 use std::sync::atomic::Ordering;
 
-use sea_orm::{DbBackend, DbErr};
+use sea_orm::DbErr;
 use tokio::time::Instant;
 
-use super::gate::{Ended, mysql_ended};
 use super::{Link, Tx, bound};
 
 impl Tx {
@@ -75,7 +74,7 @@ impl Tx {
     /// the rollback does not undo: a conflict (the operation may be re-run), and a
     /// MySQL/MariaDB error that ended the whole transaction (a deadlock; a lock wait
     /// timeout under `innodb_rollback_on_timeout`, which the server is asked about, as
-    /// after a statement's own error: [`mysql_ended`]): the savepoint is gone with it, so
+    /// after a statement's own error: [`Tx::note_ended`]): the savepoint is gone with it, so
     /// the tree breaks with that error and the `ROLLBACK TO` is not sent. A failed
     /// statement is not noted at this level: the rollback undoes it.
     pub(super) async fn read_owed_before_rollback(&self, link: &mut Link) -> Result<(), DbErr> {
@@ -84,12 +83,8 @@ impl Tx {
         }
         if let Some(failed) = link.read_owed().await? {
             self.tree.note_conflict(&failed);
-            if self.backend == DbBackend::MySql {
-                match mysql_ended(&failed) {
-                    Ended::Yes => self.tree.break_with(failed),
-                    Ended::Maybe => Box::pin(self.settle_suspicion(link, failed)).await,
-                    Ended::No => {}
-                }
+            if self.note_ended(&failed) {
+                Box::pin(self.settle_suspicion(link, failed)).await;
             }
         }
         Ok(())
